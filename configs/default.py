@@ -1,0 +1,83 @@
+"""Shared defaults. Every value a user may change lives here, not in code.
+
+Each config file calls `get_base_config()` and overrides what it needs.
+"""
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.stages = ('teacher', 'evaluate')
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'toy2d'          # toy2d | points | digits
+  c.data.path = ''               # for points: an (N, D) .npy file
+  c.data.toy_name = 'asymmetric_mixture'
+  c.data.num_train = 100_000     # toy2d: size of the fixed training set
+  c.data.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'mlp'           # mlp | unet
+  c.model.width = 256            # mlp
+  c.model.num_blocks = 3         # mlp
+  c.model.block_conditioning = True  # mlp: noise/label embedding in every block
+  c.model.channels = 32          # unet
+  c.model.channel_mult = (1, 2)  # unet
+  c.model.num_res_blocks = 1     # unet
+  c.model.attn_resolutions = (4,)  # unet
+  c.model.num_heads = 1          # unet
+  c.model.dropout = 0.0
+  c.model.parameterization = 'v'  # v | eps | x
+  c.model.conditional = False    # class-conditional (labelled data only)
+
+  c.diffusion = ml_collections.ConfigDict()
+  c.diffusion.schedule = 'cosine'  # cosine | shifted_cosine | edm
+  c.diffusion.logsnr_min = -15.0
+  c.diffusion.logsnr_max = 15.0
+  c.diffusion.resolution = 64      # shifted_cosine only
+  c.diffusion.base_resolution = 64
+
+  c.teacher = ml_collections.ConfigDict()
+  c.teacher.num_train_steps = 20_000
+  c.teacher.batch_size = 512
+  c.teacher.learning_rate = 1e-3
+  c.teacher.warmup_steps = 500
+  c.teacher.lr_decay = False
+  c.teacher.grad_clip = 1.0
+  c.teacher.b1 = 0.9
+  c.teacher.b2 = 0.99
+  c.teacher.adam_eps = 1e-8
+  c.teacher.ema_decay = 0.999
+  c.teacher.loss_weight = 'v'    # v | edm | snr | flat
+  c.teacher.sigma_data = 0.5
+  c.teacher.label_dropout = 0.1  # CFG training (conditional models only)
+  c.teacher.stratified_t = True  # low-discrepancy t per batch (VDM)
+  c.teacher.checkpoint = ''      # train here when empty
+
+  c.distill = ml_collections.ConfigDict()
+  c.distill.num_train_steps = 4000
+  c.distill.sampling_steps = (1, 2, 4, 8)
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 2000
+  c.checkpoint.keep = 2
+
+  c.log = ml_collections.ConfigDict()
+  c.log.every_steps = 500
+  c.log.sample_every_steps = 0   # 0: only at the end of a stage
+  c.log.num_preview_samples = 1000
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_samples = 4000
+  c.eval.batch_size = 2000
+  c.eval.teacher_steps = (1, 2, 4, 8, 16, 64, 256)
+  c.eval.samplers = ('ancestral',)  # ancestral | ddim
+  c.eval.guidance = 0.0          # CFG weight for conditional teachers
+  c.eval.seed = 1
+  c.eval.mmd_bandwidths = (0.1, 0.3, 1.0)
+  c.eval.classifier_steps = 2000  # digits classifier training steps
+  c.eval.pr_k = 3                 # k-NN precision/recall
+
+  c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1})
+  return c

@@ -1,0 +1,58 @@
+"""The only file that talks to orbax."""
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+
+class Checkpointer:
+  """Periodic, asynchronous saves of one stage state plus JSON metadata."""
+
+  def __init__(self, directory: str, every_steps: int, keep: int = 3,
+               asynchronous: bool = True):
+    self.directory = os.path.abspath(directory)
+    self.every_steps = every_steps
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, enable_async_checkpointing=asynchronous,
+        create=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self):
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, meta: dict | None = None,
+           force: bool = False) -> bool:
+    if not force and (self.every_steps <= 0 or step % self.every_steps):
+      return False
+    args = {'state': ocp.args.StandardSave(state)}
+    if meta is not None:
+      args['meta'] = ocp.args.JsonSave(meta)
+    return self.manager.save(step, args=ocp.args.Composite(**args),
+                             force=force)
+
+  def restore(self, abstract_state, step: int | None = None):
+    """Restores onto the shardings that `abstract_state` carries."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      return None
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    out = self.manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+    logging.info('restored %s at step %d', self.directory, step)
+    return out['state']
+
+  def restore_meta(self, step: int | None = None):
+    step = self.latest_step() if step is None else step
+    out = self.manager.restore(
+        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return out['meta']
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()

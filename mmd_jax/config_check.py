@@ -1,0 +1,103 @@
+"""Early config validation: one clear line naming the key, before any compile."""
+from __future__ import annotations
+
+import os
+
+from mmd_jax import diffusion
+from mmd_jax.data import DATASETS
+from mmd_jax.data.toy2d import TOY2D_NAMES
+from mmd_jax.models import MODELS
+
+STAGES = ('teacher', 'vae', 'mm_alternating', 'mm_parameter', 'emd',
+          'diff_instruct', 'evaluate')
+IMPLEMENTED_STAGES = ('teacher', 'evaluate')
+
+
+class ConfigError(ValueError):
+  """A bad config value. str() is the one line shown to the user."""
+
+
+def _need(cond: bool, key: str, msg: str):
+  if not cond:
+    raise ConfigError(f'config.{key}: {msg}')
+
+
+def _positive_int(c, key):
+  v = c
+  for part in key.split('.'):
+    v = v[part]
+  _need(isinstance(v, int) and v >= 1, key, f'must be an integer >= 1, got {v!r}')
+
+
+def validate(config):
+  stages = tuple(config.stages)
+  _need(len(stages) > 0, 'stages', 'is empty')
+  for s in stages:
+    _need(s in STAGES, 'stages', f'unknown stage {s!r}; known: {STAGES}')
+    _need(s in IMPLEMENTED_STAGES, 'stages',
+          f'stage {s!r} is not implemented yet in this version')
+
+  d = config.data
+  _need(d.name in DATASETS, 'data.name',
+        f'unknown dataset {d.name!r}; known: {DATASETS}')
+  if d.name == 'toy2d':
+    _need(d.toy_name in TOY2D_NAMES, 'data.toy_name',
+          f'unknown toy2d distribution {d.toy_name!r}; known: {TOY2D_NAMES}')
+    _positive_int(config, 'data.num_train')
+  if d.name == 'points':
+    _need(bool(d.path), 'data.path', 'points data needs a .npy file path')
+    _need(os.path.isfile(d.path), 'data.path', f'file {d.path!r} does not exist')
+
+  m = config.model
+  _need(m.name in MODELS, 'model.name', f'unknown model {m.name!r}; known: {MODELS}')
+  _need(m.parameterization in diffusion.PARAMETERIZATIONS,
+        'model.parameterization',
+        f'unknown {m.parameterization!r}; known: {diffusion.PARAMETERIZATIONS}')
+  _need(0.0 <= m.dropout < 1.0, 'model.dropout', 'must be in [0, 1)')
+  if m.conditional:
+    _need(d.name == 'digits', 'model.conditional',
+          f'dataset {d.name!r} has no labels; set it to False')
+  if m.name == 'unet':
+    _need(d.name == 'digits', 'model.name',
+          'the UNet needs image data (data.name=digits)')
+
+  _need(config.diffusion.schedule in diffusion.SCHEDULES, 'diffusion.schedule',
+        f'unknown schedule {config.diffusion.schedule!r}; '
+        f'known: {diffusion.SCHEDULES}')
+  _need(config.diffusion.logsnr_min < config.diffusion.logsnr_max,
+        'diffusion.logsnr_min', 'must be below diffusion.logsnr_max')
+
+  t = config.teacher
+  for key in ('num_train_steps', 'batch_size'):
+    _positive_int(config, f'teacher.{key}')
+  _need(t.learning_rate > 0, 'teacher.learning_rate',
+        f'must be > 0, got {t.learning_rate}')
+  _need(t.warmup_steps >= 0, 'teacher.warmup_steps', 'must be >= 0')
+  _need(0.0 <= t.ema_decay < 1.0, 'teacher.ema_decay', 'must be in [0, 1)')
+  _need(t.loss_weight in diffusion.LOSS_WEIGHTS, 'teacher.loss_weight',
+        f'unknown {t.loss_weight!r}; known: {diffusion.LOSS_WEIGHTS}')
+  _need(0.0 <= t.label_dropout < 1.0, 'teacher.label_dropout',
+        'must be in [0, 1)')
+  if t.checkpoint:
+    _need(os.path.exists(t.checkpoint), 'teacher.checkpoint',
+          f'{t.checkpoint!r} does not exist')
+
+  for k in config.distill.sampling_steps:
+    _need(isinstance(k, int) and k >= 1, 'distill.sampling_steps',
+          f'every k must be an integer >= 1, got {k!r}')
+  _positive_int(config, 'checkpoint.keep')
+  _need(config.checkpoint.every_steps >= 0, 'checkpoint.every_steps',
+        'must be >= 0')
+  _positive_int(config, 'log.every_steps')
+
+  e = config.eval
+  _positive_int(config, 'eval.num_samples')
+  _positive_int(config, 'eval.batch_size')
+  for k in e.teacher_steps:
+    _need(isinstance(k, int) and k >= 1, 'eval.teacher_steps',
+          f'every k must be an integer >= 1, got {k!r}')
+  for s in e.samplers:
+    _need(s in ('ancestral', 'ddim'), 'eval.samplers', f'unknown sampler {s!r}')
+
+  for axis in config.mesh.keys():
+    _need(axis in ('data', 'fsdp'), 'mesh', f'unknown mesh axis {axis!r}')

@@ -1,0 +1,68 @@
+"""Datasets as in-memory arrays plus metadata; batching lives in batches.py.
+
+Only this package imports tfds (for the image datasets of later configs).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional
+
+import numpy as np
+
+from mmd_jax.data import digits as digits_lib
+from mmd_jax.data import points as points_lib
+from mmd_jax.data import toy2d
+from mmd_jax.data.points import DataError
+
+DATASETS = ('toy2d', 'points', 'digits')
+
+
+@dataclasses.dataclass
+class Dataset:
+  name: str                      # e.g. 'toy2d/asymmetric_mixture'
+  kind: str                      # 'points' (low-dim) or 'digits'
+  train: dict                    # {'x': (N, ...), 'label': (N,)?}
+  test: Optional[dict] = None
+  num_classes: int = 0
+  mixture: Optional[toy2d.Mixture] = None
+
+  @property
+  def example_shape(self):
+    return tuple(self.train['x'].shape[1:])
+
+  @property
+  def num_train(self):
+    return int(self.train['x'].shape[0])
+
+  def reference_sets(self, n: int, seed: int):
+    """Two independent sets of real data of size n, for noise floors."""
+    rng = np.random.default_rng([seed, 7919])
+    if self.mixture is not None:
+      return self.mixture.sample(rng, n), self.mixture.sample(rng, n)
+    x = self.train['x']
+    m = min(n, len(x) // 2)
+    perm = rng.permutation(len(x))
+    return x[perm[:m]], x[perm[m:2 * m]]
+
+
+def load_dataset(data_cfg) -> Dataset:
+  name = data_cfg.name
+  if name == 'toy2d':
+    mix = toy2d.get_mixture(data_cfg.toy_name)
+    rng = np.random.default_rng([data_cfg.seed, 1])
+    x = mix.sample(rng, int(data_cfg.num_train))
+    return Dataset(f'toy2d/{data_cfg.toy_name}', 'points', {'x': x},
+                   mixture=mix)
+  if name == 'points':
+    x = points_lib.load_points(data_cfg.path)
+    base = os.path.basename(data_cfg.path)
+    return Dataset(f'points/{base}', 'points', {'x': x})
+  if name == 'digits':
+    (xtr, ytr), (xte, yte) = digits_lib.load_digits_split()
+    return Dataset('digits', 'digits', {'x': xtr, 'label': ytr},
+                   {'x': xte, 'label': yte}, num_classes=10)
+  raise DataError(f'unknown data.name {name!r}; choose one of {DATASETS}')
+
+
+__all__ = ['Dataset', 'DataError', 'load_dataset', 'DATASETS']

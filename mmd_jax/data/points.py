@@ -1,0 +1,33 @@
+"""Any (N, D) float array saved with np.save."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+class DataError(ValueError):
+  """Bad data input; the message names the file and the problem."""
+
+
+def load_points(path: str) -> np.ndarray:
+  if not path:
+    raise DataError('data.path is empty: give --config.data.path=FILE.npy')
+  if not os.path.isfile(path):
+    raise DataError(f'data.path {path!r} does not exist')
+  try:
+    arr = np.load(path, allow_pickle=False)
+  except Exception as e:  # np.load raises several types for bad files.
+    raise DataError(f'data.path {path!r} is not a readable .npy array ({e})')
+  if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(
+      arr.dtype, np.complexfloating):
+    raise DataError(f'data.path {path!r} holds dtype {arr.dtype}, '
+                    'expected a real numeric array')
+  if arr.ndim != 2:
+    raise DataError(f'data.path {path!r} has shape {arr.shape}, '
+                    'expected rank 2 (N, D)')
+  if arr.shape[0] == 0:
+    raise DataError(f'data.path {path!r} is empty (0 rows)')
+  if not np.all(np.isfinite(arr)):
+    raise DataError(f'data.path {path!r} contains NaN or inf')
+  return arr.astype(np.float32)

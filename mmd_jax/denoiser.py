@@ -1,0 +1,47 @@
+"""A network plus how to read it as a denoiser. Shared by every method, so
+teacher, student, auxiliary and score nets differ only in their params."""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmd_jax import diffusion, sampling
+
+
+@dataclasses.dataclass(frozen=True)
+class DenoiserSpec:
+  module: nn.Module
+  schedule: diffusion.Schedule
+  parameterization: str = 'v'
+  num_classes: int = 0
+
+  @property
+  def null_label(self) -> int:
+    return self.num_classes
+
+  def init_params(self, key, example_x):
+    b = example_x.shape[0]
+    labels = jnp.zeros((b,), jnp.int32) if self.num_classes else None
+    return self.module.init({'params': key, 'dropout': key}, example_x,
+                            jnp.zeros((b,)), labels, train=False)
+
+  def x_hat(self, params, z, lam, labels=None, train=False, rng=None):
+    rngs = {'dropout': rng} if (train and rng is not None) else None
+    out = self.module.apply(params, z, lam, labels, train=train, rngs=rngs)
+    return diffusion.x_from_output(self.parameterization, z, out, lam)
+
+  def denoiser(self, params, labels=None, guidance: float = 0.0):
+    return sampling.make_denoiser(self.module, params, self.parameterization,
+                                  labels, self.null_label, guidance)
+
+  def sample(self, params, key, shape, k: int, labels=None,
+             guidance: float = 0.0, sampler: str = 'ancestral'):
+    den = self.denoiser(params, labels, guidance)
+    return sampling.SAMPLERS[sampler](key, den, self.schedule, shape, k)
+
+
+def count_params(params) -> int:
+  return int(sum(x.size for x in jax.tree.leaves(params)))

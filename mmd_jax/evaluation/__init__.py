@@ -1,0 +1,1 @@
+"""Metrics, the digits feature classifier, plots and the report."""

@@ -1,0 +1,117 @@
+"""The `evaluate` stage: sample every trained model at its step counts, score
+against real data, and write the report with its pictures."""
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from mmd_jax.evaluation import fid, plots, precision_recall, report, toy_metrics
+from mmd_jax.evaluation.digits_classifier import DigitsClassifier
+
+
+def generate(spec, params, key, n: int, k: int, sampler: str, batch_size: int,
+             shape, num_classes: int = 0, guidance: float = 0.0):
+  """n samples in data space; labels cycle 0..C-1 for conditional models."""
+  shape = tuple(shape)
+  labels_all = (np.arange(n) % num_classes).astype(np.int32) if num_classes else None
+
+  @jax.jit
+  def draw(key, labels):
+    b = batch_size if labels is None else labels.shape[0]
+    return spec.sample(params, key, (b,) + shape, k, labels=labels,
+                       guidance=guidance, sampler=sampler)
+
+  out = []
+  for i in range(0, n, batch_size):
+    lab = None if labels_all is None else jnp.asarray(
+        np.resize(labels_all[i:i + batch_size], batch_size))
+    out.append(np.asarray(draw(jax.random.fold_in(key, i), lab)))
+  return np.concatenate(out)[:n], labels_all
+
+
+class Scorer:
+  """Scores samples against the real reference set, per dataset kind."""
+
+  def __init__(self, config, dataset, workdir):
+    self.dataset = dataset
+    self.config = config
+    n = config.eval.num_samples
+    if dataset.kind == 'points':
+      real_a, self.real = dataset.reference_sets(n, config.eval.seed)
+      self.reference = self.score(real_a)
+      self.extra = {}
+    else:
+      self.clf = DigitsClassifier.load_or_train(
+          os.path.join(workdir, 'evaluate'), dataset.train, dataset.test,
+          config.eval.classifier_steps, config.seed)
+      logging.info('digits classifier test accuracy %.4f',
+                   self.clf.test_accuracy)
+      self.real = dataset.test['x']
+      _, self.real_feats = self.clf.logits_and_features(self.real)
+      _, train_feats = self.clf.logits_and_features(dataset.train['x'])
+      self.reference = {
+          'fd': fid.frechet_distance_features(train_feats, self.real_feats),
+          'class_accuracy': self.clf.test_accuracy,
+          **precision_recall.precision_recall(self.real_feats, train_feats,
+                                              config.eval.pr_k)}
+      self.extra = {'classifier': {'test_accuracy': self.clf.test_accuracy}}
+
+  def score(self, samples, labels=None) -> dict:
+    cfg = self.config.eval
+    if self.dataset.kind == 'points':
+      return toy_metrics.toy_metrics(samples, self.real, self.dataset.mixture,
+                                     tuple(cfg.mmd_bandwidths))
+    logits, feats = self.clf.logits_and_features(samples)
+    out = {'fd': fid.frechet_distance_features(feats, self.real_feats)}
+    if labels is not None:
+      out['class_accuracy'] = float(np.mean(np.argmax(logits, -1) == labels))
+    out.update(precision_recall.precision_recall(self.real_feats, feats,
+                                                 cfg.pr_k))
+    return out
+
+
+def run(config, workdir: str, dataset, models: dict):
+  """`models` maps a model name to (spec, params, [(sampler, k), ...])."""
+  out_dir = os.path.join(workdir, 'evaluate')
+  os.makedirs(out_dir, exist_ok=True)
+  scorer = Scorer(config, dataset, workdir)
+  rows, images = [], {}
+  key = jax.random.PRNGKey(config.eval.seed)
+  for name, (spec, params, settings) in models.items():
+    panels = {}
+    for sampler, k in settings:
+      t0 = time.time()
+      samples, labels = generate(
+          spec, params, jax.random.fold_in(key, k), config.eval.num_samples,
+          k, sampler, config.eval.batch_size, dataset.example_shape,
+          spec.num_classes,
+          config.eval.guidance)
+      gen_s = time.time() - t0
+      metrics = scorer.score(samples, labels)
+      logging.info('evaluate %s %s k=%d: %s (%.1fs to sample)', name,
+                   sampler, k, {m: round(v, 5) for m, v in metrics.items()},
+                   gen_s)
+      rows.append({'model': name, 'sampler': sampler, 'steps': int(k),
+                   'metrics': metrics, 'sample_seconds': round(gen_s, 3)})
+      panels.setdefault(sampler, []).append((f'{name} {sampler} k={k}',
+                                             samples[:1000]))
+    for sampler, pan in panels.items():
+      fname = f'samples_{name}_{sampler}.png'
+      plots.save_panel(pan, os.path.join(workdir, fname),
+                       real=scorer.real if dataset.kind == 'points' else None)
+      images[f'{name} samples ({sampler})'] = fname
+
+  metric = report.PRIMARY_METRIC[dataset.kind]
+  plots.quality_vs_steps(rows, metric, scorer.reference.get(metric),
+                         os.path.join(workdir, 'quality_vs_steps.png'))
+  images = {f'{metric} vs sampling steps': 'quality_vs_steps.png', **images}
+  rep = {'dataset': dataset.name, 'reference': scorer.reference, 'rows': rows,
+         **scorer.extra}
+  if jax.process_index() == 0:
+    report.write_report(workdir, rep, images)
+  return rep

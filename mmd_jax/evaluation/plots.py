@@ -1,0 +1,95 @@
+"""PNG pictures: scatter plots for 2-D data, sample grids for images, and
+quality-vs-steps curves."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def image_grid(images, ncol: int = 10) -> np.ndarray:
+  """(N, H, W, C) in [-1, 1] -> one (rows*H, ncol*W) array in [0, 1]."""
+  x = np.clip((np.asarray(images) + 1) / 2, 0, 1)
+  n, h, w = x.shape[:3]
+  x = x[..., 0] if x.shape[-1] == 1 else x.mean(-1)
+  rows = -(-n // ncol)
+  grid = np.ones((rows * (h + 1) + 1, ncol * (w + 1) + 1))
+  for i in range(n):
+    r, c = divmod(i, ncol)
+    grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = x[i]
+  return grid
+
+
+def save_samples(samples, path: str, title: str = '', real=None):
+  """Scatter for (N, 2) data, an image grid for (N, H, W, C)."""
+  samples = np.asarray(samples)
+  fig, ax = plt.subplots(figsize=(5, 5))
+  if samples.ndim == 2:
+    if real is not None:
+      ax.scatter(real[:, 0], real[:, 1], s=2, c='lightgray', label='data')
+    ax.scatter(samples[:, 0], samples[:, 1], s=2, c='tab:blue', alpha=0.6,
+               label='samples')
+    ax.set_aspect('equal')
+    ax.legend(loc='upper right', markerscale=4, fontsize=8)
+  else:
+    ax.imshow(image_grid(samples[:100]), cmap='gray', vmin=0, vmax=1)
+    ax.axis('off')
+  ax.set_title(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def save_panel(panels, path: str, real=None):
+  """One subplot per (title, samples) pair, e.g. the teacher at each k."""
+  n = len(panels)
+  ncol = min(n, 4)
+  nrow = -(-n // ncol)
+  fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 3.2 * nrow),
+                           squeeze=False)
+  for ax in axes.flat[n:]:
+    ax.axis('off')
+  for ax, (title, s) in zip(axes.flat, panels):
+    s = np.asarray(s)
+    if s.ndim == 2:
+      if real is not None:
+        ax.scatter(real[:, 0], real[:, 1], s=1, c='lightgray')
+      ax.scatter(s[:, 0], s[:, 1], s=1, c='tab:blue', alpha=0.5)
+      ax.set_xlim(-3, 3)
+      ax.set_ylim(-3, 3)
+      ax.set_aspect('equal')
+    else:
+      ax.imshow(image_grid(s[:50], ncol=10), cmap='gray', vmin=0, vmax=1)
+      ax.axis('off')
+    ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def quality_vs_steps(rows, metric: str, reference: float | None, path: str):
+  """One line per (model, sampler) over sampling steps; log-log axes."""
+  fig, ax = plt.subplots(figsize=(6, 4))
+  groups = {}
+  for r in rows:
+    if metric in r['metrics']:
+      groups.setdefault(f"{r['model']} ({r['sampler']})", []).append(
+          (r['steps'], r['metrics'][metric]))
+  for name, pts in sorted(groups.items()):
+    pts.sort()
+    xs, ys = zip(*pts)
+    ax.plot(xs, ys, marker='o', label=name)
+  if reference is not None:
+    ax.axhline(reference, color='gray', ls='--', label='real vs real')
+  ax.set_xscale('log', base=2)
+  if all(y > 0 for pts in groups.values() for _, y in pts):
+    ax.set_yscale('log')
+  ax.set_xlabel('sampling steps')
+  ax.set_ylabel(metric)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

@@ -1,0 +1,48 @@
+"""Entry point: python -m mmd_jax.main --config=configs/NAME.py[:ARG] --workdir=W"""
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory.')
+_COORD = flags.DEFINE_string('coordinator_address', None,
+                             'HOST:PORT of process 0, for explicit multi-process runs.')
+_NPROC = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
+_PID = flags.DEFINE_integer('process_id', None, 'This process index.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+class _QuietLibraries(logging.logging.Filter):
+  """Keeps library INFO chatter (orbax saves, clu notes) out of the log."""
+
+  def filter(self, record):
+    return record.levelno >= logging.logging.WARNING or not any(
+        f'/{lib}/' in record.pathname for lib in ('orbax', 'tensorflow')) and (
+            'work unit notes' not in str(record.msg))
+
+
+def main(argv):
+  del argv
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  import jax  # after flag parsing, so --help is fast
+  if _COORD.value:
+    jax.distributed.initialize(coordinator_address=_COORD.value,
+                               num_processes=_NPROC.value,
+                               process_id=_PID.value)
+  from mmd_jax import config_check, parallel, pipeline
+  from mmd_jax.data import DataError
+  logging.info('JAX %s: %d processes, %d devices (%s)', jax.__version__,
+               jax.process_count(), jax.device_count(), jax.default_backend())
+  try:
+    pipeline.run(_CONFIG.value, _WORKDIR.value)
+  except (config_check.ConfigError, DataError, parallel.MeshError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,32 @@
+"""Conditioning shared by every architecture: noise level and class label."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+def logsnr_features(lam, dim: int, max_freq: float = 200.0):
+  """Sinusoidal features of the log-SNR (scaled to roughly [-2, 2])."""
+  c = jnp.asarray(lam, jnp.float32) / 8.0
+  half = dim // 2
+  freqs = jnp.exp(jnp.linspace(0.0, jnp.log(max_freq), half))
+  args = c[:, None] * freqs[None, :]
+  return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+
+
+class Conditioning(nn.Module):
+  """Embeds (lam, label) into one vector. Label `num_classes` means 'none'."""
+  dim: int
+  num_classes: int = 0
+
+  @nn.compact
+  def __call__(self, lam, labels=None):
+    emb = logsnr_features(lam, 128)
+    emb = nn.Dense(self.dim)(emb)
+    emb = nn.Dense(self.dim)(nn.silu(emb))
+    if self.num_classes > 0:
+      if labels is None:
+        labels = jnp.full(lam.shape, self.num_classes, jnp.int32)
+      # One extra row: the null label used for classifier-free guidance.
+      emb = emb + nn.Embed(self.num_classes + 1, self.dim)(labels)
+    return emb

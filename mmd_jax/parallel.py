@@ -1,0 +1,61 @@
+"""The one place that decides sharding. Step code never names a device."""
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXES = ('data', 'fsdp')
+BATCH_AXES = ('data', 'fsdp')
+
+
+class MeshError(ValueError):
+  pass
+
+
+def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
+  """Resolves one -1 entry so that the product equals the device count."""
+  sizes = [int(mesh_cfg.get(a, 1)) for a in AXES]
+  if sizes.count(-1) > 1:
+    raise MeshError('mesh: at most one axis may be -1')
+  known = math.prod(s for s in sizes if s != -1)
+  if any(s == 0 or s < -1 for s in sizes):
+    raise MeshError(f'mesh: axis sizes must be positive or -1, got {sizes}')
+  if -1 in sizes:
+    if num_devices % known:
+      raise MeshError(f'mesh {dict(zip(AXES, sizes))} does not divide the '
+                      f'{num_devices} devices')
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise MeshError(f'mesh {dict(zip(AXES, sizes))} needs {math.prod(sizes)} '
+                    f'devices but {num_devices} are present')
+  return tuple(sizes)
+
+
+def make_mesh(mesh_cfg, devices=None) -> Mesh:
+  devices = jax.devices() if devices is None else devices
+  shape = mesh_shape(mesh_cfg, len(devices))
+  return Mesh(np.asarray(devices).reshape(shape), AXES)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def state_sharding(mesh: Mesh, state):
+  """Shardings for a stage state: replicated (FSDP comes with big models)."""
+  rep = replicated(mesh)
+  return jax.tree.map(lambda _: rep, state)
+
+
+def check_batch(global_batch: int, mesh: Mesh, key: str):
+  n = mesh.devices.size
+  if global_batch % n:
+    raise MeshError(f'{key}={global_batch} is not divisible by the {n} '
+                    'devices of the mesh')

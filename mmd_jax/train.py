@@ -1,0 +1,200 @@
+"""The generic training loop: jit once, log, checkpoint, preview, resume.
+
+The loop owns everything that is not math: the step function it runs is
+pure `(state, batch, key) -> (state, metrics)`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+from clu.metric_writers import interface as writer_interface
+
+from mmd_jax import checkpoint as ckpt_lib
+from mmd_jax import parallel
+
+
+class JsonlWriter(writer_interface.MetricWriter):
+  """clu writer for metrics.jsonl: one JSON object per logged step."""
+
+  def __init__(self, path: str):
+    self._f = open(path, 'a')
+
+  def write_scalars(self, step, scalars):
+    rec = {'step': int(step)}
+    rec.update({k: float(v) for k, v in scalars.items()})
+    self._f.write(json.dumps(rec) + '\n')
+
+  def write_summaries(self, step, values, metadata=None):
+    pass
+
+  def write_images(self, step, images):
+    pass
+
+  def write_videos(self, step, videos):
+    pass
+
+  def write_audios(self, step, audios, *, sample_rate):
+    pass
+
+  def write_texts(self, step, texts):
+    pass
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    pass
+
+  def write_hparams(self, hparams):
+    pass
+
+  def flush(self):
+    self._f.flush()
+
+  def close(self):
+    self._f.close()
+
+
+@dataclasses.dataclass
+class Stage:
+  """What the loop needs to know about one training stage."""
+  name: str
+  stage_dir: str
+  num_steps: int
+  init: Callable[[jax.Array, Any], Any]        # (key, batch) -> state
+  step: Callable[[Any, Any, jax.Array], Any]   # pure step function
+  rng: Callable[[Any], jax.Array]              # state -> base key
+  meta: dict                                   # saved beside checkpoints
+  preview: Optional[Callable[[Any, str], None]] = None  # (state, path)
+
+
+def _finite_metrics(metrics: dict) -> dict:
+  return {k: float(v) for k, v in metrics.items()}
+
+
+def build_state(stage: Stage, seed_key, stream, mesh):
+  """Initialises the stage state directly onto its shardings."""
+  batch = stream.global_batch_at(0, parallel.batch_sharding(mesh))
+  abstract = jax.eval_shape(stage.init, seed_key, batch)
+  shardings = parallel.state_sharding(mesh, abstract)
+  state = jax.jit(stage.init, out_shardings=shardings)(seed_key, batch)
+  return state, shardings
+
+
+def is_finished(stage_dir: str, num_steps: int) -> bool:
+  path = os.path.join(stage_dir, 'stage.json')
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    return json.load(f).get('finished_step') == num_steps
+
+
+def run(stage: Stage, stream, mesh, seed_key, checkpoint_cfg, log_cfg):
+  """Trains `stage` to `num_steps`, resuming from its latest checkpoint."""
+  is_main = jax.process_index() == 0
+  os.makedirs(stage.stage_dir, exist_ok=True)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(stage.stage_dir, 'checkpoints'),
+                               checkpoint_cfg.every_steps, checkpoint_cfg.keep)
+  state, shardings = build_state(stage, seed_key, stream, mesh)
+  start = 0
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(state)
+    start = int(ckpt.latest_step())
+    logging.info('%s: resuming at step %d of %d', stage.name, start,
+                 stage.num_steps)
+  meta = dict(stage.meta, finished_step=None)
+  if is_main:
+    _write_json(os.path.join(stage.stage_dir, 'stage.json'), meta)
+
+  batch_sh = parallel.batch_sharding(mesh)
+  rep = parallel.replicated(mesh)
+  step_fn = jax.jit(stage.step, in_shardings=(shardings, batch_sh, rep),
+                    out_shardings=(shardings, rep), donate_argnums=(0,))
+
+  # Process 0 writes TensorBoard events and metrics.jsonl; every process logs
+  # its own progress line.
+  tb = metric_writers.SummaryWriter(stage.stage_dir) if is_main else None
+  writer = metric_writers.MultiWriter([tb, JsonlWriter(
+      os.path.join(stage.stage_dir, 'metrics.jsonl'))] if is_main else [])
+  # clu's progress action puts steps/s and uptime into TensorBoard only, so
+  # that every metrics.jsonl record carries the loss.
+  progress = periodic_actions.ReportProgress(
+      num_train_steps=stage.num_steps, writer=tb,
+      every_steps=log_cfg.every_steps)
+
+  # A host copy: the state (and its rng buffer) is donated to each step.
+  key = np.asarray(jax.device_get(stage.rng(state)))
+  t0, last_logged = time.time(), start
+  for step in range(start, stage.num_steps):
+    batch = stream.global_batch_at(step, batch_sh)
+    state, metrics = step_fn(state, batch, key)
+    done = step + 1
+    progress(done, time.time())
+    if done % log_cfg.every_steps == 0 or done == stage.num_steps:
+      scalars = _finite_metrics(jax.device_get(metrics))
+      rate = (done - last_logged) / max(time.time() - t0, 1e-9)
+      eta = (stage.num_steps - done) / max(rate, 1e-9)
+      scalars['steps_per_sec'] = rate
+      writer.write_scalars(done, scalars)
+      logging.info('%s step %d/%d (%.0f%%) %s | %.1f steps/s | ETA %s',
+                   stage.name, done, stage.num_steps,
+                   100.0 * done / stage.num_steps,
+                   ' '.join(f'{k}={v:.4g}' for k, v in scalars.items()
+                            if k != 'steps_per_sec'),
+                   rate, _fmt_time(eta))
+      t0, last_logged = time.time(), done
+    ckpt.save(done, state, meta)
+    if (log_cfg.sample_every_steps and done % log_cfg.sample_every_steps == 0
+        and stage.preview and is_main and done != stage.num_steps):
+      stage.preview(state, os.path.join(stage.stage_dir,
+                                        f'samples_{done:07d}.png'))
+  ckpt.save(stage.num_steps, state, meta, force=ckpt.latest_step() != stage.num_steps)
+  ckpt.close()
+  writer.flush()
+  if is_main:
+    if stage.preview:
+      stage.preview(state, os.path.join(stage.stage_dir, 'samples.png'))
+    meta['finished_step'] = stage.num_steps
+    _write_json(os.path.join(stage.stage_dir, 'stage.json'), meta)
+  return state
+
+
+def restore_latest(stage: Stage, stream, mesh, seed_key, step=None):
+  """Loads a stage's latest (or given) checkpoint without training."""
+  ckpt = ckpt_lib.Checkpointer(os.path.join(stage.stage_dir, 'checkpoints'),
+                               every_steps=0, asynchronous=False)
+  abstract = jax.eval_shape(
+      stage.init, seed_key,
+      stream.global_batch_at(0, parallel.batch_sharding(mesh)))
+  shardings = parallel.state_sharding(mesh, abstract)
+  target = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract, shardings)
+  if ckpt.latest_step() is None:
+    raise FileNotFoundError(f'no checkpoint in {stage.stage_dir}')
+  state = ckpt.restore(target, step)
+  ckpt.close()
+  return state
+
+
+def _write_json(path, obj):
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)
+
+
+def _fmt_time(sec: float) -> str:
+  sec = int(sec)
+  if sec >= 3600:
+    return f'{sec // 3600}h{(sec % 3600) // 60:02d}m'
+  return f'{sec // 60}m{sec % 60:02d}s'
+
+
+def samples_to_numpy(x) -> np.ndarray:
+  return np.asarray(jax.device_get(x), np.float32)
