@@ -57,7 +57,19 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.distill = ml_collections.ConfigDict()
   c.distill.num_train_steps = 4000
-  c.distill.sampling_steps = (1, 2, 4, 8)
+  c.distill.sampling_steps = (1, 2, 4, 8)  # one student per k
+  c.distill.batch_size = 512       # mm_parameter splits it into batches A, B
+  # The paper's optimiser: Adam(b1=0, b2=0.99, eps=1e-12), clip 1,
+  # warm-up then linear decay to 0.
+  c.distill.learning_rate = 1e-4
+  c.distill.warmup_steps = 1000
+  c.distill.grad_clip = 1.0
+  c.distill.weighting = 'v'        # w(s) for k > 2: v | edm | flat | snr | dmd
+  c.distill.weighting_small_k = 'flat'  # w(s) for k <= 2 (paper: flat or dmd)
+  c.distill.renoise = 'conditional'     # conditional | marginal (ablation)
+  c.distill.guidance = 0.0         # CFG weight inside the teacher only
+  c.distill.precond_eps = 1e-8     # Lambda = 1 / (sqrt(v_hat) + eps)
+  c.distill.precond_estimate_steps = 100  # when the teacher has no Adam state
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 2000

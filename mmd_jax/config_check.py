@@ -6,11 +6,12 @@ import os
 from mmd_jax import diffusion
 from mmd_jax.data import DATASETS
 from mmd_jax.data.toy2d import TOY2D_NAMES
+from mmd_jax.methods.moment_matching import RENOISE, WEIGHTINGS
 from mmd_jax.models import MODELS
 
 STAGES = ('teacher', 'vae', 'mm_alternating', 'mm_parameter', 'emd',
           'diff_instruct', 'evaluate')
-IMPLEMENTED_STAGES = ('teacher', 'evaluate')
+IMPLEMENTED_STAGES = ('teacher', 'mm_alternating', 'mm_parameter', 'evaluate')
 
 
 class ConfigError(ValueError):
@@ -82,9 +83,28 @@ def validate(config):
     _need(os.path.exists(t.checkpoint), 'teacher.checkpoint',
           f'{t.checkpoint!r} does not exist')
 
-  for k in config.distill.sampling_steps:
+  dd = config.distill
+  for k in dd.sampling_steps:
     _need(isinstance(k, int) and k >= 1, 'distill.sampling_steps',
           f'every k must be an integer >= 1, got {k!r}')
+  if any(s in ('mm_alternating', 'mm_parameter') for s in stages):
+    _need(len(dd.sampling_steps) > 0, 'distill.sampling_steps', 'is empty')
+    for key in ('num_train_steps', 'batch_size'):
+      _positive_int(config, f'distill.{key}')
+    _need(dd.learning_rate > 0, 'distill.learning_rate',
+          f'must be > 0, got {dd.learning_rate}')
+    _need(dd.warmup_steps >= 0, 'distill.warmup_steps', 'must be >= 0')
+    for key in ('weighting', 'weighting_small_k'):
+      _need(dd[key] in WEIGHTINGS, f'distill.{key}',
+            f'unknown {dd[key]!r}; known: {WEIGHTINGS}')
+    _need(dd.renoise in RENOISE, 'distill.renoise',
+          f'unknown {dd.renoise!r}; known: {RENOISE}')
+    if 'mm_parameter' in stages:
+      _need(dd.batch_size % 2 == 0, 'distill.batch_size',
+            'must be even: mm_parameter splits it into batches A and B')
+      _need(dd.precond_eps > 0, 'distill.precond_eps', 'must be > 0')
+    if 'teacher' not in stages and not config.teacher.checkpoint:
+      pass  # the teacher may come from an earlier run in the same workdir
   _positive_int(config, 'checkpoint.keep')
   _need(config.checkpoint.every_steps >= 0, 'checkpoint.every_steps',
         'must be >= 0')

@@ -39,7 +39,7 @@ def main(argv):
   import ml_collections
   import numpy as np
 
-  from mmd_jax import parallel, pipeline
+  from mmd_jax import parallel, stages
   from mmd_jax.evaluation import evaluate
   from mmd_jax.methods import teacher
 
@@ -52,16 +52,24 @@ def main(argv):
     meta = json.load(f)
   with open(cfg_path) as f:
     config = ml_collections.ConfigDict(json.load(f))
-  if meta['method'] != 'teacher':
-    _fail(f"sampling method {meta['method']!r} is not supported yet")
+  method = meta['method']
+  if method not in ('teacher', 'mm_alternating', 'mm_parameter'):
+    _fail(f'sampling method {method!r} is not supported')
 
   from mmd_jax.data import load_dataset
   dataset = load_dataset(config.data)
-  spec = pipeline.denoiser_spec(config, dataset)
+  spec = stages.denoiser_spec(config, dataset)
   mesh = parallel.make_mesh(config.mesh)
   workdir = os.path.dirname(stage_dir)
-  state = pipeline.load_teacher(config, workdir, dataset, spec, mesh)
-  params = teacher.sampling_params(state)
+  if method == 'teacher':
+    config.unlock()
+    config.teacher.checkpoint = stage_dir
+    params = teacher.sampling_params(
+        stages.load_teacher(config, workdir, dataset, spec, mesh))
+  else:
+    params = stages.load_student(config, workdir, dataset, spec, mesh, method,
+                                 int(meta['k'])).student_params
+  # Students sample with their own k by default: it is saved in stage.json.
   k = _STEPS.value or meta.get('k') or 256
   samples, labels = evaluate.generate(
       spec, params, jax.random.PRNGKey(_SEED.value), _NUM.value, k,

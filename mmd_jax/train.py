@@ -66,11 +66,20 @@ class Stage:
   name: str
   stage_dir: str
   num_steps: int
-  init: Callable[[jax.Array, Any], Any]        # (key, batch) -> state
+  init: Callable[[jax.Array, Any, Any], Any]   # (key, batch, frozen) -> state
   step: Callable[[Any, Any, jax.Array], Any]   # pure step function
   rng: Callable[[Any], jax.Array]              # state -> base key
   meta: dict                                   # saved beside checkpoints
   preview: Optional[Callable[[Any, str], None]] = None  # (state, path)
+  # Read-only inputs (teacher params, preconditioner): passed to `init` as
+  # jit arguments (not baked in as constants), saved once under
+  # `stage_dir/frozen`, and left out of the periodic checkpoints.
+  frozen: Any = None
+  frozen_fields: tuple = ()
+
+  def strip(self, state):
+    return state.replace(**{f: None for f in self.frozen_fields}) \
+        if self.frozen_fields else state
 
 
 def _finite_metrics(metrics: dict) -> dict:
@@ -80,9 +89,10 @@ def _finite_metrics(metrics: dict) -> dict:
 def build_state(stage: Stage, seed_key, stream, mesh):
   """Initialises the stage state directly onto its shardings."""
   batch = stream.global_batch_at(0, parallel.batch_sharding(mesh))
-  abstract = jax.eval_shape(stage.init, seed_key, batch)
+  abstract = jax.eval_shape(stage.init, seed_key, batch, stage.frozen)
   shardings = parallel.state_sharding(mesh, abstract)
-  state = jax.jit(stage.init, out_shardings=shardings)(seed_key, batch)
+  state = jax.jit(stage.init, out_shardings=shardings)(seed_key, batch,
+                                                       stage.frozen)
   return state, shardings
 
 
@@ -101,9 +111,13 @@ def run(stage: Stage, stream, mesh, seed_key, checkpoint_cfg, log_cfg):
   ckpt = ckpt_lib.Checkpointer(os.path.join(stage.stage_dir, 'checkpoints'),
                                checkpoint_cfg.every_steps, checkpoint_cfg.keep)
   state, shardings = build_state(stage, seed_key, stream, mesh)
+  if stage.frozen_fields:  # orbax saves are collective: every process calls
+    _save_frozen(stage, state)
   start = 0
   if ckpt.latest_step() is not None:
-    state = ckpt.restore(state)
+    restored = ckpt.restore(stage.strip(state))
+    state = restored.replace(**{f: getattr(state, f)
+                                for f in stage.frozen_fields})
     start = int(ckpt.latest_step())
     logging.info('%s: resuming at step %d of %d', stage.name, start,
                  stage.num_steps)
@@ -148,12 +162,13 @@ def run(stage: Stage, stream, mesh, seed_key, checkpoint_cfg, log_cfg):
                             if k != 'steps_per_sec'),
                    rate, _fmt_time(eta))
       t0, last_logged = time.time(), done
-    ckpt.save(done, state, meta)
+    ckpt.save(done, stage.strip(state), meta)
     if (log_cfg.sample_every_steps and done % log_cfg.sample_every_steps == 0
         and stage.preview and is_main and done != stage.num_steps):
       stage.preview(state, os.path.join(stage.stage_dir,
                                         f'samples_{done:07d}.png'))
-  ckpt.save(stage.num_steps, state, meta, force=ckpt.latest_step() != stage.num_steps)
+  ckpt.save(stage.num_steps, stage.strip(state), meta,
+            force=ckpt.latest_step() != stage.num_steps)
   ckpt.close()
   writer.flush()
   if is_main:
@@ -164,13 +179,27 @@ def run(stage: Stage, stream, mesh, seed_key, checkpoint_cfg, log_cfg):
   return state
 
 
+def _save_frozen(stage: Stage, state):
+  """Writes the frozen inputs once per stage directory."""
+  ckpt = ckpt_lib.Checkpointer(os.path.join(stage.stage_dir, 'frozen'),
+                               every_steps=0, keep=1, asynchronous=False)
+  if ckpt.latest_step() is None:
+    ckpt.save(0, {f: getattr(state, f) for f in stage.frozen_fields},
+              force=True)
+  ckpt.close()
+
+
 def restore_latest(stage: Stage, stream, mesh, seed_key, step=None):
-  """Loads a stage's latest (or given) checkpoint without training."""
+  """Loads a stage's latest (or given) checkpoint without training.
+
+  Frozen fields come back as None; `stage.frozen` may be abstract
+  (ShapeDtypeStructs), so this needs no teacher values.
+  """
   ckpt = ckpt_lib.Checkpointer(os.path.join(stage.stage_dir, 'checkpoints'),
                                every_steps=0, asynchronous=False)
-  abstract = jax.eval_shape(
+  abstract = stage.strip(jax.eval_shape(
       stage.init, seed_key,
-      stream.global_batch_at(0, parallel.batch_sharding(mesh)))
+      stream.global_batch_at(0, parallel.batch_sharding(mesh)), stage.frozen))
   shardings = parallel.state_sharding(mesh, abstract)
   target = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),

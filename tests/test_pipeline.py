@@ -112,3 +112,29 @@ def test_unknown_config_key_fails(repo_root, tmp_path):
             '--config.teacher.nonsense=3'], repo_root, timeout=120)
   assert r.returncode != 0 and 'nonsense' in r.stderr
   assert not w.exists()
+
+
+def test_moment_matching_stages_end_to_end(repo_root, tmp_path):
+  w = tmp_path / 'mm'
+  r = _run(['mmd_jax.main', '--config=configs/toy2d.py:tiny_mm',
+            f'--workdir={w}'], repo_root)
+  assert r.returncode == 0, r.stderr[-3000:]
+  rep = json.load(open(w / 'report.json'))
+  rows = {(x['model'], x['sampler'], x['steps']) for x in rep['rows']}
+  assert ('mm_alternating', 'student', 2) in rows
+  assert ('mm_parameter', 'student', 2) in rows
+  for method in ('mm_alternating', 'mm_parameter'):
+    stage = w / f'{method}_k2'
+    meta = json.load(open(stage / 'stage.json'))
+    assert meta['k'] == 2 and meta['finished_step'] == 6
+    assert meta['weighting'] == 'flat'  # k <= 2
+    assert (stage / 'frozen').is_dir()  # teacher (and Lambda) saved once
+  recs = [json.loads(l) for l in open(w / 'mm_parameter_k2' / 'metrics.jsonl')]
+  assert all('monitor' in r and 'loss' in r for r in recs)
+  # The sample CLI uses the student's own k by default.
+  out = tmp_path / 's.npz'
+  r = _run(['mmd_jax.sample', f'--workdir={w}/mm_alternating_k2',
+            '--num_samples=50', '--seed=1', f'--output={out}'], repo_root)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert 'k=2' in r.stdout
+  assert np.load(out)['samples'].shape == (50, 2)

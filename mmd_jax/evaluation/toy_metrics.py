@@ -11,39 +11,32 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _mean_pairwise(a, b, fn, chunk=2048):
-  total = 0.0
-  for i in range(0, len(a), chunk):
-    total += float(_block(a[i:i + chunk], b, fn))
-  return total / (len(a) * len(b))
+def _flat(x):
+  return jnp.asarray(x, jnp.float32).reshape(len(x), -1)
 
 
-def _block(a, b, fn):
+@jax.jit
+def _dist_sum(a, b):
   d2 = jnp.sum(jnp.square(a[:, None, :] - b[None, :, :]), axis=-1)
-  return jnp.sum(fn(d2))
+  return jnp.sum(jnp.sqrt(d2 + 1e-30))
 
 
-_dist = jax.jit(lambda a, b: _block(a, b, lambda d2: jnp.sqrt(d2 + 1e-30)))
+def _mean_over_pairs(fn, a, b, chunk=2048):
+  """Mean of fn over all (a_i, b_j) pairs, in row chunks to bound memory."""
+  total = sum(float(fn(a[i:i + chunk], b)) for i in range(0, len(a), chunk))
+  return total / (len(a) * len(b))
 
 
 def energy_distance(x, y) -> float:
   """2 E|X-Y| - E|X-X'| - E|Y-Y'| (plug-in estimate)."""
-  x = jnp.asarray(x, jnp.float32).reshape(len(x), -1)
-  y = jnp.asarray(y, jnp.float32).reshape(len(y), -1)
-
-  def mean_dist(a, b):
-    tot = 0.0
-    for i in range(0, len(a), 2048):
-      tot += float(_dist(a[i:i + 2048], b))
-    return tot / (len(a) * len(b))
-
-  return 2 * mean_dist(x, y) - mean_dist(x, x) - mean_dist(y, y)
+  x, y = _flat(x), _flat(y)
+  m = lambda a, b: _mean_over_pairs(_dist_sum, a, b)
+  return 2 * m(x, y) - m(x, x) - m(y, y)
 
 
 def mmd_rbf(x, y, bandwidths=(0.1, 0.3, 1.0)) -> float:
   """Squared MMD with a sum of RBF kernels exp(-|a-b|^2 / (2 h^2))."""
-  x = jnp.asarray(x, jnp.float32).reshape(len(x), -1)
-  y = jnp.asarray(y, jnp.float32).reshape(len(y), -1)
+  x, y = _flat(x), _flat(y)
   hs = jnp.asarray(bandwidths, jnp.float32)
 
   @jax.jit
@@ -51,13 +44,8 @@ def mmd_rbf(x, y, bandwidths=(0.1, 0.3, 1.0)) -> float:
     d2 = jnp.sum(jnp.square(a[:, None, :] - b[None, :, :]), axis=-1)
     return jnp.sum(jnp.exp(-d2[..., None] / (2 * hs**2)))
 
-  def mean_k(a, b):
-    tot = 0.0
-    for i in range(0, len(a), 2048):
-      tot += float(kern_sum(a[i:i + 2048], b))
-    return tot / (len(a) * len(b))
-
-  return mean_k(x, x) + mean_k(y, y) - 2 * mean_k(x, y)
+  m = lambda a, b: _mean_over_pairs(kern_sum, a, b)
+  return m(x, x) + m(y, y) - 2 * m(x, y)
 
 
 def mode_stats(samples, mixture, radius_stds: float = 4.0) -> dict:

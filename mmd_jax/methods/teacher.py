@@ -66,8 +66,11 @@ def init(key, spec: DenoiserSpec, hparams: TeacherHParams,
          tx: optax.GradientTransformation, batch) -> TeacherState:
   init_key, rng = jax.random.split(key)
   params = spec.init_params(init_key, batch['x'])
+  # A real copy: the step donates the state, and aliased leaves would be
+  # donated twice.
+  ema = jax.tree.map(jnp.copy, params)
   return TeacherState(step=jnp.zeros((), jnp.int32), params=params,
-                      ema_params=params, opt_state=tx.init(params), rng=rng,
+                      ema_params=ema, opt_state=tx.init(params), rng=rng,
                       spec=spec, hparams=hparams, tx=tx)
 
 

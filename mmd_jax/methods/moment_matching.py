@@ -1,0 +1,315 @@
+"""Moment matching distillation (Salimans et al. 2024), ALGORITHMS.md §2-3.
+
+Two pure, jittable algorithms that turn a teacher into a k-step student:
+
+  state = moment_matching.init_alternating(key, teacher_params, spec, hp, tx, batch)
+  state, metrics = moment_matching.alternating_step(state, batch, key)
+
+  state = moment_matching.init_parameter(key, teacher_params, precond, spec, hp, tx, batch)
+  state, metrics = moment_matching.parameter_step(state, batch, key)
+
+Student, auxiliary model and teacher are parameter sets of one module.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from mmd_jax import diffusion, sampling
+from mmd_jax.denoiser import DenoiserSpec
+from mmd_jax.methods.teacher import make_optimizer  # noqa: F401 (re-export)
+
+sg = jax.lax.stop_gradient
+
+WEIGHTINGS = ('v', 'edm', 'flat', 'snr', 'dmd')
+RENOISE = ('conditional', 'marginal')
+
+
+@dataclasses.dataclass(frozen=True)
+class MMHParams:
+  k: int = 8
+  weighting: str = 'v'          # w(s): v | edm | flat | snr | dmd
+  renoise: str = 'conditional'  # q(z_s|z_t, x~) (paper) or marginal q(z_s|x~)
+  guidance: float = 0.0         # CFG weight, used only inside the teacher
+  sigma_data: float = 0.5
+
+
+def mm_optimizer(learning_rate, warmup_steps, total_steps, grad_clip=1.0):
+  """The paper's optimiser: Adam(b1=0, b2=0.99, eps=1e-12), clipping at 1,
+  warm-up then linear decay to 0."""
+  tx, _ = make_optimizer(learning_rate, warmup_steps, total_steps, grad_clip,
+                         b1=0.0, b2=0.99, eps=1e-12, decay=True)
+  return tx
+
+
+# ----------------------------------------------------------------------------
+# Shared pieces.
+
+
+def sample_times(key, batch: int, k: int):
+  """s ~ U[0, 1 - 1/k], delta ~ U[0, 1/k], t = min(s + delta, 1)."""
+  k_s, k_d = jax.random.split(key)
+  s = jax.random.uniform(k_s, (batch,)) * (1.0 - 1.0 / k)
+  t = jnp.minimum(s + jax.random.uniform(k_d, (batch,)) / k, 1.0)
+  return s, t
+
+
+def weight(name: str, lam_s, sigma_data: float, x_student=None,
+           x_teacher=None):
+  """w(s). 'dmd' is DMD's per-sample normaliser 1 / mean|x~ - g_teacher|."""
+  if name == 'dmd':
+    err = jnp.abs(x_student - x_teacher).reshape(x_student.shape[0], -1)
+    return sg(1.0 / (jnp.mean(err, axis=-1) + 1e-4))
+  return diffusion.loss_weight(name, lam_s, sigma_data)
+
+
+def _renoise(key, hp: MMHParams, z_t, x_tilde, lam_t, lam_s):
+  """z_s from the student's x~ (no gradient flows through z_s)."""
+  x_tilde = sg(x_tilde)
+  if hp.renoise == 'conditional':
+    return sg(diffusion.sample_posterior(key, z_t, x_tilde, lam_t, lam_s))
+  return sg(diffusion.diffuse(x_tilde, lam_s,
+                              jax.random.normal(key, x_tilde.shape)))
+
+
+def _teacher_x(spec, teacher_params, z, lam, labels, guidance):
+  """The teacher's x-prediction, with CFG when asked (teacher only)."""
+  den = spec.denoiser(teacher_params, labels if spec.num_classes else None,
+                      guidance)
+  return den(z, lam)
+
+
+def _copy(tree):
+  return jax.tree.map(jnp.copy, tree)
+
+
+def _per_example_mean(a):
+  return jnp.mean(a.reshape(a.shape[0], -1), axis=-1)
+
+
+@dataclasses.dataclass
+class _Draw:
+  """One batch's student rollout: z_t, x~ (with its VJP), z_s, weights."""
+  lam_s: jax.Array
+  z_s: jax.Array
+  x_tilde: jax.Array
+  student_vjp: object
+  labels: object
+
+
+def _draw(key, spec, student_params, x, labels, hp: MMHParams):
+  k_time, k_eps, k_renoise = jax.random.split(key, 3)
+  s, t = sample_times(k_time, x.shape[0], hp.k)
+  lam_s, lam_t = spec.schedule(s), spec.schedule(t)
+  z_t = diffusion.diffuse(x, lam_t, jax.random.normal(k_eps, x.shape))
+  x_tilde, vjp = jax.vjp(lambda p: spec.x_hat(p, z_t, lam_t, labels),
+                         student_params)
+  z_s = _renoise(k_renoise, hp, z_t, x_tilde, lam_t, lam_s)
+  return _Draw(lam_s, z_s, x_tilde, vjp, labels)
+
+
+# ----------------------------------------------------------------------------
+# Algorithm 2: alternating moment matching.
+
+
+@flax.struct.dataclass
+class AlternatingState:
+  step: jax.Array
+  teacher_params: dict   # frozen
+  student_params: dict   # eta
+  aux_params: dict       # phi
+  student_opt: optax.OptState
+  aux_opt: optax.OptState
+  rng: jax.Array
+  spec: DenoiserSpec = flax.struct.field(pytree_node=False)
+  hparams: MMHParams = flax.struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+  @property
+  def sampling_params(self):
+    return self.student_params
+
+
+def init_alternating(key, teacher_params, spec: DenoiserSpec, hp: MMHParams,
+                     tx: optax.GradientTransformation, batch=None):
+  del batch  # shapes come from the teacher
+  # Copies throughout: steps donate their state, which must never delete
+  # the caller's teacher arrays.
+  student, aux = _copy(teacher_params), _copy(teacher_params)
+  return AlternatingState(
+      step=jnp.zeros((), jnp.int32), teacher_params=_copy(teacher_params),
+      student_params=student, aux_params=aux, student_opt=tx.init(student),
+      aux_opt=tx.init(aux), rng=key, spec=spec, hparams=hp, tx=tx)
+
+
+def alternating_step(state: AlternatingState, batch, key):
+  """Even steps update the auxiliary denoiser phi, odd steps the student eta.
+
+  Both branches share the student rollout and the teacher call; only the
+  branch's own loss is differentiated.
+  """
+  key = jax.random.fold_in(key, state.step)
+  spec, hp = state.spec, state.hparams
+  labels = batch.get('label') if spec.num_classes else None
+  d = _draw(key, spec, state.student_params, batch['x'], labels, hp)
+  x_teacher = sg(_teacher_x(spec, state.teacher_params, d.z_s, d.lam_s,
+                            labels, hp.guidance))
+  w = weight(hp.weighting, d.lam_s, hp.sigma_data, d.x_tilde, x_teacher)
+  x_tilde = sg(d.x_tilde)
+
+  def aux_update(_):
+    def loss_fn(phi):
+      x_aux = spec.x_hat(phi, d.z_s, d.lam_s, labels)
+      return jnp.mean(w * (_per_example_mean(jnp.square(x_tilde - x_aux)) +
+                           _per_example_mean(jnp.square(x_teacher - x_aux))))
+    loss, g = jax.value_and_grad(loss_fn)(state.aux_params)
+    upd, opt = state.tx.update(g, state.aux_opt, state.aux_params)
+    new = state.replace(aux_params=optax.apply_updates(state.aux_params, upd),
+                        aux_opt=opt)
+    return new, loss, optax.tree.norm(g)
+
+  def student_update(_):
+    x_aux = sg(spec.x_hat(state.aux_params, d.z_s, d.lam_s, labels))
+    diff = x_aux - x_teacher
+    # L(eta) = mean_b w_b mean_d x~ * sg(g_phi - g_theta); its cotangent:
+    n, dim = x_tilde.shape[0], x_tilde[0].size
+    ct = (w.reshape((-1,) + (1,) * (diff.ndim - 1)) * diff) / (n * dim)
+    (g,) = d.student_vjp(ct)
+    loss = jnp.mean(w * _per_example_mean(x_tilde * diff))
+    upd, opt = state.tx.update(g, state.student_opt, state.student_params)
+    new = state.replace(
+        student_params=optax.apply_updates(state.student_params, upd),
+        student_opt=opt)
+    return new, loss, optax.tree.norm(g)
+
+  is_aux = state.step % 2 == 0
+  new, loss, gnorm = jax.lax.cond(is_aux, aux_update, student_update, None)
+  # Moment gap: how far the student's E[x|z_s] is from the teacher's.
+  gap = jnp.mean(_per_example_mean(jnp.square(
+      sg(spec.x_hat(state.aux_params, d.z_s, d.lam_s, labels)) - x_teacher)))
+  metrics = {'loss': loss, 'grad_norm': gnorm, 'moment_gap': gap,
+             'aux_step': is_aux.astype(jnp.float32)}
+  return new.replace(step=state.step + 1), metrics
+
+
+# ----------------------------------------------------------------------------
+# Algorithm 3: moment matching in parameter space.
+
+
+@flax.struct.dataclass
+class ParameterState:
+  step: jax.Array
+  teacher_params: dict   # frozen
+  precond: dict          # frozen Lambda = 1 / (sqrt(v_hat) + eps)
+  student_params: dict
+  student_opt: optax.OptState
+  rng: jax.Array
+  spec: DenoiserSpec = flax.struct.field(pytree_node=False)
+  hparams: MMHParams = flax.struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+  @property
+  def sampling_params(self):
+    return self.student_params
+
+
+def preconditioner(nu, count, b2: float, eps: float = 1e-8):
+  """Lambda = diag(1 / (sqrt(v_hat) + eps)) from Adam's raw nu and count."""
+  correction = 1.0 - b2 ** jnp.maximum(count, 1).astype(jnp.float32)
+  return jax.tree.map(lambda v: 1.0 / (jnp.sqrt(v / correction) + eps), nu)
+
+
+def init_parameter(key, teacher_params, precond, spec: DenoiserSpec,
+                   hp: MMHParams, tx: optax.GradientTransformation,
+                   batch=None):
+  del batch
+  student = _copy(teacher_params)
+  return ParameterState(
+      step=jnp.zeros((), jnp.int32), teacher_params=_copy(teacher_params),
+      precond=_copy(precond), student_params=student, student_opt=tx.init(student),
+      rng=key, spec=spec, hparams=hp, tx=tx)
+
+
+def _teacher_grad(spec, teacher_params, d: _Draw, w, guidance):
+  """grad_theta of mean_b w_b mean_d ||x~ - g_theta(z_s)||^2 at sg(x~).
+
+  Straight-through guidance: the residual uses the guided teacher, the
+  backward pass the unguided one.
+  """
+  x_guided = sg(_teacher_x(spec, teacher_params, d.z_s, d.lam_s, d.labels,
+                           guidance))
+  _, vjp = jax.vjp(lambda th: spec.x_hat(th, d.z_s, d.lam_s, d.labels),
+                   teacher_params)
+  resid = x_guided - sg(d.x_tilde)
+  n, dim = resid.shape[0], resid[0].size
+  ct = 2.0 * w.reshape((-1,) + (1,) * (resid.ndim - 1)) * resid / (n * dim)
+  (g,) = vjp(ct)
+  return g, x_guided
+
+
+def parameter_losses(spec, teacher_params, precond, d_a: _Draw, d_b: _Draw,
+                     hp: MMHParams):
+  """Surrogate loss for eta on batch A, and the two-batch monitor.
+
+  The monitor 1/2 grad L(A)^T Lambda grad L(B) is read off the JVP for
+  free: grad L(A)^T nu = mean_b 2 w_b mean_d (g_theta(z_A) - x~_A) J nu.
+  """
+  x_teacher_b = sg(_teacher_x(spec, teacher_params, d_b.z_s, d_b.lam_s,
+                              d_b.labels, hp.guidance))
+  w_b = weight(hp.weighting, d_b.lam_s, hp.sigma_data, d_b.x_tilde,
+               x_teacher_b)
+  g_b, _ = _teacher_grad(spec, teacher_params, d_b, w_b, hp.guidance)
+  nu = jax.tree.map(lambda l, g: l * g, precond, g_b)
+  # J nu at batch A (unguided teacher: straight-through).
+  _, j_nu = jax.jvp(lambda th: spec.x_hat(th, d_a.z_s, d_a.lam_s, d_a.labels),
+                    (teacher_params,), (nu,))
+  j_nu = sg(j_nu)
+  x_teacher_a = sg(_teacher_x(spec, teacher_params, d_a.z_s, d_a.lam_s,
+                              d_a.labels, hp.guidance))
+  w_a = weight(hp.weighting, d_a.lam_s, hp.sigma_data, d_a.x_tilde,
+               x_teacher_a)
+  monitor = 0.5 * jnp.mean(w_a * _per_example_mean(
+      2.0 * (x_teacher_a - sg(d_a.x_tilde)) * j_nu))
+  return w_a, j_nu, monitor
+
+
+def parameter_step(state: ParameterState, batch, key):
+  """One student update from two independent half-batches A and B."""
+  key = jax.random.fold_in(key, state.step)
+  k_a, k_b = jax.random.split(key)
+  spec, hp = state.spec, state.hparams
+  # Even/odd examples: each device's shard holds both halves, so the split
+  # needs no communication.
+  halves = jax.tree.map(
+      lambda v: v.reshape((v.shape[0] // 2, 2) + v.shape[1:]), dict(batch))
+  batch_a = jax.tree.map(lambda v: v[:, 0], halves)
+  batch_b = jax.tree.map(lambda v: v[:, 1], halves)
+  la = batch_a.get('label') if spec.num_classes else None
+  lb = batch_b.get('label') if spec.num_classes else None
+  d_a = _draw(k_a, spec, state.student_params, batch_a['x'], la, hp)
+  d_b = _draw(k_b, spec, state.student_params, batch_b['x'], lb, hp)
+  w_a, j_nu, monitor = parameter_losses(spec, state.teacher_params,
+                                        state.precond, d_a, d_b, hp)
+  # L(eta) = -mean_b w_b mean_d x~_A * sg(J nu); its cotangent:
+  n, dim = j_nu.shape[0], j_nu[0].size
+  ct = -(w_a.reshape((-1,) + (1,) * (j_nu.ndim - 1)) * j_nu) / (n * dim)
+  (g,) = d_a.student_vjp(ct)
+  loss = -jnp.mean(w_a * _per_example_mean(sg(d_a.x_tilde) * j_nu))
+  upd, opt = state.tx.update(g, state.student_opt, state.student_params)
+  new = state.replace(step=state.step + 1,
+                      student_params=optax.apply_updates(state.student_params,
+                                                         upd),
+                      student_opt=opt)
+  return new, {'loss': loss, 'monitor': monitor,
+               'grad_norm': optax.tree.norm(g)}
+
+
+def student_sample(spec: DenoiserSpec, params, key, shape, k: int,
+                   labels=None):
+  """Algorithm 1 with the student and its own k."""
+  return sampling.ancestral_sample(key, spec.denoiser(params, labels), spec.schedule,
+                                   shape, k)

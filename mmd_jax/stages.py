@@ -1,0 +1,199 @@
+"""Builds each stage of a run (a `train.Stage`) from the config.
+
+Stage directories: `teacher`, and `<method>_k<k>` for students.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from mmd_jax import diffusion, train
+from mmd_jax.data import batches
+from mmd_jax.denoiser import DenoiserSpec
+from mmd_jax.evaluation import plots
+from mmd_jax.methods import moment_matching as mm
+from mmd_jax.methods import teacher
+from mmd_jax.models import build_model
+
+DISTILL_METHODS = ('mm_alternating', 'mm_parameter')
+
+
+def denoiser_spec(config, dataset) -> DenoiserSpec:
+  num_classes = dataset.num_classes if config.model.conditional else 0
+  return DenoiserSpec(
+      module=build_model(config.model, num_classes),
+      schedule=diffusion.schedule_from_config(config.diffusion),
+      parameterization=config.model.parameterization,
+      num_classes=num_classes)
+
+
+def stream_for(config, dataset, batch_size: int, salt: int):
+  return batches.BatchStream(dataset.train, batch_size, config.seed + salt,
+                             jax.process_index(), jax.process_count())
+
+
+def stage_key(config, name: str):
+  """Keys depend on the seed and stage name only, not on earlier stages."""
+  return jax.random.fold_in(jax.random.PRNGKey(config.seed),
+                            sum(map(ord, name)))
+
+
+def _preview_fn(config, dataset, spec, k: int, params_of, label: str):
+  def preview(state, path):
+    n = config.log.num_preview_samples
+    labels = (np.arange(n) % spec.num_classes).astype(np.int32) \
+        if spec.num_classes else None
+    x = jax.jit(lambda p, key: spec.sample(
+        p, key, (n,) + dataset.example_shape, k, labels=labels))(
+            params_of(state), jax.random.PRNGKey(0))
+    real = dataset.train['x'][:2000] if dataset.kind == 'points' else None
+    plots.save_samples(np.asarray(x), path,
+                       f'{label}, {k} steps, step {int(state.step)}', real=real)
+  return preview
+
+
+# ----------------------------------------------------------------------------
+# Teacher.
+
+
+def teacher_stage(config, workdir: str, dataset, spec,
+                  stage_dir: str | None = None) -> train.Stage:
+  t = config.teacher
+  tx, _ = teacher.make_optimizer(t.learning_rate, t.warmup_steps,
+                                 t.num_train_steps, t.grad_clip, t.b1, t.b2,
+                                 t.adam_eps, t.lr_decay)
+  hp = teacher.TeacherHParams(loss_weight=t.loss_weight,
+                              label_dropout=t.label_dropout,
+                              ema_decay=t.ema_decay, sigma_data=t.sigma_data,
+                              stratified_t=t.stratified_t)
+
+  def init(key, batch, frozen):
+    del frozen
+    return teacher.init(key, spec, hp, tx, batch)
+
+  meta = {'method': 'teacher', 'k': None, 'dataset': dataset.name,
+          'example_shape': list(dataset.example_shape),
+          'num_classes': spec.num_classes}
+  return train.Stage(
+      name='teacher', stage_dir=stage_dir or os.path.join(workdir, 'teacher'),
+      num_steps=t.num_train_steps, init=init, step=teacher.step,
+      rng=lambda s: s.rng, meta=meta,
+      preview=_preview_fn(config, dataset, spec, 64, teacher.sampling_params,
+                          'teacher'))
+
+
+def teacher_dir(config, workdir: str) -> str:
+  """The teacher stage: config.teacher.checkpoint if set, else W/teacher."""
+  return config.teacher.checkpoint or os.path.join(workdir, 'teacher')
+
+
+def load_teacher(config, workdir, dataset, spec, mesh):
+  stage = teacher_stage(config, workdir, dataset, spec,
+                        stage_dir=teacher_dir(config, workdir))
+  stream = stream_for(config, dataset, config.teacher.batch_size, 0)
+  return train.restore_latest(stage, stream, mesh, stage_key(config, 'teacher'))
+
+
+def estimate_second_moment(spec, params, stream, num_steps: int, b2: float,
+                           hp: teacher.TeacherHParams, mesh_sharding):
+  """Adam's nu from `num_steps` fresh teacher gradients at fixed params, for
+  teachers imported without their optimiser state."""
+  @jax.jit
+  def acc(nu, batch, key):
+    labels = batch.get('label') if spec.num_classes else None
+    g = jax.grad(lambda p: teacher.diffusion_loss(
+        spec, p, batch['x'], labels, key, hp.loss_weight, hp.sigma_data))(params)
+    return jax.tree.map(lambda n, gi: b2 * n + (1 - b2) * gi * gi, nu, g)
+
+  nu = jax.tree.map(jnp.zeros_like, params)
+  for i in range(num_steps):
+    nu = acc(nu, stream.global_batch_at(i, mesh_sharding),
+             jax.random.PRNGKey(i))
+  return nu, jnp.asarray(num_steps)
+
+
+# ----------------------------------------------------------------------------
+# Moment matching students.
+
+
+def mm_hparams(config, k: int) -> mm.MMHParams:
+  d = config.distill
+  weighting = d.weighting_small_k if k <= 2 else d.weighting
+  return mm.MMHParams(k=k, weighting=weighting, renoise=d.renoise,
+                      guidance=d.guidance, sigma_data=config.teacher.sigma_data)
+
+
+def mm_stage(config, workdir: str, dataset, spec, method: str, k: int,
+             frozen) -> train.Stage:
+  """`frozen` is {'teacher_params': ..., 'precond': ...} (or abstract)."""
+  d = config.distill
+  tx = mm.mm_optimizer(d.learning_rate, d.warmup_steps, d.num_train_steps,
+                       d.grad_clip)
+  hp = mm_hparams(config, k)
+  if method == 'mm_alternating':
+    def init(key, batch, fz):
+      return mm.init_alternating(key, fz['teacher_params'], spec, hp, tx, batch)
+    step, fields = mm.alternating_step, ('teacher_params',)
+    frozen = {'teacher_params': frozen['teacher_params']}
+  elif method == 'mm_parameter':
+    def init(key, batch, fz):
+      return mm.init_parameter(key, fz['teacher_params'], fz['precond'], spec,
+                               hp, tx, batch)
+    step, fields = mm.parameter_step, ('teacher_params', 'precond')
+  else:
+    raise ValueError(f'unknown distillation method {method!r}')
+  name = f'{method}_k{k}'
+  meta = {'method': method, 'k': k, 'dataset': dataset.name,
+          'example_shape': list(dataset.example_shape),
+          'num_classes': spec.num_classes, 'weighting': hp.weighting,
+          'renoise': hp.renoise}
+  return train.Stage(
+      name=name, stage_dir=os.path.join(workdir, name),
+      num_steps=d.num_train_steps, init=init, step=step, rng=lambda s: s.rng,
+      meta=meta, frozen=frozen, frozen_fields=fields,
+      preview=_preview_fn(config, dataset, spec, k,
+                          lambda s: s.student_params, name))
+
+
+def teacher_frozen(config, teacher_state, spec, dataset, mesh, need_precond):
+  """Teacher params (EMA if used) and, for Algorithm 3, Lambda."""
+  frozen = {'teacher_params': teacher.sampling_params(teacher_state)}
+  if need_precond:
+    try:
+      nu, count = teacher.adam_second_moment(teacher_state.opt_state)
+    except ValueError:
+      nu = None
+    if nu is None or int(count) == 0:
+      n = config.distill.precond_estimate_steps
+      logging.info('teacher has no Adam state: estimating Lambda from %d '
+                   'fresh teacher gradients', n)
+      from mmd_jax import parallel
+      nu, count = estimate_second_moment(
+          spec, frozen['teacher_params'],
+          stream_for(config, dataset, config.teacher.batch_size, 17), n,
+          config.teacher.b2, teacher_state.hparams,
+          parallel.batch_sharding(mesh))
+    frozen['precond'] = mm.preconditioner(nu, count, config.teacher.b2,
+                                          config.distill.precond_eps)
+  return frozen
+
+
+def abstract_frozen(spec, dataset, with_precond: bool):
+  """Shapes of the frozen inputs, for restoring a student without its teacher."""
+  x = jnp.zeros((1,) + dataset.example_shape)
+  params = jax.eval_shape(spec.init_params, jax.random.PRNGKey(0), x)
+  frozen = {'teacher_params': params}
+  if with_precond:
+    frozen['precond'] = params
+  return frozen
+
+
+def load_student(config, workdir, dataset, spec, mesh, method: str, k: int):
+  stage = mm_stage(config, workdir, dataset, spec, method, k,
+                   abstract_frozen(spec, dataset, method == 'mm_parameter'))
+  stream = stream_for(config, dataset, config.distill.batch_size, 1)
+  return train.restore_latest(stage, stream, mesh, stage_key(config, stage.name))
