@@ -58,8 +58,7 @@ class Scorer:
       self.reference = {
           'fd': fid.frechet_distance_features(train_feats, self.real_feats),
           'class_accuracy': self.clf.test_accuracy,
-          **precision_recall.precision_recall(self.real_feats, train_feats,
-                                              config.eval.pr_k)}
+          **self._pr(train_feats)}
       self.extra = {'classifier': {'test_accuracy': self.clf.test_accuracy}}
 
   def score(self, samples, labels=None) -> dict:
@@ -71,9 +70,16 @@ class Scorer:
     out = {'fd': fid.frechet_distance_features(feats, self.real_feats)}
     if labels is not None:
       out['class_accuracy'] = float(np.mean(np.argmax(logits, -1) == labels))
-    out.update(precision_recall.precision_recall(self.real_feats, feats,
-                                                 cfg.pr_k))
+    out.update(self._pr(feats))
     return out
+
+  def _pr(self, feats):
+    """k-NN radii shrink as a set grows, so precision/recall compare equal
+    sized sets: a fixed subsample of `feats` as large as the real set."""
+    n = len(self.real_feats)
+    idx = np.random.default_rng(0).permutation(len(feats))[:n]
+    return precision_recall.precision_recall(self.real_feats, feats[idx],
+                                             self.config.eval.pr_k)
 
 
 @dataclasses.dataclass
