@@ -67,6 +67,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.distill.weighting = 'v'        # w(s) for k > 2: v | edm | flat | snr | dmd
   c.distill.weighting_small_k = 'flat'  # w(s) for k <= 2 (paper: flat or dmd)
   c.distill.renoise = 'conditional'     # conditional | marginal (ablation)
+  # s ~ U[0, 1-1/k] ('grid') or U[0, 1] ('full'); 'auto': full at k = 1 only,
+  # where the grid range is s = 0 and the gradient vanishes.
+  c.distill.s_range = 'auto'
   c.distill.guidance = 0.0         # CFG weight inside the teacher only
   c.distill.precond_eps = 1e-8     # Lambda = 1 / (sqrt(v_hat) + eps)
   c.distill.precond_estimate_steps = 100  # when the teacher has no Adam state

@@ -6,7 +6,7 @@ import os
 from mmd_jax import diffusion
 from mmd_jax.data import DATASETS
 from mmd_jax.data.toy2d import TOY2D_NAMES
-from mmd_jax.methods.moment_matching import RENOISE, WEIGHTINGS
+from mmd_jax.methods.moment_matching import RENOISE, S_RANGES, WEIGHTINGS
 from mmd_jax.models import MODELS
 
 STAGES = ('teacher', 'vae', 'mm_alternating', 'mm_parameter', 'emd',
@@ -99,6 +99,8 @@ def validate(config):
             f'unknown {dd[key]!r}; known: {WEIGHTINGS}')
     _need(dd.renoise in RENOISE, 'distill.renoise',
           f'unknown {dd.renoise!r}; known: {RENOISE}')
+    _need(dd.s_range in S_RANGES, 'distill.s_range',
+          f'unknown {dd.s_range!r}; known: {S_RANGES}')
     if 'mm_parameter' in stages:
       _need(dd.batch_size % 2 == 0, 'distill.batch_size',
             'must be even: mm_parameter splits it into batches A and B')

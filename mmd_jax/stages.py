@@ -124,7 +124,8 @@ def mm_hparams(config, k: int) -> mm.MMHParams:
   d = config.distill
   weighting = d.weighting_small_k if k <= 2 else d.weighting
   return mm.MMHParams(k=k, weighting=weighting, renoise=d.renoise,
-                      guidance=d.guidance, sigma_data=config.teacher.sigma_data)
+                      guidance=d.guidance, sigma_data=config.teacher.sigma_data,
+                      s_range=d.s_range)
 
 
 def mm_stage(config, workdir: str, dataset, spec, method: str, k: int,

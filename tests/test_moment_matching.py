@@ -225,3 +225,15 @@ def test_preconditioner_bias_correction():
   # v_hat = nu / (1 - 0.99) -> 1 / sqrt(v_hat)
   np.testing.assert_allclose(lam['a'], 1 / np.sqrt(np.array([1.0, 4.0])),
                              rtol=1e-5)
+
+
+@pytest.mark.parametrize('k,s_range,s_max', [(8, 'grid', 7 / 8), (8, 'auto', 7 / 8),
+                                             (1, 'auto', 1.0), (4, 'full', 1.0)])
+def test_sample_times(k, s_range, s_max):
+  s, t = mm.sample_times(jax.random.PRNGKey(0), 20_000, k, s_range)
+  assert float(s.min()) >= 0.0 and float(s.max()) <= s_max
+  assert float(s.max()) > 0.98 * s_max  # the whole range is used
+  assert bool(jnp.all(t >= s)) and bool(jnp.all(t - s <= 1.0 / k + 1e-6))
+  assert float(t.max()) <= 1.0
+  # Continuous t, not only grid points.
+  assert len(np.unique(np.round(np.asarray(t) * k, 5))) > 1000

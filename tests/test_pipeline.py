@@ -106,11 +106,19 @@ def test_bad_config_fails_with_one_line_and_no_workdir(override, message,
   assert not w.exists()
 
 
-def test_unknown_config_key_fails(repo_root, tmp_path):
+@pytest.mark.parametrize('override,message', [
+    ('--config.teacher.nonsense=3', 'nonsense'),
+    ('--config.teacher.num_train_steps=abc', 'num_train_steps'),
+])
+def test_unknown_key_or_wrong_type_fails_in_one_line(override, message,
+                                                     repo_root, tmp_path):
   w = tmp_path / 'never'
   r = _run(['mmd_jax.main', '--config=configs/toy2d.py:tiny', f'--workdir={w}',
-            '--config.teacher.nonsense=3'], repo_root, timeout=120)
-  assert r.returncode != 0 and 'nonsense' in r.stderr
+            override], repo_root, timeout=120)
+  assert r.returncode == 2
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error:'), r.stderr[-1000:]
+  assert message in lines[0]
   assert not w.exists()
 
 

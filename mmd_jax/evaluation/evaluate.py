@@ -21,8 +21,8 @@ def generate(spec, params, key, n: int, k: int, sampler: str, batch_size: int,
   shape = tuple(shape)
   labels_all = (np.arange(n) % num_classes).astype(np.int32) if num_classes else None
 
-  @jax.jit
-  def draw(key, labels):
+  @jax.jit  # params as an argument: closed-over arrays become constants
+  def draw(params, key, labels):
     b = batch_size if labels is None else labels.shape[0]
     return spec.sample(params, key, (b,) + shape, k, labels=labels,
                        guidance=guidance, sampler=sampler)
@@ -31,7 +31,7 @@ def generate(spec, params, key, n: int, k: int, sampler: str, batch_size: int,
   for i in range(0, n, batch_size):
     lab = None if labels_all is None else jnp.asarray(
         np.resize(labels_all[i:i + batch_size], batch_size))
-    out.append(np.asarray(draw(jax.random.fold_in(key, i), lab)))
+    out.append(np.asarray(draw(params, jax.random.fold_in(key, i), lab)))
   return np.concatenate(out)[:n], labels_all
 
 

@@ -36,6 +36,7 @@ class MMHParams:
   renoise: str = 'conditional'  # q(z_s|z_t, x~) (paper) or marginal q(z_s|x~)
   guidance: float = 0.0         # CFG weight, used only inside the teacher
   sigma_data: float = 0.5
+  s_range: str = 'auto'         # grid: s in [0, 1-1/k]; full: s in [0, 1]
 
 
 def mm_optimizer(learning_rate, warmup_steps, total_steps, grad_clip=1.0):
@@ -50,10 +51,21 @@ def mm_optimizer(learning_rate, warmup_steps, total_steps, grad_clip=1.0):
 # Shared pieces.
 
 
-def sample_times(key, batch: int, k: int):
-  """s ~ U[0, 1 - 1/k], delta ~ U[0, 1/k], t = min(s + delta, 1)."""
+S_RANGES = ('auto', 'grid', 'full')
+
+
+def sample_times(key, batch: int, k: int, s_range: str = 'grid'):
+  """delta ~ U[0, 1/k], t = min(s + delta, 1), with s ~ U[0, 1 - 1/k]
+  ('grid', ALGORITHMS.md §2) or s ~ U[0, 1] ('full').
+
+  'auto' is 'full' at k = 1 only: there the grid range is the single point
+  s = 0, where z_s = x~ and both denoisers return x~, so the gradient
+  vanishes (measured: grad norm 3e-6 on toy2d). The full range makes k = 1
+  the VSD/DMD special case that §2's equivalence note describes.
+  """
   k_s, k_d = jax.random.split(key)
-  s = jax.random.uniform(k_s, (batch,)) * (1.0 - 1.0 / k)
+  full = s_range == 'full' or (s_range == 'auto' and k == 1)
+  s = jax.random.uniform(k_s, (batch,)) * (1.0 if full else 1.0 - 1.0 / k)
   t = jnp.minimum(s + jax.random.uniform(k_d, (batch,)) / k, 1.0)
   return s, t
 
@@ -103,7 +115,7 @@ class _Draw:
 
 def _draw(key, spec, student_params, x, labels, hp: MMHParams):
   k_time, k_eps, k_renoise = jax.random.split(key, 3)
-  s, t = sample_times(k_time, x.shape[0], hp.k)
+  s, t = sample_times(k_time, x.shape[0], hp.k, hp.s_range)
   lam_s, lam_t = spec.schedule(s), spec.schedule(t)
   z_t = diffusion.diffuse(x, lam_t, jax.random.normal(k_eps, x.shape))
   x_tilde, vjp = jax.vjp(lambda p: spec.x_hat(p, z_t, lam_t, labels),
