@@ -65,7 +65,8 @@ def test_unet_shapes_conditioning_and_dropout(attn):
 def test_build_model_from_config():
   cfg = ml_collections.ConfigDict(dict(
       name='unet', channels=8, channel_mult=[1, 2], num_res_blocks=1,
-      attn_resolutions=[4], num_heads=2, dropout=0.0, width=8, num_blocks=1))
+      attn_resolutions=[4], num_heads=2, dropout=0.0, width=8, num_blocks=1,
+      block_conditioning=False))
   assert isinstance(build_model(cfg, 10), UNet)
   cfg.name = 'mlp'
   assert isinstance(build_model(cfg, 0), ResMLP)
