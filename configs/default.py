@@ -74,6 +74,28 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.distill.precond_eps = 1e-8     # Lambda = 1 / (sqrt(v_hat) + eps)
   c.distill.precond_estimate_steps = 100  # when the teacher has no Adam state
 
+  # EM distillation (ALGORITHMS.md §4): the `emd` and `diff_instruct` stages
+  # train one-step generators with distill.{num_train_steps, batch_size,
+  # warmup_steps, grad_clip}; their own settings live here.
+  c.emd = ml_collections.ConfigDict()
+  c.emd.generator_learning_rate = 1e-4
+  c.emd.score_learning_rate = 1e-4
+  c.emd.b1 = 0.0                   # Adam, warm-up then linear decay to 0
+  c.emd.b2 = 0.99
+  c.emd.logsnr_generator = 0.0     # lambda*: g(z) is the net at this log-SNR
+  c.emd.langevin_steps = 16        # K
+  c.emd.parameterization = 'eps'   # eps: non-centred (eps, z) | x: centred
+  c.emd.gamma_eps = 0.3
+  c.emd.gamma_z = 0.01
+  c.emd.noise_cancellation = 'eps'  # eps | none
+  c.emd.weighting = 'inv_snr'      # w(t): inv_snr | sigma_over_alpha | one
+  c.emd.t_min = 0.02               # t ~ U[t_min, t_max]
+  c.emd.t_max = 0.98
+  c.emd.score_updates = 1          # student-score updates per generator update
+  # Extra emd stages, one per entry, e.g. 'langevin_steps=16,gamma_eps=0.3'
+  # (keys: the EMD settings above); each writes emd_k1_<setting>.
+  c.emd.sweep = ()
+
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 2000
   c.checkpoint.keep = 2

@@ -6,8 +6,9 @@ on 2 CPU cores it trains ~10x faster than a conv UNet of similar size
 override away: --config.model.name=unet.
 
 Variants: (none) teacher then evaluate; mm adds moment-matching students
-(alternating and parameter-space) at k in {1, 2, 4, 8}; tiny and tiny_mm
-are seconds-long versions for tests.
+(alternating and parameter-space) at k in {1, 2, 4, 8}; emd adds one-step
+generators (Diff-Instruct and EMD); tiny, tiny_mm and tiny_emd are
+seconds-long versions for tests.
 """
 from configs import default
 
@@ -34,7 +35,10 @@ def get_config(arg=None):
   c.distill.sampling_steps = (1, 2, 4, 8)
   if arg in ('mm', 'tiny_mm'):
     c.stages = ('teacher', 'mm_alternating', 'mm_parameter', 'evaluate')
-  if arg in ('tiny', 'tiny_mm'):
+  if arg in ('emd', 'tiny_emd'):
+    c.stages = ('teacher', 'diff_instruct', 'emd', 'evaluate')
+    c.eval.teacher_steps = (1, 2, 4, 8, 256)
+  if arg in ('tiny', 'tiny_mm', 'tiny_emd'):
     c.model.width = 32
     c.model.num_blocks = 1
     c.teacher.num_train_steps = 20
@@ -50,6 +54,7 @@ def get_config(arg=None):
     c.distill.batch_size = 32
     c.distill.warmup_steps = 2
     c.distill.sampling_steps = (2,)
-  elif arg not in (None, '', 'mm'):
-    raise ValueError(f'unknown digits config variant {arg!r} (mm, tiny, tiny_mm)')
+  elif arg not in (None, '', 'mm', 'emd'):
+    raise ValueError(f'unknown digits config variant {arg!r} '
+                     '(mm, emd, tiny, tiny_mm, tiny_emd)')
   return c

@@ -4,9 +4,36 @@ Variants (`--config=configs/toy2d.py:ARG`):
   (none)  the default run: teacher (15k steps) then evaluate.
   mm      teacher, then moment-matching students (alternating and
           parameter-space) at k in {1, 2, 4, 8}, then evaluate.
-  tiny    a seconds-long run for tests; tiny_mm adds tiny students.
+  emd     teacher, then one-step generators: Diff-Instruct (the EMD K=1
+          baseline) and EMD with the shipped settings, then evaluate.
+  emd_ablation  emd plus one generator per EMD setting in the sweep below
+          (K, parameterisation, noise cancellation, step sizes).
+  tiny    a seconds-long run for tests; tiny_mm adds tiny students and
+          tiny_emd tiny generators (with a one-entry sweep).
 """
 from configs import default
+
+
+def _emd(k, ge, gz, chain='eps', cancel='eps'):
+  return (f'langevin_steps={k},gamma_eps={ge},gamma_z={gz},'
+          f'parameterization={chain},noise_cancellation={cancel}')
+
+
+# `emd_ablation`: one generator per setting, beside Diff-Instruct and the
+# shipped config.emd (K=16, gamma_eps=0.3, gamma_z=0.01, (eps, z), cancel).
+ABLATION = (
+    _emd(4, 0.5, 0.01),                   # K
+    _emd(8, 0.3, 0.01),
+    _emd(2, 0.5, 0.01),
+    _emd(1, 0.5, 0.01),
+    _emd(4, 0.5, 0.01, chain='x'),        # centred (x_t, z) chain
+    _emd(4, 0.5, 0.01, cancel='none'),    # no noise cancellation
+    _emd(16, 0.3, 0.01, cancel='none'),
+    _emd(16, 0.3, 0.01, chain='x'),
+    _emd(4, 0.5, 0.0),                    # step sizes (gamma_eps, gamma_z)
+    _emd(4, 0.5, 0.05),
+    _emd(16, 0.1, 0.01),
+)
 
 
 def get_config(arg=None):
@@ -33,7 +60,14 @@ def get_config(arg=None):
   c.distill.sampling_steps = (1, 2, 4, 8)
   if arg in ('mm', 'tiny_mm'):
     c.stages = ('teacher', 'mm_alternating', 'mm_parameter', 'evaluate')
-  if arg in ('tiny', 'tiny_mm'):
+  if arg in ('emd', 'emd_ablation', 'tiny_emd'):
+    c.stages = ('teacher', 'diff_instruct', 'emd', 'evaluate')
+  if arg == 'emd_ablation':
+    c.emd.sweep = ABLATION
+    c.eval.num_samples = 16_000  # ED noise floor ~4x lower than at 4000
+    c.eval.batch_size = 4000
+    c.eval.teacher_steps = (1, 4, 8, 16, 256)
+  if arg in ('tiny', 'tiny_mm', 'tiny_emd'):
     c.model.width = 32
     c.model.num_blocks = 1
     c.teacher.num_train_steps = 40
@@ -49,6 +83,8 @@ def get_config(arg=None):
     c.distill.batch_size = 64
     c.distill.warmup_steps = 2
     c.distill.sampling_steps = (2,)
-  elif arg not in (None, '', 'mm'):
-    raise ValueError(f'unknown toy2d config variant {arg!r} (mm, tiny, tiny_mm)')
+    c.emd.sweep = ('langevin_steps=2,parameterization=x,gamma_z=0.1',)
+  elif arg not in (None, '', 'mm', 'emd', 'emd_ablation'):
+    raise ValueError(f'unknown toy2d config variant {arg!r} '
+                     '(mm, emd, emd_ablation, tiny, tiny_mm, tiny_emd)')
   return c

@@ -6,12 +6,14 @@ import os
 from mmd_jax import diffusion
 from mmd_jax.data import DATASETS
 from mmd_jax.data.toy2d import TOY2D_NAMES
+from mmd_jax.methods import emd
 from mmd_jax.methods.moment_matching import RENOISE, S_RANGES, WEIGHTINGS
 from mmd_jax.models import MODELS
 
 STAGES = ('teacher', 'vae', 'mm_alternating', 'mm_parameter', 'emd',
           'diff_instruct', 'evaluate')
-IMPLEMENTED_STAGES = ('teacher', 'mm_alternating', 'mm_parameter', 'evaluate')
+IMPLEMENTED_STAGES = ('teacher', 'mm_alternating', 'mm_parameter', 'emd',
+                      'diff_instruct', 'evaluate')
 
 
 class ConfigError(ValueError):
@@ -105,8 +107,11 @@ def validate(config):
       _need(dd.batch_size % 2 == 0, 'distill.batch_size',
             'must be even: mm_parameter splits it into batches A and B')
       _need(dd.precond_eps > 0, 'distill.precond_eps', 'must be > 0')
-    if 'teacher' not in stages and not config.teacher.checkpoint:
-      pass  # the teacher may come from an earlier run in the same workdir
+  if any(s in ('emd', 'diff_instruct') for s in stages):
+    for key in ('num_train_steps', 'batch_size'):
+      _positive_int(config, f'distill.{key}')
+    _need(dd.warmup_steps >= 0, 'distill.warmup_steps', 'must be >= 0')
+    _validate_emd(config)
   _positive_int(config, 'checkpoint.keep')
   _need(config.checkpoint.every_steps >= 0, 'checkpoint.every_steps',
         'must be >= 0')
@@ -123,3 +128,45 @@ def validate(config):
 
   for axis in config.mesh.keys():
     _need(axis in ('data', 'fsdp'), 'mesh', f'unknown mesh axis {axis!r}')
+
+
+def _check_emd_setting(v, where):
+  """The EMD sampler settings in `v` (config.emd or a sweep entry's merge)."""
+  def key(k):
+    return f'emd.{k}' if where == 'emd' else f'{where} ({k})'
+  _need(isinstance(v['langevin_steps'], int) and v['langevin_steps'] >= 0,
+        key('langevin_steps'),
+        f"must be an integer >= 0, got {v['langevin_steps']!r}")
+  _need(v['parameterization'] in emd.PARAMETERIZATIONS, key('parameterization'),
+        f"unknown {v['parameterization']!r}; known: {emd.PARAMETERIZATIONS}")
+  _need(v['noise_cancellation'] in emd.CANCELLATIONS,
+        key('noise_cancellation'),
+        f"unknown {v['noise_cancellation']!r}; known: {emd.CANCELLATIONS}")
+  _need(v['weighting'] in emd.WEIGHTINGS, key('weighting'),
+        f"unknown {v['weighting']!r}; known: {emd.WEIGHTINGS}")
+  _need(0.0 < v['gamma_eps'] <= 1.0, key('gamma_eps'),
+        f"must be in (0, 1], got {v['gamma_eps']}")
+  _need(0.0 <= v['gamma_z'] <= 1.0, key('gamma_z'),
+        f"must be in [0, 1], got {v['gamma_z']}")
+  _need(0.0 < v['t_min'] < v['t_max'] < 1.0, key('t_min'),
+        f"need 0 < t_min < t_max < 1, got {v['t_min']}, {v['t_max']}")
+  _need(isinstance(v['score_updates'], int) and v['score_updates'] >= 1,
+        key('score_updates'), f"must be an integer >= 1, got {v['score_updates']!r}")
+
+
+def _validate_emd(config):
+  e = config.emd
+  for k in ('generator_learning_rate', 'score_learning_rate'):
+    _need(e[k] > 0, f'emd.{k}', f'must be > 0, got {e[k]}')
+  _need(0.0 <= e.b1 < 1.0 and 0.0 <= e.b2 < 1.0, 'emd.b1',
+        'emd.b1 and emd.b2 must be in [0, 1)')
+  _check_emd_setting(e, 'emd')
+  from mmd_jax import emd_stages  # late: emd_stages imports train (clu)
+  for i, entry in enumerate(e.sweep):
+    try:
+      overrides = emd_stages.parse_sweep_entry(entry, e)
+    except ValueError as err:
+      raise ConfigError(f'config.emd.sweep[{i}]: {err}') from None
+    merged = {k: e[k] for k in emd_stages.HPARAM_KEYS}
+    merged.update(overrides)
+    _check_emd_setting(merged, f'emd.sweep[{i}]')

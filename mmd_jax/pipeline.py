@@ -11,7 +11,7 @@ import os
 import jax
 from absl import logging
 
-from mmd_jax import config_check, parallel, stages, train
+from mmd_jax import config_check, emd_stages, parallel, stages, train
 from mmd_jax.data import load_dataset
 from mmd_jax.denoiser import count_params
 from mmd_jax.evaluation import evaluate
@@ -38,7 +38,23 @@ def _save_stage_config(config, stage_dir):
       f.write(config.to_json_best_effort(indent=2))
 
 
+def _check_same_stage(stage):
+  """A stage directory holds one setting: refuse to resume or skip one that
+  was trained with different hyperparameters (e.g. a changed EMD default)."""
+  path = os.path.join(stage.stage_dir, 'stage.json')
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    old = json.load(f)
+  for key in ('method', 'k', 'setting', 'weighting', 'renoise'):
+    if key in old and key in stage.meta and old[key] != stage.meta[key]:
+      raise config_check.ConfigError(
+          f'{stage.stage_dir} was trained with {key}={old[key]!r}, the config '
+          f'now asks for {stage.meta[key]!r}; use a new workdir or remove it')
+
+
 def _train_stage(config, stage, stream, mesh):
+  _check_same_stage(stage)
   _save_stage_config(config, stage.stage_dir)
   if train.is_finished(stage.stage_dir, stage.num_steps):
     logging.info('%s: finished earlier, skipping', stage.name)
@@ -77,10 +93,15 @@ def run(config, workdir: str):
       if frozen is None or (name == 'mm_parameter' and 'precond' not in frozen):
         frozen = stages.teacher_frozen(config, teacher_state, spec, dataset,
                                        mesh, need_precond=name == 'mm_parameter')
-      for k in config.distill.sampling_steps:
-        stage = stages.mm_stage(config, workdir, dataset, spec, name, k, frozen)
-        stream = stages.stream_for(config, dataset, config.distill.batch_size, 1)
-        _train_stage(config, stage, stream, mesh)
+      stream = stages.stream_for(config, dataset, config.distill.batch_size, 1)
+      if name in stages.MM_METHODS:
+        for k in config.distill.sampling_steps:
+          _train_stage(config, stages.mm_stage(config, workdir, dataset, spec,
+                                               name, k, frozen), stream, mesh)
+      else:
+        for setting in emd_stages.settings(config, (name,)):
+          _train_stage(config, stages.emd_stage(config, workdir, dataset, spec,
+                                                setting, frozen), stream, mesh)
     elif name == 'evaluate':
       if teacher_state is None:
         teacher_state = stages.load_teacher(config, workdir, dataset, spec,
@@ -89,14 +110,7 @@ def run(config, workdir: str):
                                 teacher.sampling_params(teacher_state))
                  for s in config.eval.samplers
                  for k in config.eval.teacher_steps]
-      for method in config.stages:
-        if method not in stages.DISTILL_METHODS:
-          continue
-        for k in config.distill.sampling_steps:
-          st = stages.load_student(config, workdir, dataset, spec, mesh,
-                                   method, k)
-          entries.append(evaluate.Entry(method, 'student', k, spec,
-                                        st.student_params))
+      entries += _student_entries(config, workdir, dataset, spec, mesh)
       rep = evaluate.run(config, workdir, dataset, entries)
       logging.info('report written to %s', os.path.join(workdir, 'report.md'))
       _log_summary(rep)
@@ -104,8 +118,45 @@ def run(config, workdir: str):
       raise config_check.ConfigError(f'config.stages: {name!r} not implemented')
 
 
+def _stage_cost(stage_dir):
+  path = os.path.join(stage_dir, 'stage.json')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f).get('seconds_per_step')
+
+
+def _student_entries(config, workdir, dataset, spec, mesh):
+  """One report entry per trained student and generator, in stage order."""
+  entries = []
+  for method in config.stages:
+    if method in stages.MM_METHODS:
+      for k in config.distill.sampling_steps:
+        st = stages.load_student(config, workdir, dataset, spec, mesh, method,
+                                 k)
+        entries.append(evaluate.Entry(
+            method, 'student', k, spec, st.student_params,
+            train_seconds_per_step=_stage_cost(
+                os.path.join(workdir, f'{method}_k{k}'))))
+    elif method in stages.EMD_METHODS:
+      for setting in emd_stages.settings(config, (method,)):
+        st = stages.load_generator(config, workdir, dataset, spec, mesh,
+                                   setting)
+        hp = emd_stages.hparams(config, setting.overrides)
+        entries.append(evaluate.Entry(
+            setting.model, 'student', 1, spec, st.generator_params,
+            logsnr_generator=hp.logsnr_generator,
+            train_seconds_per_step=_stage_cost(
+                os.path.join(workdir, setting.name)),
+            setting={'langevin_steps': hp.langevin_steps,
+                     'parameterization': hp.parameterization,
+                     'noise_cancellation': hp.noise_cancellation,
+                     'gamma_eps': hp.gamma_eps, 'gamma_z': hp.gamma_z}))
+  return entries
+
+
 def _log_summary(rep):
   logging.info('reference (real vs real): %s', json.dumps(rep['reference']))
   for r in rep['rows']:
-    logging.info('%-16s %-9s k=%-4d %s', r['model'], r['sampler'], r['steps'],
+    logging.info('%-24s %-9s k=%-4d %s', r['model'], r['sampler'], r['steps'],
                  json.dumps({k: round(v, 5) for k, v in r['metrics'].items()}))

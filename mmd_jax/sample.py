@@ -39,7 +39,7 @@ def main(argv):
   import ml_collections
   import numpy as np
 
-  from mmd_jax import parallel, stages
+  from mmd_jax import emd_stages, parallel, stages
   from mmd_jax.evaluation import evaluate
   from mmd_jax.methods import teacher
 
@@ -53,7 +53,7 @@ def main(argv):
   with open(cfg_path) as f:
     config = ml_collections.ConfigDict(json.load(f))
   method = meta['method']
-  if method not in ('teacher', 'mm_alternating', 'mm_parameter'):
+  if method not in ('teacher',) + stages.DISTILL_METHODS:
     _fail(f'sampling method {method!r} is not supported')
 
   from mmd_jax.data import load_dataset
@@ -66,6 +66,15 @@ def main(argv):
     config.teacher.checkpoint = stage_dir
     params = teacher.sampling_params(
         stages.load_teacher(config, workdir, dataset, spec, mesh))
+  elif method in stages.EMD_METHODS:
+    if _STEPS.value not in (None, 1):
+      _fail(f'{stage_dir} holds a one-step generator; --steps must be 1')
+    # The stage records its full setting, so a sweep member needs no config.
+    setting = emd_stages.Setting(
+        method, os.path.basename(stage_dir), meta['model'],
+        tuple((k, meta['setting'][k]) for k in emd_stages.HPARAM_KEYS))
+    params = stages.load_generator(config, workdir, dataset, spec, mesh,
+                                   setting).generator_params
   else:
     params = stages.load_student(config, workdir, dataset, spec, mesh, method,
                                  int(meta['k'])).student_params
@@ -74,7 +83,7 @@ def main(argv):
   samples, labels = evaluate.generate(
       spec, params, jax.random.PRNGKey(_SEED.value), _NUM.value, k,
       _SAMPLER.value, min(_BATCH.value, _NUM.value), dataset.example_shape,
-      spec.num_classes, _GUIDANCE.value)
+      spec.num_classes, _GUIDANCE.value, meta.get('logsnr_generator'))
   out = {'samples': samples.astype(np.float32)}
   if labels is not None:
     out['labels'] = labels

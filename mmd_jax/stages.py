@@ -11,15 +11,18 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mmd_jax import diffusion, train
+from mmd_jax import diffusion, emd_stages, train
 from mmd_jax.data import batches
 from mmd_jax.denoiser import DenoiserSpec
 from mmd_jax.evaluation import plots
+from mmd_jax.methods import emd
 from mmd_jax.methods import moment_matching as mm
 from mmd_jax.methods import teacher
 from mmd_jax.models import build_model
 
-DISTILL_METHODS = ('mm_alternating', 'mm_parameter')
+MM_METHODS = ('mm_alternating', 'mm_parameter')
+EMD_METHODS = ('diff_instruct', 'emd')
+DISTILL_METHODS = MM_METHODS + EMD_METHODS
 
 
 def denoiser_spec(config, dataset) -> DenoiserSpec:
@@ -42,14 +45,19 @@ def stage_key(config, name: str):
                             sum(map(ord, name)))
 
 
-def _preview_fn(config, dataset, spec, k: int, params_of, label: str):
+def _preview_fn(config, dataset, spec, k: int, params_of, label: str,
+                logsnr_generator=None):
   def preview(state, path):
     n = config.log.num_preview_samples
     labels = (np.arange(n) % spec.num_classes).astype(np.int32) \
         if spec.num_classes else None
-    x = jax.jit(lambda p, key: spec.sample(
-        p, key, (n,) + dataset.example_shape, k, labels=labels))(
-            params_of(state), jax.random.PRNGKey(0))
+    shape = (n,) + dataset.example_shape
+    if logsnr_generator is None:
+      draw = lambda p, key: spec.sample(p, key, shape, k, labels=labels)
+    else:
+      draw = lambda p, key: emd.generator_sample(spec, p, key, shape,
+                                                 logsnr_generator, labels)
+    x = jax.jit(draw)(params_of(state), jax.random.PRNGKey(0))
     real = dataset.train['x'][:2000] if dataset.kind == 'points' else None
     plots.save_samples(np.asarray(x), path,
                        f'{label}, {k} steps, step {int(state.step)}', real=real)
@@ -196,5 +204,23 @@ def abstract_frozen(spec, dataset, with_precond: bool):
 def load_student(config, workdir, dataset, spec, mesh, method: str, k: int):
   stage = mm_stage(config, workdir, dataset, spec, method, k,
                    abstract_frozen(spec, dataset, method == 'mm_parameter'))
+  stream = stream_for(config, dataset, config.distill.batch_size, 1)
+  return train.restore_latest(stage, stream, mesh, stage_key(config, stage.name))
+
+
+# ----------------------------------------------------------------------------
+# EMD and Diff-Instruct one-step generators.
+
+
+def emd_stage(config, workdir: str, dataset, spec,
+              setting: emd_stages.Setting, frozen) -> train.Stage:
+  return emd_stages.emd_stage(config, workdir, dataset, spec, setting, frozen,
+                              preview_fn=_preview_fn)
+
+
+def load_generator(config, workdir, dataset, spec, mesh,
+                   setting: emd_stages.Setting):
+  stage = emd_stage(config, workdir, dataset, spec, setting,
+                    abstract_frozen(spec, dataset, False))
   stream = stream_for(config, dataset, config.distill.batch_size, 1)
   return train.restore_latest(stage, stream, mesh, stage_key(config, stage.name))

@@ -144,6 +144,7 @@ def run(stage: Stage, stream, mesh, seed_key, checkpoint_cfg, log_cfg):
   # A host copy: the state (and its rng buffer) is donated to each step.
   key = np.asarray(jax.device_get(stage.rng(state)))
   t0, last_logged = time.time(), start
+  window_costs = []  # seconds/step per log window; the first holds the compile
   for step in range(start, stage.num_steps):
     batch = stream.global_batch_at(step, batch_sh)
     state, metrics = step_fn(state, batch, key)
@@ -154,6 +155,7 @@ def run(stage: Stage, stream, mesh, seed_key, checkpoint_cfg, log_cfg):
       rate = (done - last_logged) / max(time.time() - t0, 1e-9)
       eta = (stage.num_steps - done) / max(rate, 1e-9)
       scalars['steps_per_sec'] = rate
+      window_costs.append(1.0 / max(rate, 1e-9))
       writer.write_scalars(done, scalars)
       logging.info('%s step %d/%d (%.0f%%) %s | %.1f steps/s | ETA %s',
                    stage.name, done, stage.num_steps,
@@ -175,6 +177,9 @@ def run(stage: Stage, stream, mesh, seed_key, checkpoint_cfg, log_cfg):
     if stage.preview:
       stage.preview(state, os.path.join(stage.stage_dir, 'samples.png'))
     meta['finished_step'] = stage.num_steps
+    if window_costs:
+      steady = window_costs[1:] or window_costs
+      meta['seconds_per_step'] = float(np.median(steady))
     _write_json(os.path.join(stage.stage_dir, 'stage.json'), meta)
   return state
 

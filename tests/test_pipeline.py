@@ -146,3 +146,55 @@ def test_moment_matching_stages_end_to_end(repo_root, tmp_path):
   assert r.returncode == 0, r.stderr[-2000:]
   assert 'k=2' in r.stdout
   assert np.load(out)['samples'].shape == (50, 2)
+
+
+def test_emd_stages_end_to_end(repo_root, tmp_path):
+  """diff_instruct, emd and a one-entry sweep: stage dirs, report rows with
+  settings and step costs, and the sample CLI on a sweep member."""
+  w = tmp_path / 'emd'
+  r = _run(['mmd_jax.main', '--config=configs/toy2d.py:tiny_emd',
+            f'--workdir={w}'], repo_root)
+  assert r.returncode == 0, r.stderr[-3000:]
+  rep = json.load(open(w / 'report.json'))
+  rows = {x['model']: x for x in rep['rows'] if x['sampler'] == 'student'}
+  sweep = 'emd[K=2,x,cancel,ge=0.5,gz=0.1]'
+  assert set(rows) == {'diff_instruct', 'emd', sweep}
+  assert rows['diff_instruct']['setting'] == {
+      'langevin_steps': 1, 'parameterization': 'eps',
+      'noise_cancellation': 'eps', 'gamma_eps': 1.0, 'gamma_z': 0.0}
+  assert rows['emd']['setting']['langevin_steps'] == 4
+  assert rows[sweep]['setting']['parameterization'] == 'x'
+  for row in rows.values():
+    assert row['steps'] == 1 and row['train_seconds_per_step'] > 0
+    assert np.isfinite(row['metrics']['energy_distance'])
+  for d in ('diff_instruct_k1', 'emd_k1', 'emd_k1_K2_x_cancel_ge0.5_gz0.1'):
+    assert json.load(open(w / d / 'stage.json'))['finished_step'] == 6
+    assert (w / d / 'frozen').is_dir()
+  md = open(w / 'report.md').read()
+  assert 'EMD settings' in md and sweep in md and 'train s/step' in md
+  assert (w / 'samples_one_step_generators.png').exists()
+  out = [tmp_path / f'{i}.npz' for i in range(2)]
+  for o in out:
+    r = _run(['mmd_jax.sample', f'--workdir={w}/emd_k1_K2_x_cancel_ge0.5_gz0.1',
+              '--num_samples=40', '--seed=2', f'--output={o}'], repo_root)
+    assert r.returncode == 0, r.stderr[-2000:]
+  a, b = (np.load(o)['samples'] for o in out)
+  assert a.shape == (40, 2)
+  np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize('override,message', [
+    ('--config.emd.sweep=("langevin_steps=2,bogus=1",)', 'emd.sweep[0]'),
+    ('--config.emd.sweep=("gamma_eps=2.0",)', 'gamma_eps'),
+    ('--config.emd.parameterization=xz', 'emd.parameterization'),
+    ('--config.emd.t_max=1.0', 'emd.t_min'),
+])
+def test_bad_emd_config_fails_in_one_line(override, message, repo_root,
+                                          tmp_path):
+  w = tmp_path / 'never'
+  r = _run(['mmd_jax.main', '--config=configs/toy2d.py:tiny_emd',
+            f'--workdir={w}', override], repo_root, timeout=120)
+  assert r.returncode == 2
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: config.') and message in last, r.stderr[-1000:]
+  assert not w.exists()

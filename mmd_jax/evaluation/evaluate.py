@@ -13,17 +13,26 @@ from absl import logging
 
 from mmd_jax.evaluation import fid, plots, precision_recall, report, toy_metrics
 from mmd_jax.evaluation.digits_classifier import DigitsClassifier
+from mmd_jax.methods import emd
 
 
 def generate(spec, params, key, n: int, k: int, sampler: str, batch_size: int,
-             shape, num_classes: int = 0, guidance: float = 0.0):
-  """n samples in data space; labels cycle 0..C-1 for conditional models."""
+             shape, num_classes: int = 0, guidance: float = 0.0,
+             logsnr_generator: float | None = None):
+  """n samples in data space; labels cycle 0..C-1 for conditional models.
+
+  With `logsnr_generator` set, `params` is a one-step generator (EMD) and
+  `k` and `sampler` are ignored.
+  """
   shape = tuple(shape)
   labels_all = (np.arange(n) % num_classes).astype(np.int32) if num_classes else None
 
   @jax.jit  # params as an argument: closed-over arrays become constants
   def draw(params, key, labels):
     b = batch_size if labels is None else labels.shape[0]
+    if logsnr_generator is not None:
+      return emd.generator_sample(spec, params, key, (b,) + shape,
+                                  logsnr_generator, labels)
     return spec.sample(params, key, (b,) + shape, k, labels=labels,
                        guidance=guidance, sampler=sampler)
 
@@ -90,6 +99,9 @@ class Entry:
   steps: int
   spec: object
   params: object
+  logsnr_generator: float | None = None   # one-step generators only
+  train_seconds_per_step: float | None = None
+  setting: dict | None = None             # EMD hyperparameters
 
 
 def run(config, workdir: str, dataset, entries):
@@ -108,15 +120,24 @@ def run(config, workdir: str, dataset, entries):
     samples, labels = generate(
         e.spec, e.params, key, config.eval.num_samples, e.steps, sampler,
         config.eval.batch_size, dataset.example_shape, e.spec.num_classes,
-        config.eval.guidance if e.model == 'teacher' else 0.0)
+        config.eval.guidance if e.model == 'teacher' else 0.0,
+        e.logsnr_generator)
     gen_s = time.time() - t0
     metrics = scorer.score(samples, labels)
     logging.info('evaluate %s %s k=%d: %s (%.1fs to sample)', e.model,
                  e.sampler, e.steps,
                  {m: round(v, 5) for m, v in metrics.items()}, gen_s)
-    rows.append({'model': e.model, 'sampler': e.sampler, 'steps': int(e.steps),
-                 'metrics': metrics, 'sample_seconds': round(gen_s, 3)})
-    panels.setdefault((e.model, e.sampler), []).append(
+    row = {'model': e.model, 'sampler': e.sampler, 'steps': int(e.steps),
+           'metrics': metrics, 'sample_seconds': round(gen_s, 3)}
+    if e.train_seconds_per_step is not None:
+      row['train_seconds_per_step'] = round(e.train_seconds_per_step, 5)
+    if e.setting is not None:
+      row['setting'] = e.setting
+    rows.append(row)
+    # One-step generators (EMD sweeps can be long) share one panel.
+    group = ('one_step', 'generators') if e.logsnr_generator is not None \
+        else (e.model, e.sampler)
+    panels.setdefault(group, []).append(
         (f'{e.model} {e.sampler} k={e.steps}', samples[:1000]))
   for (model, sampler), pan in panels.items():
     fname = f'samples_{model}_{sampler}.png'

@@ -35,17 +35,41 @@ def render_markdown(report: dict, images: dict) -> str:
     lines.append(f'- {k}: {json.dumps(v)}')
   if extra:
     lines.append('')
-  header = ['model', 'sampler', 'steps'] + metrics
+  cost = any('train_seconds_per_step' in r for r in report['rows'])
+  header = ['model', 'sampler', 'steps'] + metrics + (
+      ['train s/step'] if cost else [])
   lines += ['| ' + ' | '.join(header) + ' |',
             '|' + '---|' * len(header)]
   ref = report.get('reference', {})
   lines.append('| real vs real (reference) | | | ' + ' | '.join(
-      _fmt(ref.get(m, '')) for m in metrics) + ' |')
+      _fmt(ref.get(m, '')) for m in metrics) + (' | |' if cost else ' |'))
   for r in report['rows']:
     lines.append('| ' + ' | '.join(
         [r['model'], r['sampler'], str(r['steps'])] +
-        [_fmt(r['metrics'].get(m, '')) for m in metrics]) + ' |')
+        [_fmt(r['metrics'].get(m, '')) for m in metrics] +
+        ([_fmt(r.get('train_seconds_per_step', ''))] if cost else [])) + ' |')
   lines.append('')
+  lines += _settings_table(report['rows'], metrics)
   for title, path in images.items():
     lines += [f'## {title}', '', f'![{title}]({path})', '']
   return '\n'.join(lines)
+
+
+def _settings_table(rows, metrics) -> list:
+  """One-step generators side by side with their EMD settings."""
+  gen = [r for r in rows if 'setting' in r]
+  if not gen:
+    return []
+  header = ['model', 'K', 'chain', 'cancellation', 'gamma_eps', 'gamma_z',
+            'train s/step'] + metrics
+  out = ['## One-step generators: EMD settings', '',
+         '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  for r in gen:
+    st = r['setting']
+    chain = '(eps, z)' if st['parameterization'] == 'eps' else '(x_t, z)'
+    out.append('| ' + ' | '.join(
+        [r['model'], str(st['langevin_steps']), chain,
+         st['noise_cancellation'], _fmt(st['gamma_eps']), _fmt(st['gamma_z']),
+         _fmt(r.get('train_seconds_per_step', ''))] +
+        [_fmt(r['metrics'].get(m, '')) for m in metrics]) + ' |')
+  return out + ['']

@@ -1,0 +1,325 @@
+"""EM distillation (Xie et al. 2024) to a one-step generator, ALGORITHMS.md §4.
+
+  state = emd.init(key, teacher_params, spec, hp, gen_tx, score_tx, batch)
+  state, metrics = emd.step(state, batch, key)
+  x = emd.generator_sample(spec, state.generator_params, key, shape, hp.logsnr_generator)
+
+Generator g_theta(z), student score net psi and teacher are parameter sets of
+one module. The generator is the network read at the fixed log-SNR lambda*.
+
+E-step: K Langevin steps on pi_t(x_t, z) ~ p_teacher,t(x_t) p_theta(z | x_t),
+non-centred in (eps, z) with x_t = alpha g(z) + sigma eps (default) or centred
+in (x_t, z). M-step: L(theta) = -w(t) (alpha/sigma) sg(eps_m)^T g(sg(z_K)),
+then `score_updates` denoising-score-matching updates of psi on fresh
+generator samples. K = 1, gamma_eps = 1, gamma_z = 0 with cancellation is
+exactly Diff-Instruct / DMD (`DIFF_INSTRUCT`).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from mmd_jax import diffusion
+from mmd_jax.denoiser import DenoiserSpec
+from mmd_jax.methods import teacher as teacher_lib
+
+sg = jax.lax.stop_gradient
+
+PARAMETERIZATIONS = ('eps', 'x')      # non-centred (eps, z) | centred (x_t, z)
+CANCELLATIONS = ('eps', 'none')
+WEIGHTINGS = ('inv_snr', 'sigma_over_alpha', 'one')
+
+
+@dataclasses.dataclass(frozen=True)
+class EMDHParams:
+  langevin_steps: int = 4          # K, static
+  parameterization: str = 'eps'
+  gamma_eps: float = 0.5           # eps step; centred x uses gamma_eps sigma^2
+  gamma_z: float = 0.0
+  noise_cancellation: str = 'eps'
+  logsnr_generator: float = 0.0    # lambda*
+  weighting: str = 'inv_snr'       # w(t)
+  t_min: float = 0.02
+  t_max: float = 0.98
+  score_updates: int = 1
+  score_loss_weight: str = 'v'
+  sigma_data: float = 0.5
+  guidance: float = 0.0            # CFG inside the teacher only
+
+
+# EMD-1 with a unit eps step: the mode-seeking baseline.
+DIFF_INSTRUCT = dict(langevin_steps=1, gamma_eps=1.0, gamma_z=0.0,
+                     noise_cancellation='eps', parameterization='eps')
+
+
+@flax.struct.dataclass
+class EMDState:
+  step: jax.Array
+  teacher_params: dict     # frozen
+  generator_params: dict   # theta
+  score_params: dict       # psi
+  generator_opt: optax.OptState
+  score_opt: optax.OptState
+  rng: jax.Array
+  spec: DenoiserSpec = flax.struct.field(pytree_node=False)
+  hparams: EMDHParams = flax.struct.field(pytree_node=False)
+  generator_tx: optax.GradientTransformation = flax.struct.field(
+      pytree_node=False)
+  score_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+  @property
+  def sampling_params(self):
+    return self.generator_params
+
+
+def _copy(tree):
+  return jax.tree.map(jnp.copy, tree)
+
+
+def init(key, teacher_params, spec: DenoiserSpec, hp: EMDHParams,
+         generator_tx: optax.GradientTransformation,
+         score_tx: optax.GradientTransformation, batch=None) -> EMDState:
+  del batch
+  # Copies: steps donate their state, which must never delete the caller's
+  # teacher arrays.
+  gen, score = _copy(teacher_params), _copy(teacher_params)
+  return EMDState(
+      step=jnp.zeros((), jnp.int32), teacher_params=_copy(teacher_params),
+      generator_params=gen, score_params=score,
+      generator_opt=generator_tx.init(gen), score_opt=score_tx.init(score),
+      rng=key, spec=spec, hparams=hp, generator_tx=generator_tx,
+      score_tx=score_tx)
+
+
+# ----------------------------------------------------------------------------
+# The generator.
+
+
+def generator(spec: DenoiserSpec, params, z, labels, logsnr: float):
+  """g_theta(z): the network's x-prediction at the fixed log-SNR lambda*."""
+  lam = jnp.full((z.shape[0],), logsnr, jnp.float32).astype(z.dtype)
+  return spec.x_hat(params, z, lam, labels)
+
+
+def generator_sample(spec: DenoiserSpec, params, key, shape, logsnr: float,
+                     labels=None):
+  """One network call. z is drawn exactly as the samplers draw z_1, so a
+  generator and a teacher given the same key start from the same noise."""
+  init_key, _ = jax.random.split(key)
+  z = jax.random.normal(init_key, shape, jnp.float32)
+  return generator(spec, params, z, labels, logsnr)
+
+
+# ----------------------------------------------------------------------------
+# E-step.
+
+
+def _bc(a, x):
+  return a.reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def score_difference(spec, teacher_params, score_params, x_t, lam, labels,
+                     guidance: float = 0.0):
+  """d = s_T - s_S = (alpha / sigma^2) (x_T - x_S), from x-predictions so the
+  large x_t / sigma^2 terms cancel before rounding."""
+  a, s = diffusion.alpha_sigma(_bc(lam, x_t))
+  den = spec.denoiser(teacher_params, labels, guidance)
+  x_teacher = den(x_t, lam)
+  x_student = spec.x_hat(score_params, x_t, lam, labels)
+  return sg((a / (s * s)) * (x_teacher - x_student))
+
+
+@flax.struct.dataclass
+class EStepResult:
+  z: jax.Array          # z_K
+  eps: jax.Array        # eps_K, implied by (x_t, z) in the centred chain
+  cancel: jax.Array     # c: injected eps-noise still present in eps_K
+
+
+def langevin(hp: EMDHParams, gen, diff, z, eps, lam, key,
+             g0=None) -> EStepResult:
+  """K Langevin steps on pi_t(x_t, z) from the generator's own joint (z, eps).
+
+  `gen(z) -> g(z)` and `diff(x_t) -> s_T - s_S` are closures, so the chain can
+  be checked against analytic Gaussians. The injected noise is followed
+  through the linear part of the eps drift, c <- (1 - gamma_eps) c +
+  sqrt(2 gamma_eps) n: earlier noise decays, so a plain sum would subtract
+  noise that is no longer there.
+  """
+  a, s = diffusion.alpha_sigma(_bc(lam, z))
+  ge, gz = hp.gamma_eps, hp.gamma_z
+  centred = hp.parameterization == 'x'
+  g0 = gen(z) if g0 is None else g0
+
+  def body(carry, k):
+    u, z, c = carry            # u: eps (non-centred) or x_t (centred)
+    if gz > 0:
+      g, vjp = jax.vjp(gen, z)
+    else:
+      g = g0
+    n_key, nz_key = jax.random.split(jax.random.fold_in(key, k))
+    n = jax.random.normal(n_key, z.shape, z.dtype)
+    x_t = u if centred else a * g + s * u
+    d = diff(x_t)
+    if centred:
+      # A gamma_eps sigma^2 step in x is the eps chain's step at fixed z.
+      grad_u = d - (u - a * g) / (s * s)
+      u_new = u + ge * s * s * grad_u + jnp.sqrt(2.0 * ge) * s * n
+    else:
+      u_new = u + ge * (s * d - u) + jnp.sqrt(2.0 * ge) * n
+    c_new = (1.0 - ge) * c + jnp.sqrt(2.0 * ge) * n
+    if gz > 0:
+      # Non-centred: alpha J^T d. Centred: the likelihood's pull,
+      # (alpha / sigma^2) J^T (x_t - alpha g).
+      ct = a * (u - a * g) / (s * s) if centred else a * d
+      (jt,) = vjp(sg(ct))
+      nz = jax.random.normal(nz_key, z.shape, z.dtype)
+      z = z + gz * (jt - z) + jnp.sqrt(2.0 * gz) * nz
+    return (u_new, z, c_new), None
+
+  u0 = a * g0 + s * eps if centred else eps
+  (u, z, c), _ = jax.lax.scan(
+      body, (u0, z, jnp.zeros_like(z)), jnp.arange(hp.langevin_steps))
+  if centred:
+    g = gen(z) if gz > 0 else g0
+    u = (u - a * g) / s
+  return EStepResult(z=sg(z), eps=sg(u), cancel=sg(c))
+
+
+def e_step(spec, hp: EMDHParams, teacher_params, score_params,
+           generator_params, z, eps, lam, labels, key,
+           g0=None) -> EStepResult:
+  """The Langevin E-step with the networks: generator, teacher, score."""
+  def gen(zz):
+    return generator(spec, generator_params, zz, labels, hp.logsnr_generator)
+
+  def diff(x_t):
+    return score_difference(spec, teacher_params, score_params, x_t, lam,
+                            labels, hp.guidance)
+
+  return langevin(hp, gen, diff, z, eps, lam, key, g0)
+
+
+# ----------------------------------------------------------------------------
+# M-step.
+
+
+def weight(name: str, lam):
+  """w(t). 'inv_snr' makes the K = 1 gradient (x_T - x_S)^T dg/dtheta, O(1)
+  at every t; 'sigma_over_alpha' is ALGORITHMS.md §4's example."""
+  a, s = diffusion.alpha_sigma(lam)
+  if name == 'inv_snr':
+    return (s * s) / (a * a)
+  if name == 'sigma_over_alpha':
+    return s / a
+  if name == 'one':
+    return jnp.ones_like(lam)
+  raise ValueError(f'unknown EMD weighting {name!r}; known: {WEIGHTINGS}')
+
+
+def sample_times(key, batch: int, hp: EMDHParams):
+  return hp.t_min + (hp.t_max - hp.t_min) * jax.random.uniform(key, (batch,))
+
+
+def _mean_dims(v):
+  return jnp.mean(v.reshape(v.shape[0], -1), axis=-1)
+
+
+def generator_gradient(spec, hp: EMDHParams, teacher_params, score_params,
+                       generator_params, z, eps, lam, labels, key):
+  """grad_theta L, L = -mean_b w_b (alpha_b / sigma_b) mean_d eps_m g(z_K),
+  for given initial (z, eps), log-SNRs and Langevin key."""
+  def gen_theta(z_in):
+    return lambda theta: generator(spec, theta, z_in, labels,
+                                   hp.logsnr_generator)
+
+  g0, vjp = jax.vjp(gen_theta(z), generator_params)
+  r = e_step(spec, hp, teacher_params, score_params, generator_params, z, eps,
+             lam, labels, key, g0=sg(g0))
+  eps_m = r.eps - r.cancel if hp.noise_cancellation == 'eps' else r.eps
+  a, s = diffusion.alpha_sigma(lam)
+  coef = weight(hp.weighting, lam) * a / s
+  if hp.gamma_z > 0 and hp.langevin_steps > 0:  # z moved: differentiate at z_K
+    g, vjp = jax.vjp(gen_theta(r.z), generator_params)
+  else:  # z_K = z: reuse the first forward pass
+    g = g0
+  n, dim = z.shape[0], z[0].size
+  (grad,) = vjp(-_bc(coef, eps_m) * eps_m / (n * dim))
+  loss = -jnp.mean(coef * _mean_dims(eps_m * sg(g)))
+  stats = {'eps_m_rms': jnp.sqrt(jnp.mean(jnp.square(eps_m))),
+           'z_shift_rms': jnp.sqrt(jnp.mean(jnp.square(r.z - z)))}
+  return loss, grad, stats
+
+
+def diff_instruct_gradient(spec, teacher_params, score_params,
+                           generator_params, z, eps, lam, labels,
+                           logsnr_generator: float, weighting: str = 'inv_snr',
+                           guidance: float = 0.0):
+  """The Diff-Instruct / DMD descent direction coded directly:
+  -mean_b w_b alpha_b mean_d (s_T - s_S)^T dg/dtheta at x_t = alpha g + sigma eps,
+  with the scores written out as (alpha x_hat - x_t) / sigma^2."""
+  def gen(theta):
+    return generator(spec, theta, z, labels, logsnr_generator)
+
+  g, vjp = jax.vjp(gen, generator_params)
+  a, s = diffusion.alpha_sigma(_bc(lam, z))
+  x_t = a * g + s * eps
+  s_teacher = (a * spec.denoiser(teacher_params, labels, guidance)(x_t, lam)
+               - x_t) / (s * s)
+  s_student = (a * spec.x_hat(score_params, x_t, lam, labels) - x_t) / (s * s)
+  w = _bc(weight(weighting, lam), z)
+  n, dim = z.shape[0], z[0].size
+  (grad,) = vjp(-w * a * (s_teacher - s_student) / (n * dim))
+  return grad
+
+
+def score_update(spec, hp: EMDHParams, score_params, score_opt, score_tx,
+                 generator_params, labels, key, shape):
+  """`score_updates` DSM steps of psi on fresh generator samples."""
+  def one(carry, k):
+    psi, opt = carry
+    k_z, k_loss = jax.random.split(k)
+    x0 = sg(generator(spec, generator_params,
+                      jax.random.normal(k_z, shape, jnp.float32), labels,
+                      hp.logsnr_generator))
+    loss, grad = jax.value_and_grad(
+        lambda p: teacher_lib.diffusion_loss(
+            spec, p, x0, labels, k_loss, hp.score_loss_weight, hp.sigma_data,
+            train=False))(psi)
+    upd, opt = score_tx.update(grad, opt, psi)
+    return (optax.apply_updates(psi, upd), opt), loss
+
+  (psi, opt), losses = jax.lax.scan(
+      one, (score_params, score_opt),
+      jax.random.split(key, hp.score_updates))
+  return psi, opt, jnp.mean(losses)
+
+
+def step(state: EMDState, batch, key):
+  """One generator update (E-step then M-step), then the score updates."""
+  key = jax.random.fold_in(key, state.step)
+  k_t, k_z, k_eps, k_mcmc, k_score = jax.random.split(key, 5)
+  spec, hp = state.spec, state.hparams
+  labels = batch.get('label') if spec.num_classes else None
+  shape = batch['x'].shape
+  lam = spec.schedule(sample_times(k_t, shape[0], hp))
+  z = jax.random.normal(k_z, shape, jnp.float32)
+  eps = jax.random.normal(k_eps, shape, jnp.float32)
+  loss, grad, stats = generator_gradient(
+      spec, hp, state.teacher_params, state.score_params,
+      state.generator_params, z, eps, lam, labels, k_mcmc)
+  upd, gen_opt = state.generator_tx.update(grad, state.generator_opt,
+                                           state.generator_params)
+  theta = optax.apply_updates(state.generator_params, upd)
+  psi, score_opt, score_loss = score_update(
+      spec, hp, state.score_params, state.score_opt, state.score_tx, theta,
+      labels, k_score, shape)
+  new = state.replace(step=state.step + 1, generator_params=theta,
+                      generator_opt=gen_opt, score_params=psi,
+                      score_opt=score_opt)
+  return new, {'loss': loss, 'grad_norm': optax.tree.norm(grad),
+               'score_loss': score_loss, **stats}

@@ -1,0 +1,188 @@
+"""EM distillation: the Diff-Instruct identity at K = 1, the zero-mean
+estimator at K = 0, the noise bookkeeping, and the E-step chains against an
+analytic Gaussian target."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmd_jax import diffusion
+from mmd_jax.denoiser import DenoiserSpec
+from mmd_jax.methods import emd
+from mmd_jax.models.mlp import ResMLP
+
+SCHED = diffusion.Schedule('cosine')
+DI = emd.EMDHParams(**emd.DIFF_INSTRUCT, logsnr_generator=0.0)
+
+
+def _spec():
+  return DenoiserSpec(ResMLP(width=16, num_blocks=1), SCHED, 'v')
+
+
+def _random_params(spec, key, x, scale=0.3):
+  p = spec.init_params(key, x)
+  leaves, tree = jax.tree.flatten(p)
+  keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
+  return jax.tree.unflatten(tree, [
+      l + scale * jax.random.normal(k, l.shape, l.dtype)
+      for l, k in zip(leaves, keys)])
+
+
+def _flat(tree):
+  return jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
+
+
+def _three_nets(dtype):
+  spec = _spec()
+  x = jnp.zeros((4, 2))
+  nets = [jax.tree.map(lambda a: a.astype(dtype),
+                       _random_params(spec, jax.random.PRNGKey(i), x))
+          for i in range(3)]
+  return spec, nets
+
+
+@pytest.mark.parametrize('weighting', emd.WEIGHTINGS)
+def test_k1_unit_step_is_diff_instruct(weighting):
+  """K=1, gamma_eps=1, gamma_z=0 with cancellation: eps_m = sigma d, so the
+  EMD generator gradient is the directly coded Diff-Instruct gradient."""
+  with jax.enable_x64(True):
+    spec, (teacher_p, score_p, gen_p) = _three_nets(jnp.float64)
+    n = 32
+    kz, ke, kt, kl = jax.random.split(jax.random.PRNGKey(7), 4)
+    z = jax.random.normal(kz, (n, 2), jnp.float64)
+    eps = jax.random.normal(ke, (n, 2), jnp.float64)
+    t = jax.random.uniform(kt, (n,), jnp.float64, 0.05, 0.95)
+    lam = SCHED(t).astype(jnp.float64)
+    hp = dataclasses.replace(DI, weighting=weighting)
+    _, g_emd, _ = emd.generator_gradient(spec, hp, teacher_p, score_p, gen_p,
+                                         z, eps, lam, None, kl)
+    g_di = emd.diff_instruct_gradient(spec, teacher_p, score_p, gen_p, z, eps,
+                                      lam, None, 0.0, weighting)
+    a, b = _flat(g_emd), _flat(g_di)
+    assert float(jnp.linalg.norm(b)) > 1e-3  # a real, non-zero gradient
+    np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12 * float(
+        jnp.max(jnp.abs(b))))
+    # Without cancellation the Langevin noise stays in eps_m: not equal.
+    _, g_raw, _ = emd.generator_gradient(
+        spec, dataclasses.replace(hp, noise_cancellation='none'), teacher_p,
+        score_p, gen_p, z, eps, lam, None, kl)
+    assert float(jnp.linalg.norm(_flat(g_raw) - b)) > 0.1 * float(
+        jnp.linalg.norm(b))
+
+
+def _gradient_draws(hp, num_draws, n=16):
+  spec, (teacher_p, score_p, gen_p) = _three_nets(jnp.float32)
+
+  @jax.jit
+  def draw(key):
+    kz, ke, kt, kl = jax.random.split(key, 4)
+    lam = SCHED(emd.sample_times(kt, n, hp))
+    _, g, _ = emd.generator_gradient(
+        spec, hp, teacher_p, score_p, gen_p, jax.random.normal(kz, (n, 2)),
+        jax.random.normal(ke, (n, 2)), lam, None, kl)
+    return _flat(g)
+
+  keys = jax.random.split(jax.random.PRNGKey(3), num_draws)
+  return np.asarray(jax.lax.map(draw, keys), np.float64)
+
+
+def _z_scores(draws):
+  mean = draws.mean(0)
+  se = draws.std(0, ddof=1) / np.sqrt(len(draws))
+  keep = se > 0
+  return np.abs(mean[keep]) / se[keep]
+
+
+def test_k0_estimator_has_zero_mean():
+  """With no Langevin steps eps is independent of z: E[grad] = 0. The same
+  check at K=1 must see a mean, so this test can fail."""
+  hp0 = dataclasses.replace(DI, langevin_steps=0, weighting='sigma_over_alpha')
+  z0 = _z_scores(_gradient_draws(hp0, 3000))
+  # ~400 parameters: |z| stays below 5 for all of them under the null.
+  assert z0.max() < 5.0, z0.max()
+  assert abs(z0.mean() - np.sqrt(2 / np.pi)) < 0.15  # |N(0,1)| has mean 0.80
+  z1 = _z_scores(_gradient_draws(
+      dataclasses.replace(DI, weighting='sigma_over_alpha'), 300))
+  assert z1.max() > 20.0, z1.max()
+
+
+@pytest.mark.parametrize('parameterization', emd.PARAMETERIZATIONS)
+def test_noise_bookkeeping_decays_with_the_drift(parameterization):
+  """With d = 0 and gamma_z = 0, eps_K = (1-g)^K eps_0 + (injected noise),
+  and c must be exactly that injected noise: eps_K - c = (1-g)^K eps_0.
+  A plain running sum of the noise fails this for K > 1."""
+  hp = emd.EMDHParams(langevin_steps=5, gamma_eps=0.3, gamma_z=0.0,
+                      parameterization=parameterization)
+  shape = (64, 3)
+  z = jax.random.normal(jax.random.PRNGKey(0), shape)
+  eps = jax.random.normal(jax.random.PRNGKey(1), shape)
+  lam = jnp.full((shape[0],), 0.7)
+  r = emd.langevin(hp, lambda zz: jnp.tanh(zz) + 0.5, jnp.zeros_like, z, eps,
+                   lam, jax.random.PRNGKey(2))
+  np.testing.assert_allclose(r.eps - r.cancel, 0.7 ** 5 * eps, atol=2e-5)
+
+
+def test_centred_and_noncentred_agree_at_fixed_z():
+  """gamma_z = 0: a gamma sigma^2 step in x_t is the eps chain's step."""
+  spec, (teacher_p, score_p, gen_p) = _three_nets(jnp.float32)
+  hp = emd.EMDHParams(langevin_steps=6, gamma_eps=0.4, gamma_z=0.0)
+  n = 32
+  z = jax.random.normal(jax.random.PRNGKey(0), (n, 2))
+  eps = jax.random.normal(jax.random.PRNGKey(1), (n, 2))
+  lam = SCHED(jnp.linspace(0.1, 0.9, n))
+  out = [emd.e_step(spec, dataclasses.replace(hp, parameterization=p),
+                    teacher_p, score_p, gen_p, z, eps, lam, None,
+                    jax.random.PRNGKey(5)) for p in ('eps', 'x')]
+  np.testing.assert_allclose(out[0].eps, out[1].eps, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(out[0].cancel, out[1].cancel, rtol=1e-6)
+
+
+def _gaussian_problem():
+  """Linear generator g(z) = A z + b, data N(mu, S), everything analytic."""
+  A = jnp.array([[0.8, 0.3], [0.0, 0.6]])
+  b = jnp.array([0.2, -0.1])
+  mu = jnp.array([1.0, -0.5])
+  S = jnp.array([[0.5, 0.2], [0.2, 0.3]])
+  lam0 = 0.5
+  a2 = float(jax.nn.sigmoid(lam0))
+  a, s = np.sqrt(a2), np.sqrt(1 - a2)
+  eye = jnp.eye(2)
+  c_teacher = a2 * S + s * s * eye     # p_teacher,t = N(a mu, C_T)
+  c_gen = a2 * A @ A.T + s * s * eye   # p_theta,t = N(a b, C_G)
+
+  def diff(x):
+    s_t = -jnp.linalg.solve(c_teacher, (x - a * mu).T).T
+    s_g = -jnp.linalg.solve(c_gen, (x - a * b).T).T
+    return s_t - s_g
+
+  # pi(x, z) = p_T(x) p_theta(z | x): x ~ N(a mu, C_T), z | x Gaussian.
+  prec = eye + a2 * A.T @ A / (s * s)
+  m = jnp.linalg.solve(prec, a * A.T / (s * s))
+  mean = jnp.concatenate([a * mu, m @ (a * mu - a * b)])
+  cov_xz = c_teacher @ m.T
+  cov = jnp.block([[c_teacher, cov_xz],
+                   [cov_xz.T, m @ c_teacher @ m.T + jnp.linalg.inv(prec)]])
+  return (lambda z: z @ A.T + b), diff, lam0, a, s, mean, cov
+
+
+@pytest.mark.parametrize('parameterization', emd.PARAMETERIZATIONS)
+def test_e_step_reaches_the_gaussian_target(parameterization):
+  gen, diff, lam0, a, s, mean, cov = _gaussian_problem()
+  hp = emd.EMDHParams(langevin_steps=600, gamma_eps=0.02, gamma_z=0.02,
+                      parameterization=parameterization)
+  n = 20_000
+  z = jax.random.normal(jax.random.PRNGKey(0), (n, 2))
+  eps = jax.random.normal(jax.random.PRNGKey(1), (n, 2))
+  r = jax.jit(lambda z, e, k: emd.langevin(
+      hp, gen, diff, z, e, jnp.full((n,), lam0), k))(
+          z, eps, jax.random.PRNGKey(2))
+  x_t = a * gen(r.z) + s * r.eps
+  joint = np.asarray(jnp.concatenate([x_t, r.z], axis=1), np.float64)
+  # The start (the generator's own joint) is far from the target...
+  start = np.concatenate([np.asarray(a * gen(z) + s * eps), np.asarray(z)], 1)
+  assert np.abs(start.mean(0) - mean).max() > 0.3
+  # ...the chain ends on it, within Monte Carlo and step-size error.
+  np.testing.assert_allclose(joint.mean(0), mean, atol=0.03)
+  np.testing.assert_allclose(np.cov(joint.T), cov, atol=0.04)
