@@ -83,7 +83,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.emd.b1 = 0.0                   # Adam, warm-up then linear decay to 0
   c.emd.b2 = 0.99
   c.emd.logsnr_generator = 0.0     # lambda*: g(z) is the net at this log-SNR
-  c.emd.langevin_steps = 16        # K
+  c.emd.langevin_steps = 8         # K
   c.emd.parameterization = 'eps'   # eps: non-centred (eps, z) | x: centred
   c.emd.gamma_eps = 0.3
   c.emd.gamma_z = 0.01
@@ -115,6 +115,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.mmd_bandwidths = (0.1, 0.3, 1.0)
   c.eval.classifier_steps = 2000  # digits classifier training steps
   c.eval.pr_k = 3                 # k-NN precision/recall
+  # Inception FID / IS (image data): the .npz written by
+  # `python -m mmd_jax.evaluation.convert_inception` (empty: off), and an
+  # optional ADM-format reference .npz (mu, sigma); without one, the
+  # reference statistics are computed from the real data and cached in
+  # W/evaluate.
+  c.eval.inception_weights = ''
+  c.eval.fid_reference = ''
+  c.eval.inception_batch_size = 200
 
   c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1})
   return c

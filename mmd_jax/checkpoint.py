@@ -23,6 +23,9 @@ class Checkpointer:
   def latest_step(self):
     return self.manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
   def save(self, step: int, state, meta: dict | None = None,
            force: bool = False) -> bool:
     if not force and (self.every_steps <= 0 or step % self.every_steps):

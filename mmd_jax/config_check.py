@@ -123,6 +123,12 @@ def validate(config):
   for k in e.teacher_steps:
     _need(isinstance(k, int) and k >= 1, 'eval.teacher_steps',
           f'every k must be an integer >= 1, got {k!r}')
+  for key in ('inception_weights', 'fid_reference'):
+    if e[key]:
+      _need(os.path.isfile(e[key]), f'eval.{key}', f'file {e[key]!r} does not exist')
+  if e.inception_weights:
+    _need(d.name == 'digits', 'eval.inception_weights',
+          'Inception metrics need image data')
   for s in e.samplers:
     _need(s in ('ancestral', 'ddim'), 'eval.samplers', f'unknown sampler {s!r}')
 

@@ -9,6 +9,14 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory.')
+_MODE = flags.DEFINE_enum(
+    'mode', 'train', ['train', 'eval'],
+    'train: run config.stages (finished ones are skipped). eval: evaluate the '
+    'checkpoints already in --workdir without training and rewrite the report.')
+_CKPT_STEP = flags.DEFINE_integer(
+    'checkpoint_step', None,
+    '--mode=eval: evaluate this checkpoint step of every stage (default: the '
+    'latest of each).')
 _COORD = flags.DEFINE_string('coordinator_address', None,
                              'HOST:PORT of process 0, for explicit multi-process runs.')
 _NPROC = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
@@ -38,8 +46,13 @@ def main(argv):
   logging.info('JAX %s: %d processes, %d devices (%s)', jax.__version__,
                jax.process_count(), jax.device_count(), jax.default_backend())
   try:
-    pipeline.run(_CONFIG.value, _WORKDIR.value)
-  except (config_check.ConfigError, DataError, parallel.MeshError) as e:
+    if _MODE.value == 'eval':
+      pipeline.evaluate_workdir(_CONFIG.value, _WORKDIR.value,
+                                _CKPT_STEP.value)
+    else:
+      pipeline.run(_CONFIG.value, _WORKDIR.value)
+  except (config_check.ConfigError, DataError, parallel.MeshError,
+          pipeline.WorkdirError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 

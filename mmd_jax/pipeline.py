@@ -106,16 +106,58 @@ def run(config, workdir: str):
       if teacher_state is None:
         teacher_state = stages.load_teacher(config, workdir, dataset, spec,
                                             mesh)
-      entries = [evaluate.Entry('teacher', s, k, spec,
-                                teacher.sampling_params(teacher_state))
-                 for s in config.eval.samplers
-                 for k in config.eval.teacher_steps]
-      entries += _student_entries(config, workdir, dataset, spec, mesh)
-      rep = evaluate.run(config, workdir, dataset, entries)
-      logging.info('report written to %s', os.path.join(workdir, 'report.md'))
-      _log_summary(rep)
+      _evaluate(config, workdir, dataset, spec, mesh, teacher_state)
     else:  # config_check rejects these earlier; kept as a guard.
       raise config_check.ConfigError(f'config.stages: {name!r} not implemented')
+
+
+class WorkdirError(ValueError):
+  """--mode=eval on a workdir that lacks what the config names."""
+
+
+def _evaluate(config, workdir, dataset, spec, mesh, teacher_state,
+              step=None):
+  entries = [evaluate.Entry('teacher', s, k, spec,
+                            teacher.sampling_params(teacher_state))
+             for s in config.eval.samplers for k in config.eval.teacher_steps]
+  entries += _student_entries(config, workdir, dataset, spec, mesh, step)
+  rep = evaluate.run(config, workdir, dataset, entries)
+  logging.info('report written to %s', os.path.join(workdir, 'report.md'))
+  _log_summary(rep)
+  return rep
+
+
+def evaluate_workdir(config, workdir: str, step: int | None = None):
+  """--mode=eval: scores the checkpoints of every stage in config.stages that
+  `workdir` holds (the latest, or `step`), trains nothing, rewrites the
+  report. The teacher comes from W/teacher or config.teacher.checkpoint."""
+  config_check.validate(config)
+  if not os.path.isdir(workdir):
+    raise WorkdirError(f'--workdir {workdir} does not exist')
+  dataset = load_dataset(config.data)
+  mesh = parallel.make_mesh(config.mesh)
+  spec = stages.denoiser_spec(config, dataset)
+  missing = [d for d in _stage_dirs(config, workdir)
+             if not os.path.isdir(os.path.join(workdir, d))]
+  if missing:
+    raise WorkdirError(f'{workdir} has no stage {missing[0]!r} (config.stages '
+                       f'names it); train it first or drop it from the stages')
+  try:
+    teacher_state = stages.load_teacher(config, workdir, dataset, spec, mesh,
+                                        step)
+    return _evaluate(config, workdir, dataset, spec, mesh, teacher_state, step)
+  except FileNotFoundError as e:
+    raise WorkdirError(str(e)) from None
+
+
+def _stage_dirs(config, workdir):
+  dirs = []
+  for method in config.stages:
+    if method in stages.MM_METHODS:
+      dirs += [f'{method}_k{k}' for k in config.distill.sampling_steps]
+    elif method in stages.EMD_METHODS:
+      dirs += [s.name for s in emd_stages.settings(config, (method,))]
+  return dirs
 
 
 def _stage_cost(stage_dir):
@@ -126,14 +168,14 @@ def _stage_cost(stage_dir):
     return json.load(f).get('seconds_per_step')
 
 
-def _student_entries(config, workdir, dataset, spec, mesh):
+def _student_entries(config, workdir, dataset, spec, mesh, step=None):
   """One report entry per trained student and generator, in stage order."""
   entries = []
   for method in config.stages:
     if method in stages.MM_METHODS:
       for k in config.distill.sampling_steps:
         st = stages.load_student(config, workdir, dataset, spec, mesh, method,
-                                 k)
+                                 k, step)
         entries.append(evaluate.Entry(
             method, 'student', k, spec, st.student_params,
             train_seconds_per_step=_stage_cost(
@@ -141,7 +183,7 @@ def _student_entries(config, workdir, dataset, spec, mesh):
     elif method in stages.EMD_METHODS:
       for setting in emd_stages.settings(config, (method,)):
         st = stages.load_generator(config, workdir, dataset, spec, mesh,
-                                   setting)
+                                   setting, step)
         hp = emd_stages.hparams(config, setting.overrides)
         entries.append(evaluate.Entry(
             setting.model, 'student', 1, spec, st.generator_params,

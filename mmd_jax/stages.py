@@ -99,11 +99,12 @@ def teacher_dir(config, workdir: str) -> str:
   return config.teacher.checkpoint or os.path.join(workdir, 'teacher')
 
 
-def load_teacher(config, workdir, dataset, spec, mesh):
+def load_teacher(config, workdir, dataset, spec, mesh, step=None):
   stage = teacher_stage(config, workdir, dataset, spec,
                         stage_dir=teacher_dir(config, workdir))
   stream = stream_for(config, dataset, config.teacher.batch_size, 0)
-  return train.restore_latest(stage, stream, mesh, stage_key(config, 'teacher'))
+  return train.restore_latest(stage, stream, mesh, stage_key(config, 'teacher'),
+                              step)
 
 
 def estimate_second_moment(spec, params, stream, num_steps: int, b2: float,
@@ -201,11 +202,13 @@ def abstract_frozen(spec, dataset, with_precond: bool):
   return frozen
 
 
-def load_student(config, workdir, dataset, spec, mesh, method: str, k: int):
+def load_student(config, workdir, dataset, spec, mesh, method: str, k: int,
+                 step=None):
   stage = mm_stage(config, workdir, dataset, spec, method, k,
                    abstract_frozen(spec, dataset, method == 'mm_parameter'))
   stream = stream_for(config, dataset, config.distill.batch_size, 1)
-  return train.restore_latest(stage, stream, mesh, stage_key(config, stage.name))
+  return train.restore_latest(stage, stream, mesh, stage_key(config, stage.name),
+                              step)
 
 
 # ----------------------------------------------------------------------------
@@ -219,8 +222,9 @@ def emd_stage(config, workdir: str, dataset, spec,
 
 
 def load_generator(config, workdir, dataset, spec, mesh,
-                   setting: emd_stages.Setting):
+                   setting: emd_stages.Setting, step=None):
   stage = emd_stage(config, workdir, dataset, spec, setting,
                     abstract_frozen(spec, dataset, False))
   stream = stream_for(config, dataset, config.distill.batch_size, 1)
-  return train.restore_latest(stage, stream, mesh, stage_key(config, stage.name))
+  return train.restore_latest(stage, stream, mesh, stage_key(config, stage.name),
+                              step)

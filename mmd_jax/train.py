@@ -211,6 +211,9 @@ def restore_latest(stage: Stage, stream, mesh, seed_key, step=None):
       abstract, shardings)
   if ckpt.latest_step() is None:
     raise FileNotFoundError(f'no checkpoint in {stage.stage_dir}')
+  if step is not None and step not in ckpt.all_steps():
+    raise FileNotFoundError(f'{stage.stage_dir} has no checkpoint at step '
+                            f'{step}; it has steps {ckpt.all_steps()}')
   state = ckpt.restore(target, step)
   ckpt.close()
   return state

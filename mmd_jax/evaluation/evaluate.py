@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import time
 
 import jax
@@ -18,11 +19,13 @@ from mmd_jax.methods import emd
 
 def generate(spec, params, key, n: int, k: int, sampler: str, batch_size: int,
              shape, num_classes: int = 0, guidance: float = 0.0,
-             logsnr_generator: float | None = None):
+             logsnr_generator: float | None = None,
+             progress_every_s: float = 30.0):
   """n samples in data space; labels cycle 0..C-1 for conditional models.
 
   With `logsnr_generator` set, `params` is a one-step generator (EMD) and
-  `k` and `sampler` are ignored.
+  `k` and `sampler` are ignored. Long runs log progress lines (count,
+  samples/s, ETA) every `progress_every_s` seconds.
   """
   shape = tuple(shape)
   labels_all = (np.arange(n) % num_classes).astype(np.int32) if num_classes else None
@@ -37,11 +40,26 @@ def generate(spec, params, key, n: int, k: int, sampler: str, batch_size: int,
                        guidance=guidance, sampler=sampler)
 
   out = []
+  t0, last_log = time.time(), time.time()
   for i in range(0, n, batch_size):
     lab = None if labels_all is None else jnp.asarray(
         np.resize(labels_all[i:i + batch_size], batch_size))
     out.append(np.asarray(draw(params, jax.random.fold_in(key, i), lab)))
+    done = min(i + batch_size, n)
+    if time.time() - last_log > progress_every_s and done < n:
+      rate = done / (time.time() - t0)
+      logging.info('  sampling %d/%d (%.0f%%) | %.1f samples/s | ETA %s',
+                   done, n, 100.0 * done / n, rate,
+                   _fmt_eta((n - done) / max(rate, 1e-9)))
+      last_log = time.time()
   return np.concatenate(out)[:n], labels_all
+
+
+def _fmt_eta(sec: float) -> str:
+  sec = int(sec)
+  return f'{sec // 3600}h{(sec % 3600) // 60:02d}m' if sec >= 3600 \
+      else f'{sec // 60}m{sec % 60:02d}s'
+
 
 
 class Scorer:
@@ -69,6 +87,25 @@ class Scorer:
           'class_accuracy': self.clf.test_accuracy,
           **self._pr(train_feats)}
       self.extra = {'classifier': {'test_accuracy': self.clf.test_accuracy}}
+      self._init_inception(workdir, dataset)
+
+  def _init_inception(self, workdir, dataset):
+    """FID and Inception Score as well, when Inception weights are given."""
+    cfg = self.config.eval
+    self.inception = None
+    if not cfg.inception_weights:
+      return
+    from mmd_jax import parallel
+    from mmd_jax.evaluation import inception_metrics as im
+    self.inception = im.InceptionMetrics(
+        cfg.inception_weights, parallel.make_mesh(self.config.mesh),
+        cfg.inception_batch_size)
+    self.inception_ref = im.reference_stats(
+        self.inception, os.path.join(workdir, 'evaluate'), dataset.name,
+        self.real, cfg.fid_reference)
+    ref = im.score(self.inception, dataset.train['x'], self.inception_ref)
+    self.reference.update(fid=ref['fid'],
+                          inception_score=ref['inception_score'])
 
   def score(self, samples, labels=None) -> dict:
     cfg = self.config.eval
@@ -80,6 +117,10 @@ class Scorer:
     if labels is not None:
       out['class_accuracy'] = float(np.mean(np.argmax(logits, -1) == labels))
     out.update(self._pr(feats))
+    if self.inception is not None:
+      from mmd_jax.evaluation import inception_metrics as im
+      inc = im.score(self.inception, samples, self.inception_ref)
+      out.update(fid=inc['fid'], inception_score=inc['inception_score'])
     return out
 
   def _pr(self, feats):
@@ -134,17 +175,20 @@ def run(config, workdir: str, dataset, entries):
     if e.setting is not None:
       row['setting'] = e.setting
     rows.append(row)
-    # One-step generators (EMD sweeps can be long) share one panel.
-    group = ('one_step', 'generators') if e.logsnr_generator is not None \
-        else (e.model, e.sampler)
-    panels.setdefault(group, []).append(
+    # One picture per stage: the teacher's across its step counts, each
+    # student's (and generator's) at its own k.
+    if e.model == 'teacher':
+      key, title = f'teacher_{e.sampler}', f'teacher samples ({e.sampler})'
+    else:
+      key, title = f'{e.model}_k{e.steps}', f'{e.model} samples (k={e.steps})'
+    panels.setdefault((key, title), []).append(
         (f'{e.model} {e.sampler} k={e.steps}', samples[:1000]))
-  for (model, sampler), pan in panels.items():
-    fname = f'samples_{model}_{sampler}.png'
+  for (key, title), pan in panels.items():
+    fname = 'samples_' + re.sub(r'[^A-Za-z0-9.=-]+', '_', key).strip('_') + '.png'
     if jax.process_index() == 0:
       plots.save_panel(pan, os.path.join(workdir, fname),
                        real=scorer.real if dataset.kind == 'points' else None)
-    images[f'{model} samples ({sampler})'] = fname
+    images[title] = fname
 
   metric = report.PRIMARY_METRIC[dataset.kind]
   rep = {'dataset': dataset.name, 'reference': scorer.reference, 'rows': rows,

@@ -1,8 +1,13 @@
 """Fréchet distance between Gaussians fitted to features (FID and friends)."""
 from __future__ import annotations
 
+import os
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
+import scipy.special
 
 
 def feature_stats(features) -> tuple[np.ndarray, np.ndarray]:
@@ -34,3 +39,89 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 def frechet_distance_features(f1, f2) -> float:
   return frechet_distance(*feature_stats(f1), *feature_stats(f2))
+
+
+# ----------------------------------------------------------------------------
+# Statistics accumulated on device, in float64, over a sharded batch.
+
+
+class FeatureStats:
+  """Running count, sum and sum of outer products of features, in float64.
+
+  `update` takes a global (N, D) array (sharded over the mesh's batch axes
+  across every device and process, or a host array); the reductions run
+  under jit in float64, so the result does not depend on the device count
+  beyond float64 round-off. `mean_cov` returns (mu, sigma) as numpy.
+  """
+
+  def __init__(self, dim: int):
+    self.dim = dim
+    self.count = 0
+    self.total = np.zeros((dim,), np.float64)
+    self.outer = np.zeros((dim, dim), np.float64)
+
+  def update(self, features, valid: int | None = None):
+    """Adds the first `valid` rows of `features` (all rows by default):
+    padding rows of a last, partial batch are masked out, not sliced, so the
+    sharded array is never gathered."""
+    n = features.shape[0]
+    valid = n if valid is None else int(valid)
+    with jax.enable_x64(True):
+      s, o = _sums(features, jnp.asarray(valid, jnp.int64))
+      self.total += np.asarray(s)
+      self.outer += np.asarray(o)
+    self.count += valid
+
+  def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
+    if self.count < 2:
+      raise ValueError(f'need at least 2 feature vectors, got {self.count}')
+    mu = self.total / self.count
+    cov = (self.outer - self.count * np.outer(mu, mu)) / (self.count - 1)
+    return mu, cov
+
+
+@jax.jit
+def _sums(features, valid):
+  """Sum and sum of outer products of the first `valid` rows (call under
+  jax.enable_x64 so that both are float64)."""
+  f = features.reshape(features.shape[0], -1).astype(jnp.float64)
+  mask = (jnp.arange(f.shape[0]) < valid).astype(jnp.float64)[:, None]
+  f = f * mask
+  return jnp.sum(f, axis=0), jnp.matmul(f.T, f,
+                                        precision=jax.lax.Precision.HIGHEST)
+
+
+def save_stats(path: str, mu, sigma, **extra):
+  """ADM's reference-batch layout: `mu`, `sigma` (plus what else is given)."""
+  tmp = path + '.tmp.npz'
+  np.savez(tmp, mu=mu, sigma=sigma, **extra)
+  os.replace(tmp, path)
+
+
+def load_stats(path: str) -> tuple[np.ndarray, np.ndarray]:
+  """(mu, sigma) from an ADM-format .npz (keys `mu`, `sigma`)."""
+  with np.load(path) as f:
+    missing = [k for k in ('mu', 'sigma') if k not in f.files]
+    if missing:
+      raise ValueError(f'{path}: reference statistics need keys mu and sigma; '
+                       f'missing {missing} (found {f.files})')
+    return f['mu'].astype(np.float64), f['sigma'].astype(np.float64)
+
+
+# ----------------------------------------------------------------------------
+# Inception Score.
+
+
+def inception_score(logits, splits: int = 10) -> tuple[float, float]:
+  """exp(E_x KL(p(y|x) || p(y))) per split; returns (mean, std) over splits,
+  as in Salimans et al. 2016 and the standard implementations."""
+  logits = np.asarray(logits, np.float64)
+  logp = logits - scipy.special.logsumexp(logits, axis=1, keepdims=True)
+  p = np.exp(logp)
+  scores = []
+  for part_logp, part_p in zip(np.array_split(logp, splits),
+                               np.array_split(p, splits)):
+    log_py = np.log(np.mean(part_p, axis=0))
+    kl = np.sum(part_p * (part_logp - log_py[None, :]), axis=1)
+    scores.append(np.exp(np.mean(kl)))
+  return float(np.mean(scores)), float(np.std(scores))
