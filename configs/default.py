@@ -83,7 +83,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.emd.b1 = 0.0                   # Adam, warm-up then linear decay to 0
   c.emd.b2 = 0.99
   c.emd.logsnr_generator = 0.0     # lambda*: g(z) is the net at this log-SNR
-  c.emd.langevin_steps = 8         # K
+  c.emd.langevin_steps = 16        # K (toy2d ablation: K=16 beat K<=8)
   c.emd.parameterization = 'eps'   # eps: non-centred (eps, z) | x: centred
   c.emd.gamma_eps = 0.3
   c.emd.gamma_z = 0.01

@@ -20,12 +20,12 @@ def _emd(k, ge, gz, chain='eps', cancel='eps'):
 
 
 # `emd_ablation`: one generator per setting, beside Diff-Instruct and the
-# shipped config.emd (K=8, gamma_eps=0.3, gamma_z=0.01, (eps, z), cancel).
+# shipped config.emd (K=16, gamma_eps=0.3, gamma_z=0.01, (eps, z), cancel).
 ABLATION = (
     _emd(1, 0.5, 0.01),                   # K
     _emd(2, 0.5, 0.01),
     _emd(4, 0.5, 0.01),
-    _emd(16, 0.3, 0.01),
+    _emd(8, 0.3, 0.01),
     _emd(8, 0.3, 0.0),                    # step sizes (gamma_eps, gamma_z)
     _emd(8, 0.5, 0.01),
     _emd(4, 0.5, 0.0),
@@ -83,7 +83,8 @@ def get_config(arg=None):
     c.distill.batch_size = 64
     c.distill.warmup_steps = 2
     c.distill.sampling_steps = (2,)
-    c.emd.sweep = ('langevin_steps=2,parameterization=x,gamma_z=0.1',)
+    c.emd.sweep = ('langevin_steps=2,parameterization=x,gamma_eps=0.5,'
+                   'gamma_z=0.1',)
   elif arg not in (None, '', 'mm', 'emd', 'emd_ablation'):
     raise ValueError(f'unknown toy2d config variant {arg!r} '
                      '(mm, emd, emd_ablation, tiny, tiny_mm, tiny_emd)')

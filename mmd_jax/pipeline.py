@@ -174,6 +174,9 @@ def _student_entries(config, workdir, dataset, spec, mesh, step=None):
   for method in config.stages:
     if method in stages.MM_METHODS:
       for k in config.distill.sampling_steps:
+        _check_same_stage(stages.mm_stage(
+            config, workdir, dataset, spec, method, k,
+            stages.abstract_frozen(spec, dataset, method == 'mm_parameter')))
         st = stages.load_student(config, workdir, dataset, spec, mesh, method,
                                  k, step)
         entries.append(evaluate.Entry(
@@ -182,6 +185,10 @@ def _student_entries(config, workdir, dataset, spec, mesh, step=None):
                 os.path.join(workdir, f'{method}_k{k}'))))
     elif method in stages.EMD_METHODS:
       for setting in emd_stages.settings(config, (method,)):
+        # Score what the directory holds, not what the config now says.
+        _check_same_stage(stages.emd_stage(
+            config, workdir, dataset, spec, setting,
+            stages.abstract_frozen(spec, dataset, False)))
         st = stages.load_generator(config, workdir, dataset, spec, mesh,
                                    setting, step)
         hp = emd_stages.hparams(config, setting.overrides)

@@ -186,7 +186,9 @@ def test_emd_stages_end_to_end(repo_root, tmp_path):
   assert rows['diff_instruct']['setting'] == {
       'langevin_steps': 1, 'parameterization': 'eps',
       'noise_cancellation': 'eps', 'gamma_eps': 1.0, 'gamma_z': 0.0}
-  assert rows['emd']['setting']['langevin_steps'] == 4
+  from configs import default
+  assert rows['emd']['setting']['langevin_steps'] == (
+      default.get_base_config().emd.langevin_steps)
   assert rows[sweep]['setting']['parameterization'] == 'x'
   for row in rows.values():
     assert row['steps'] == 1 and row['train_seconds_per_step'] > 0

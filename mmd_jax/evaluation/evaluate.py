@@ -178,13 +178,13 @@ def run(config, workdir: str, dataset, entries):
     # One picture per stage: the teacher's across its step counts, each
     # student's (and generator's) at its own k.
     if e.model == 'teacher':
-      key, title = f'teacher_{e.sampler}', f'teacher samples ({e.sampler})'
+      stem, title = f'teacher_{e.sampler}', f'teacher samples ({e.sampler})'
     else:
-      key, title = f'{e.model}_k{e.steps}', f'{e.model} samples (k={e.steps})'
-    panels.setdefault((key, title), []).append(
+      stem, title = f'{e.model}_k{e.steps}', f'{e.model} samples (k={e.steps})'
+    panels.setdefault((stem, title), []).append(
         (f'{e.model} {e.sampler} k={e.steps}', samples[:1000]))
-  for (key, title), pan in panels.items():
-    fname = 'samples_' + re.sub(r'[^A-Za-z0-9.=-]+', '_', key).strip('_') + '.png'
+  for (stem, title), pan in panels.items():
+    fname = 'samples_' + re.sub(r'[^A-Za-z0-9.=-]+', '_', stem).strip('_') + '.png'
     if jax.process_index() == 0:
       plots.save_panel(pan, os.path.join(workdir, fname),
                        real=scorer.real if dataset.kind == 'points' else None)
