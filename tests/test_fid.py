@@ -123,6 +123,17 @@ def test_reference_stats_round_trip(tmp_path):
     fid.load_stats(str(tmp_path / 'bad.npz'))
 
 
+_TORCH_SCRIPT = r'''
+import pathlib, sys, tempfile
+import numpy as np
+import pytest
+
+
+class _Patch:
+  def setattr(self, obj, name, value):
+    setattr(obj, name, value)
+
+
 def _random_fid_inception(torch):
   """pytorch-fid's fid_inception_v3 network with random weights (and random
   batch-norm statistics, so that they matter), built without its download."""
@@ -156,7 +167,7 @@ def _random_fid_inception(torch):
   return pfi, net.eval()
 
 
-def test_inception_port_matches_pytorch_fid(tmp_path, monkeypatch):
+def _check(tmp_path, monkeypatch):
   """.pth -> .npz (the converter CLI's code) -> Flax gives the features of
   pytorch-fid's own InceptionV3 (pool3) and the same fc logits."""
   torch = pytest.importorskip('torch')
@@ -191,3 +202,22 @@ def test_inception_port_matches_pytorch_fid(tmp_path, monkeypatch):
                              atol=1e-4 * scale)
   np.testing.assert_allclose(np.asarray(logits), t_logits, rtol=1e-4,
                              atol=1e-4 * np.abs(t_logits).max())
+
+
+_check(pathlib.Path(tempfile.mkdtemp()), _Patch())
+print('INCEPTION_OK')
+'''
+
+
+def test_inception_port_matches_pytorch_fid(repo_root):
+  """.pth -> .npz (the converter's code) -> Flax gives the pool features of
+  pytorch-fid's own InceptionV3 and the same fc logits. In a subprocess:
+  torch and TensorFlow (imported by clu) in one process can abort."""
+  import importlib.util
+  for mod in ('torch', 'torchvision', 'pytorch_fid'):
+    if importlib.util.find_spec(mod) is None:
+      pytest.skip(f'{mod} is not installed')
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  r = subprocess.run([sys.executable, '-c', _TORCH_SCRIPT], cwd=repo_root,
+                     env=env, capture_output=True, text=True, timeout=600)
+  assert 'INCEPTION_OK' in r.stdout, (r.stdout + r.stderr)[-3000:]
