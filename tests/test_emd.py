@@ -9,25 +9,14 @@ import numpy as np
 import pytest
 
 from mmd_jax import diffusion
-from mmd_jax.denoiser import DenoiserSpec
 from mmd_jax.methods import emd
-from mmd_jax.models.mlp import ResMLP
 
 SCHED = diffusion.Schedule('cosine')
 DI = emd.EMDHParams(**emd.DIFF_INSTRUCT, logsnr_generator=0.0)
 
 
-def _spec():
-  return DenoiserSpec(ResMLP(width=16, num_blocks=1), SCHED, 'v')
-
-
-def _random_params(spec, key, x, scale=0.3):
-  p = spec.init_params(key, x)
-  leaves, tree = jax.tree.flatten(p)
-  keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
-  return jax.tree.unflatten(tree, [
-      l + scale * jax.random.normal(k, l.shape, l.dtype)
-      for l, k in zip(leaves, keys)])
+# A tiny spec and non-degenerate random nets, shared with the MM tests.
+from test_moment_matching import _random_params, _spec  # noqa: E402
 
 
 def _flat(tree):
