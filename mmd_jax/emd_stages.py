@@ -56,6 +56,11 @@ def hparams(config, overrides=()) -> emd.EMDHParams:
                         sigma_data=config.teacher.sigma_data)
 
 
+# The settings `describe` names; a sweep entry's other overrides are appended.
+DESCRIBED_KEYS = ('langevin_steps', 'parameterization', 'gamma_eps', 'gamma_z',
+                  'noise_cancellation')
+
+
 def describe(hp: emd.EMDHParams) -> str:
   """The setting in a few tokens, e.g. 'K=4,eps,cancel,ge=0.5,gz=0'."""
   return (f'K={hp.langevin_steps},{hp.parameterization},'
@@ -74,9 +79,7 @@ def settings(config, methods) -> list[Setting]:
     for entry in config.emd.sweep:
       ov = parse_sweep_entry(entry, config.emd)
       desc = describe(hparams(config, ov.items()))
-      extra = [f'{k}={v}' for k, v in ov.items() if k not in (
-          'langevin_steps', 'parameterization', 'gamma_eps', 'gamma_z',
-          'noise_cancellation')]
+      extra = [f'{k}={v}' for k, v in ov.items() if k not in DESCRIBED_KEYS]
       desc = ','.join([desc] + extra)
       slug = desc.replace('=', '').replace(',', '_')
       out.append(Setting('emd', f'emd_k1_{slug}', f'emd[{desc}]',
@@ -85,14 +88,15 @@ def settings(config, methods) -> list[Setting]:
 
 
 def optimizers(config):
+  """(generator, score) optimisers: Adam with warm-up and linear decay over
+  the distill budget, each with its own learning rate."""
   d, e = config.distill, config.emd
-  gen = make_optimizer(e.generator_learning_rate, d.warmup_steps,
-                          d.num_train_steps, d.grad_clip, b1=e.b1, b2=e.b2,
-                          eps=1e-8, decay=True)[0]
-  score = make_optimizer(e.score_learning_rate, d.warmup_steps,
-                            d.num_train_steps, d.grad_clip, b1=e.b1, b2=e.b2,
-                            eps=1e-8, decay=True)[0]
-  return gen, score
+
+  def adam(lr):
+    return make_optimizer(lr, d.warmup_steps, d.num_train_steps, d.grad_clip,
+                          b1=e.b1, b2=e.b2, eps=1e-8, decay=True)[0]
+
+  return adam(e.generator_learning_rate), adam(e.score_learning_rate)
 
 
 def emd_stage(config, workdir: str, dataset, spec, setting: Setting,

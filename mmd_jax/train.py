@@ -162,7 +162,7 @@ def run(stage: Stage, stream, mesh, seed_key, checkpoint_cfg, log_cfg):
                    100.0 * done / stage.num_steps,
                    ' '.join(f'{k}={v:.4g}' for k, v in scalars.items()
                             if k != 'steps_per_sec'),
-                   rate, _fmt_time(eta))
+                   rate, fmt_duration(eta))
       t0, last_logged = time.time(), done
     ckpt.save(done, stage.strip(state), meta)
     if (log_cfg.sample_every_steps and done % log_cfg.sample_every_steps == 0
@@ -226,7 +226,8 @@ def _write_json(path, obj):
   os.replace(tmp, path)
 
 
-def _fmt_time(sec: float) -> str:
+def fmt_duration(sec: float) -> str:
+  """'3m07s' or '1h05m', for ETAs in progress lines."""
   sec = int(sec)
   if sec >= 3600:
     return f'{sec // 3600}h{(sec % 3600) // 60:02d}m'

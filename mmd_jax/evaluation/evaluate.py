@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from mmd_jax import train
 from mmd_jax.evaluation import fid, plots, precision_recall, report, toy_metrics
 from mmd_jax.evaluation.digits_classifier import DigitsClassifier
 from mmd_jax.methods import emd
@@ -50,15 +51,9 @@ def generate(spec, params, key, n: int, k: int, sampler: str, batch_size: int,
       rate = done / (time.time() - t0)
       logging.info('  sampling %d/%d (%.0f%%) | %.1f samples/s | ETA %s',
                    done, n, 100.0 * done / n, rate,
-                   _fmt_eta((n - done) / max(rate, 1e-9)))
+                   train.fmt_duration((n - done) / max(rate, 1e-9)))
       last_log = time.time()
   return np.concatenate(out)[:n], labels_all
-
-
-def _fmt_eta(sec: float) -> str:
-  sec = int(sec)
-  return f'{sec // 3600}h{(sec % 3600) // 60:02d}m' if sec >= 3600 \
-      else f'{sec // 60}m{sec % 60:02d}s'
 
 
 
