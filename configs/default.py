@@ -11,28 +11,36 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.stages = ('teacher', 'evaluate')
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = 'toy2d'          # toy2d | points | digits
+  c.data.name = 'toy2d'  # toy2d | points | digits | cifar10 | imagenet64 | imagenet128
   c.data.path = ''               # for points: an (N, D) .npy file
   c.data.toy_name = 'asymmetric_mixture'
   c.data.num_train = 100_000     # toy2d: size of the fixed training set
   c.data.seed = 0
+  c.data.tfds_data_dir = ''      # image data: '' = tfds's default data_dir
+  c.data.random_flip = True      # image data: random horizontal flips
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = 'mlp'           # mlp | unet
+  c.model.name = 'mlp'           # mlp | unet | uvit
   c.model.width = 256            # mlp
   c.model.num_blocks = 3         # mlp
   c.model.block_conditioning = True  # mlp: noise/label embedding in every block
-  c.model.channels = 32          # unet
-  c.model.channel_mult = (1, 2)  # unet
-  c.model.num_res_blocks = 1     # unet
+  c.model.channels = 32          # unet, uvit: channels * channel_mult per level
+  c.model.channel_mult = (1, 2)  # unet, uvit
+  c.model.num_res_blocks = 1     # unet, uvit (per level)
   c.model.attn_resolutions = (4,)  # unet
-  c.model.num_heads = 1          # unet
+  c.model.num_heads = 1          # unet, uvit
+  c.model.patch_size = 1         # uvit: space-to-depth before the U
+  c.model.transformer_width = 256  # uvit: the transformer at the lowest level
+  c.model.transformer_depth = 2  # uvit
+  c.model.mlp_ratio = 4          # uvit
+  c.model.dtype = 'auto'         # uvit compute: auto (bf16 on GPU/TPU) | float32 | bfloat16
+  c.model.remat = False          # uvit: rematerialise blocks (jax.checkpoint)
   c.model.dropout = 0.0
   c.model.parameterization = 'v'  # v | eps | x
   c.model.conditional = False    # class-conditional (labelled data only)
 
   c.diffusion = ml_collections.ConfigDict()
-  c.diffusion.schedule = 'cosine'  # cosine | shifted_cosine | edm
+  c.diffusion.schedule = 'cosine'  # cosine | shifted_cosine | edm | shifted_edm
   c.diffusion.logsnr_min = -15.0
   c.diffusion.logsnr_max = 15.0
   c.diffusion.resolution = 64      # shifted_cosine only
@@ -123,6 +131,16 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.inception_weights = ''
   c.eval.fid_reference = ''
   c.eval.inception_batch_size = 200
+  # Without fid_reference, image data's reference statistics come from this
+  # tfds split ('' = the training split), its first num_reference images.
+  c.eval.fid_reference_split = ''
+  c.eval.num_reference = 50_000
+  # k-NN precision/recall compare equal-size sets of at most this many
+  # (pairwise distances are quadratic in it).
+  c.eval.pr_num_samples = 10_000
 
   c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1})
+  # Split every stage's global batch into this many micro-batches inside the
+  # jitted step (lax.scan): the same update with 1/n of the activations.
+  c.grad_accum_steps = 1
   return c

@@ -5,10 +5,11 @@ import os
 
 from mmd_jax import diffusion
 from mmd_jax.data import DATASETS
+from mmd_jax.data.images import IMAGE_DATASETS
 from mmd_jax.data.toy2d import TOY2D_NAMES
 from mmd_jax.methods import emd
 from mmd_jax.methods.moment_matching import RENOISE, S_RANGES, WEIGHTINGS
-from mmd_jax.models import MODELS
+from mmd_jax.models import DTYPES, MODELS
 
 STAGES = ('teacher', 'vae', 'mm_alternating', 'mm_parameter', 'emd',
           'diff_instruct', 'evaluate')
@@ -57,12 +58,22 @@ def validate(config):
         'model.parameterization',
         f'unknown {m.parameterization!r}; known: {diffusion.PARAMETERIZATIONS}')
   _need(0.0 <= m.dropout < 1.0, 'model.dropout', 'must be in [0, 1)')
+  images = d.name == 'digits' or d.name in IMAGE_DATASETS
   if m.conditional:
-    _need(d.name == 'digits', 'model.conditional',
+    _need(images, 'model.conditional',
           f'dataset {d.name!r} has no labels; set it to False')
-  if m.name == 'unet':
-    _need(d.name == 'digits', 'model.name',
-          'the UNet needs image data (data.name=digits)')
+  if m.name != 'mlp':
+    _need(images, 'model.name',
+          f'the {m.name} needs image data, not data.name={d.name!r}')
+  if m.name == 'uvit':
+    _need(m.dtype in DTYPES, 'model.dtype',
+          f'unknown {m.dtype!r}; known: {DTYPES}')
+    for key in ('patch_size', 'transformer_width', 'transformer_depth',
+                'num_heads', 'mlp_ratio', 'channels', 'num_res_blocks'):
+      _positive_int(config, f'model.{key}')
+    _need(m.transformer_width % m.num_heads == 0, 'model.transformer_width',
+          f'{m.transformer_width} is not divisible by model.num_heads='
+          f'{m.num_heads}')
 
   _need(config.diffusion.schedule in diffusion.SCHEDULES, 'diffusion.schedule',
         f'unknown schedule {config.diffusion.schedule!r}; '
@@ -127,11 +138,28 @@ def validate(config):
     if e[key]:
       _need(os.path.isfile(e[key]), f'eval.{key}', f'file {e[key]!r} does not exist')
   if e.inception_weights:
-    _need(d.name == 'digits', 'eval.inception_weights',
-          'Inception metrics need image data')
+    _need(images, 'eval.inception_weights', 'Inception metrics need image data')
+  if d.name in IMAGE_DATASETS and 'evaluate' in stages:
+    _need(bool(e.inception_weights), 'eval.inception_weights',
+          f'FID on {d.name} needs the Inception weights file: convert '
+          "pytorch-fid's .pth with `python -m "
+          'mmd_jax.evaluation.convert_inception` (README, "Evaluation")')
+  _positive_int(config, 'eval.num_reference')
+  _positive_int(config, 'eval.pr_num_samples')
   for s in e.samplers:
     _need(s in ('ancestral', 'ddim'), 'eval.samplers', f'unknown sampler {s!r}')
 
+  _positive_int(config, 'grad_accum_steps')
+  n = config.grad_accum_steps
+  _need(t.batch_size % n == 0, 'grad_accum_steps',
+        f'{n} does not divide teacher.batch_size={t.batch_size}')
+  if any(s in ('mm_alternating', 'emd', 'diff_instruct') for s in stages):
+    _need(dd.batch_size % n == 0, 'grad_accum_steps',
+          f'{n} does not divide distill.batch_size={dd.batch_size}')
+  if 'mm_parameter' in stages:
+    _need(dd.batch_size % (2 * n) == 0, 'grad_accum_steps',
+          f'{n} does not divide half of distill.batch_size={dd.batch_size} '
+          '(mm_parameter splits it into batches A and B)')
   for axis in config.mesh.keys():
     _need(axis in ('data', 'fsdp'), 'mesh', f'unknown mesh axis {axis!r}')
 

@@ -66,10 +66,13 @@ class Schedule:
                                    self.logsnr_min, self.logsnr_max)
     if self.name == 'edm':
       return edm_logsnr(t, self.sigma_min, self.sigma_max, self.rho)
+    if self.name == 'shifted_edm':  # EDM spacing, simple diffusion's shift
+      return (edm_logsnr(t, self.sigma_min, self.sigma_max, self.rho)
+              + 2.0 * math.log(self.base_resolution / self.resolution))
     raise ValueError(f'unknown schedule {self.name!r}')
 
 
-SCHEDULES = ('cosine', 'shifted_cosine', 'edm')
+SCHEDULES = ('cosine', 'shifted_cosine', 'edm', 'shifted_edm')
 
 
 def schedule_from_config(cfg) -> Schedule:

@@ -53,7 +53,8 @@ def hparams(config, overrides=()) -> emd.EMDHParams:
   kw.update(dict(overrides))
   return emd.EMDHParams(**kw, guidance=config.distill.guidance,
                         score_loss_weight=config.teacher.loss_weight,
-                        sigma_data=config.teacher.sigma_data)
+                        sigma_data=config.teacher.sigma_data,
+                        grad_accum_steps=config.grad_accum_steps)
 
 
 # The settings `describe` names; a sweep entry's other overrides are appended.

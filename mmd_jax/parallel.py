@@ -54,8 +54,13 @@ def state_sharding(mesh: Mesh, state):
   return jax.tree.map(lambda _: rep, state)
 
 
-def check_batch(global_batch: int, mesh: Mesh, key: str):
+def check_batch(global_batch: int, mesh: Mesh, key: str,
+                micro_batches: int = 1):
   n = mesh.devices.size
   if global_batch % n:
     raise MeshError(f'{key}={global_batch} is not divisible by the {n} '
                     'devices of the mesh')
+  if (global_batch // micro_batches) % n:
+    raise MeshError(f'{key}={global_batch} split into grad_accum_steps='
+                    f'{micro_batches} micro-batches is not divisible by the '
+                    f'{n} devices of the mesh')

@@ -67,10 +67,12 @@ def run(config, workdir: str):
   config_check.validate(config)
   dataset = load_dataset(config.data)
   mesh = parallel.make_mesh(config.mesh)
-  parallel.check_batch(config.teacher.batch_size, mesh, 'teacher.batch_size')
+  n = config.grad_accum_steps
+  parallel.check_batch(config.teacher.batch_size, mesh, 'teacher.batch_size',
+                       n)
   if any(s in stages.DISTILL_METHODS for s in config.stages):
     parallel.check_batch(config.distill.batch_size, mesh,
-                         'distill.batch_size')
+                         'distill.batch_size', n)
   spec = stages.denoiser_spec(config, dataset)
   prepare_workdir(config, workdir)
   logging.info('dataset %s: %d training examples of shape %s', dataset.name,

@@ -35,8 +35,11 @@ def denoiser_spec(config, dataset) -> DenoiserSpec:
 
 
 def stream_for(config, dataset, batch_size: int, salt: int):
+  images = dataset.kind == 'images'
   return batches.BatchStream(dataset.train, batch_size, config.seed + salt,
-                             jax.process_index(), jax.process_count())
+                             jax.process_index(), jax.process_count(),
+                             random_flip=images and config.data.random_flip,
+                             prefetch=images)
 
 
 def stage_key(config, name: str):
@@ -77,7 +80,8 @@ def teacher_stage(config, workdir: str, dataset, spec,
   hp = teacher.TeacherHParams(loss_weight=t.loss_weight,
                               label_dropout=t.label_dropout,
                               ema_decay=t.ema_decay, sigma_data=t.sigma_data,
-                              stratified_t=t.stratified_t)
+                              stratified_t=t.stratified_t,
+                              grad_accum_steps=config.grad_accum_steps)
 
   def init(key, batch, frozen):
     del frozen
@@ -134,7 +138,8 @@ def mm_hparams(config, k: int) -> mm.MMHParams:
   weighting = d.weighting_small_k if k <= 2 else d.weighting
   return mm.MMHParams(k=k, weighting=weighting, renoise=d.renoise,
                       guidance=d.guidance, sigma_data=config.teacher.sigma_data,
-                      s_range=d.s_range)
+                      s_range=d.s_range,
+                      grad_accum_steps=config.grad_accum_steps)
 
 
 def mm_stage(config, workdir: str, dataset, spec, method: str, k: int,

@@ -1,6 +1,8 @@
-"""Datasets as in-memory arrays plus metadata; batching lives in batches.py.
+"""Datasets plus metadata; batching lives in batches.py.
 
-Only this package imports tfds (for the image datasets of later configs).
+Small datasets are in-memory arrays; the tfds image datasets (images.py)
+are random-access sources read batch by batch. Only this package imports
+tfds.
 """
 from __future__ import annotations
 
@@ -11,29 +13,33 @@ from typing import Optional
 import numpy as np
 
 from mmd_jax.data import digits as digits_lib
+from mmd_jax.data import images as images_lib
 from mmd_jax.data import points as points_lib
 from mmd_jax.data import toy2d
 from mmd_jax.data.points import DataError
 
-DATASETS = ('toy2d', 'points', 'digits')
+DATASETS = ('toy2d', 'points', 'digits') + tuple(images_lib.IMAGE_DATASETS)
 
 
 @dataclasses.dataclass
 class Dataset:
   name: str                      # e.g. 'toy2d/asymmetric_mixture'
-  kind: str                      # 'points' (low-dim) or 'digits'
-  train: dict                    # {'x': (N, ...), 'label': (N,)?}
-  test: Optional[dict] = None
+  kind: str                      # 'points' (low-dim), 'digits' or 'images'
+  train: object                  # {'x': (N, ...), 'label': (N,)?} or an
+  test: Optional[object] = None  # images.ImageSource
   num_classes: int = 0
   mixture: Optional[toy2d.Mixture] = None
 
   @property
   def example_shape(self):
+    if isinstance(self.train, images_lib.ImageSource):
+      return self.train.example_shape
     return tuple(self.train['x'].shape[1:])
 
   @property
   def num_train(self):
-    return int(self.train['x'].shape[0])
+    return len(self.train) if isinstance(
+        self.train, images_lib.ImageSource) else int(self.train['x'].shape[0])
 
   def reference_sets(self, n: int, seed: int):
     """Two independent sets of real data of size n, for noise floors."""
@@ -62,6 +68,12 @@ def load_dataset(data_cfg) -> Dataset:
     (xtr, ytr), (xte, yte) = digits_lib.load_digits_split()
     return Dataset('digits', 'digits', {'x': xtr, 'label': ytr},
                    {'x': xte, 'label': yte}, num_classes=10)
+  if name in images_lib.IMAGE_DATASETS:
+    spec = images_lib.IMAGE_DATASETS[name]
+    train = images_lib.open_split(spec, spec.train_split,
+                                  data_cfg.tfds_data_dir)
+    test = images_lib.open_split(spec, spec.eval_split, data_cfg.tfds_data_dir)
+    return Dataset(name, 'images', train, test, num_classes=spec.num_classes)
   raise DataError(f'unknown data.name {name!r}; choose one of {DATASETS}')
 
 

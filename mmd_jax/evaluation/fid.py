@@ -116,6 +116,7 @@ def inception_score(logits, splits: int = 10) -> tuple[float, float]:
   """exp(E_x KL(p(y|x) || p(y))) per split; returns (mean, std) over splits,
   as in Salimans et al. 2016 and the standard implementations."""
   logits = np.asarray(logits, np.float64)
+  splits = max(1, min(splits, len(logits)))  # no empty splits on tiny sets
   logp = logits - scipy.special.logsumexp(logits, axis=1, keepdims=True)
   p = np.exp(logp)
   scores = []

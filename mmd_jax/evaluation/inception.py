@@ -245,3 +245,19 @@ def load_params(path: str) -> dict:
       node = node.setdefault(p, {})
     node[leaf] = jnp.asarray(value, jnp.float32)
   return {'params': params}
+
+
+def save_params(path: str, params) -> None:
+  """The converter's .npz format from Flax params: '/'-joined paths. Used
+  for randomly initialised networks in tests and smoke runs."""
+  params = params.get('params', params)
+  flat = {'/'.join(k.key for k in p): np.asarray(v)
+          for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  np.savez(path, **flat)
+
+
+def random_params(seed: int = 0) -> dict:
+  """Randomly initialised Inception params (tests and smoke runs only: their
+  FIDs mean nothing)."""
+  return InceptionV3().init(jax.random.PRNGKey(seed),
+                            jnp.zeros((1, 75, 75, 3)))

@@ -18,8 +18,13 @@ from mmd_jax.evaluation import fid, inception, precision_recall
 
 
 def to_inception_input(images):
-  """Data-space images in [-1, 1], (N, H, W, C) with C in {1, 3} -> [0, 1] RGB."""
-  x = (jnp.asarray(images, jnp.float32) + 1.0) / 2.0
+  """(N, H, W, C), C in {1, 3}: uint8 in [0, 255] or data-space floats in
+  [-1, 1] -> [0, 1] RGB."""
+  images = jnp.asarray(images)
+  if images.dtype == jnp.uint8:
+    x = images.astype(jnp.float32) / 255.0
+  else:
+    x = (images.astype(jnp.float32) + 1.0) / 2.0
   if x.shape[-1] == 1:
     x = jnp.repeat(x, 3, axis=-1)
   return jnp.clip(x, 0.0, 1.0)
@@ -42,16 +47,17 @@ class InceptionMetrics:
 
   def run(self, images, want_features: bool = True):
     """-> (FeatureStats of the pool features, host features or None, host
-    logits). Each process passes the same full array; batches are padded to
-    the mesh and padding rows are masked out of the statistics."""
-    images = np.asarray(images, np.float32)
+    logits). `images` is an array or anything sliceable with a length
+    (data.images.LazyImages). Each process passes the same full set;
+    batches are padded to the mesh and padding rows are masked out of the
+    statistics."""
     n = len(images)
     stats = fid.FeatureStats(2048)
     feats, logits = [], []
     t0, last = time.time(), time.time()
     bs = self.batch_size
     for i in range(0, n, bs):
-      chunk = images[i:i + bs]
+      chunk = np.asarray(images[i:i + bs])
       valid = len(chunk)
       if valid < bs:
         chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bs - valid, 0)])
@@ -98,16 +104,17 @@ def reference_stats(metrics: InceptionMetrics, cache_dir: str, name: str,
   return mu, sigma, feats
 
 
-def score(metrics: InceptionMetrics, samples, ref, pr_k: int = 3) -> dict:
+def score(metrics: InceptionMetrics, samples, ref, pr_k: int = 3,
+          pr_num_samples: int = 10_000) -> dict:
   """fid, inception_score and (when reference features exist) k-NN
-  precision/recall on equal-size sets."""
+  precision/recall on equal-size sets of at most `pr_num_samples`."""
   mu_r, sigma_r, feats_r = ref
   stats, feats, logits = metrics.run(samples, want_features=feats_r is not None)
   mu, sigma = stats.mean_cov()
   out = {'fid': fid.frechet_distance(mu, sigma, mu_r, sigma_r),
          'inception_score': fid.inception_score(logits)[0]}
   if feats_r is not None:
-    m = min(len(feats), len(feats_r))
+    m = min(len(feats), len(feats_r), pr_num_samples)
     rng = np.random.default_rng(0)
     out.update(precision_recall.precision_recall(
         feats_r[rng.permutation(len(feats_r))[:m]],

@@ -10,12 +10,14 @@ import numpy as np  # noqa: E402
 
 
 def image_grid(images, ncol: int = 10) -> np.ndarray:
-  """(N, H, W, C) in [-1, 1] -> one (rows*H, ncol*W) array in [0, 1]."""
-  x = np.clip((np.asarray(images) + 1) / 2, 0, 1)
+  """(N, H, W, C), uint8 or in [-1, 1] -> one (rows*H, ncol*W[, 3]) array
+  in [0, 1]: grey for one channel, RGB for three."""
+  x = np.asarray(images)
+  x = x / 255.0 if x.dtype == np.uint8 else np.clip((x + 1) / 2, 0, 1)
   n, h, w = x.shape[:3]
-  x = x[..., 0] if x.shape[-1] == 1 else x.mean(-1)
+  x = x[..., 0] if x.shape[-1] == 1 else x
   rows = -(-n // ncol)
-  grid = np.ones((rows * (h + 1) + 1, ncol * (w + 1) + 1))
+  grid = np.ones((rows * (h + 1) + 1, ncol * (w + 1) + 1) + x.shape[3:])
   for i in range(n):
     r, c = divmod(i, ncol)
     grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = x[i]

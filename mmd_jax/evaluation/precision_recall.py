@@ -9,15 +9,26 @@ def _pairwise_sq(a, b):
       (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T, 0.0)
 
 
+# Rows per block: distances are computed block by block so that 10k-50k
+# Inception features never need an (n, n) matrix in memory.
+_BLOCK = 1024
+
+
 def _radii(f, k):
-  d = _pairwise_sq(f, f)
-  # k+1: each point is its own nearest neighbour at distance 0.
-  return np.sqrt(np.partition(d, k, axis=1)[:, k])
+  out = []
+  for i in range(0, len(f), _BLOCK):
+    d = _pairwise_sq(f[i:i + _BLOCK], f)
+    # k+1: each point is its own nearest neighbour at distance 0.
+    out.append(np.sqrt(np.partition(d, k, axis=1)[:, k]))
+  return np.concatenate(out)
 
 
 def _coverage(query, support, radii):
-  d = np.sqrt(_pairwise_sq(query, support))
-  return float(np.mean(np.any(d <= radii[None, :], axis=1)))
+  inside = []
+  for i in range(0, len(query), _BLOCK):
+    d = np.sqrt(_pairwise_sq(query[i:i + _BLOCK], support))
+    inside.append(np.any(d <= radii[None, :], axis=1))
+  return float(np.mean(np.concatenate(inside)))
 
 
 def precision_recall(real, fake, k: int = 3) -> dict:

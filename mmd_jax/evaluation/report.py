@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 
-PRIMARY_METRIC = {'points': 'energy_distance', 'digits': 'fd'}
+PRIMARY_METRIC = {'points': 'energy_distance', 'digits': 'fd', 'images': 'fid'}
 
 
 def write_report(workdir: str, report: dict, images: dict):

@@ -26,6 +26,7 @@ import optax
 from mmd_jax import diffusion
 from mmd_jax.denoiser import DenoiserSpec
 from mmd_jax.methods import teacher as teacher_lib
+from mmd_jax.microbatch import ALL, Rows, accumulate
 
 sg = jax.lax.stop_gradient
 
@@ -49,6 +50,7 @@ class EMDHParams:
   score_loss_weight: str = 'v'
   sigma_data: float = 0.5
   guidance: float = 0.0            # CFG inside the teacher only
+  grad_accum_steps: int = 1        # micro-batches per step (microbatch.py)
 
 
 # EMD-1 with a unit eps step: the mode-seeking baseline.
@@ -141,7 +143,7 @@ class EStepResult:
 
 
 def langevin(hp: EMDHParams, gen, diff, z, eps, lam, key,
-             g0=None) -> EStepResult:
+             g0=None, rows: Rows = ALL) -> EStepResult:
   """K Langevin steps on pi_t(x_t, z) from the generator's own joint (z, eps).
 
   `gen(z) -> g(z)` and `diff(x_t) -> s_T - s_S` are closures, so the chain can
@@ -162,7 +164,7 @@ def langevin(hp: EMDHParams, gen, diff, z, eps, lam, key,
     else:
       g = g0
     n_key, nz_key = jax.random.split(jax.random.fold_in(key, k))
-    n = jax.random.normal(n_key, z.shape, z.dtype)
+    n = rows.normal(n_key, z.shape, z.dtype)
     x_t = u if centred else a * g + s * u
     d = diff(x_t)
     if centred:
@@ -177,7 +179,7 @@ def langevin(hp: EMDHParams, gen, diff, z, eps, lam, key,
       # (alpha / sigma^2) J^T (x_t - alpha g).
       ct = a * (u - a * g) / (s * s) if centred else a * d
       (jt,) = vjp(sg(ct))
-      nz = jax.random.normal(nz_key, z.shape, z.dtype)
+      nz = rows.normal(nz_key, z.shape, z.dtype)
       z = z + gz * (jt - z) + jnp.sqrt(2.0 * gz) * nz
     return (u_new, z, c_new), None
 
@@ -192,7 +194,7 @@ def langevin(hp: EMDHParams, gen, diff, z, eps, lam, key,
 
 def e_step(spec, hp: EMDHParams, teacher_params, score_params,
            generator_params, z, eps, lam, labels, key,
-           g0=None) -> EStepResult:
+           g0=None, rows: Rows = ALL) -> EStepResult:
   """The Langevin E-step with the networks: generator, teacher, score."""
   def gen(zz):
     return generator(spec, generator_params, zz, labels, hp.logsnr_generator)
@@ -201,7 +203,7 @@ def e_step(spec, hp: EMDHParams, teacher_params, score_params,
     return score_difference(spec, teacher_params, score_params, x_t, lam,
                             labels, hp.guidance)
 
-  return langevin(hp, gen, diff, z, eps, lam, key, g0)
+  return langevin(hp, gen, diff, z, eps, lam, key, g0, rows)
 
 
 # ----------------------------------------------------------------------------
@@ -221,8 +223,8 @@ def weight(name: str, lam):
   raise ValueError(f'unknown EMD weighting {name!r}; known: {WEIGHTINGS}')
 
 
-def sample_times(key, batch: int, hp: EMDHParams):
-  return hp.t_min + (hp.t_max - hp.t_min) * jax.random.uniform(key, (batch,))
+def sample_times(key, batch: int, hp: EMDHParams, rows: Rows = ALL):
+  return hp.t_min + (hp.t_max - hp.t_min) * rows.uniform(key, (batch,))
 
 
 def _mean_dims(v):
@@ -230,7 +232,8 @@ def _mean_dims(v):
 
 
 def generator_gradient(spec, hp: EMDHParams, teacher_params, score_params,
-                       generator_params, z, eps, lam, labels, key):
+                       generator_params, z, eps, lam, labels, key,
+                       rows: Rows = ALL):
   """grad_theta L, L = -mean_b w_b (alpha_b / sigma_b) mean_d eps_m g(z_K),
   for given initial (z, eps), log-SNRs and Langevin key."""
   def gen_theta(z_in):
@@ -239,7 +242,7 @@ def generator_gradient(spec, hp: EMDHParams, teacher_params, score_params,
 
   g0, vjp = jax.vjp(gen_theta(z), generator_params)
   r = e_step(spec, hp, teacher_params, score_params, generator_params, z, eps,
-             lam, labels, key, g0=sg(g0))
+             lam, labels, key, g0=sg(g0), rows=rows)
   eps_m = r.eps - r.cancel if hp.noise_cancellation == 'eps' else r.eps
   a, s = diffusion.alpha_sigma(lam)
   coef = weight(hp.weighting, lam) * a / s
@@ -280,16 +283,26 @@ def diff_instruct_gradient(spec, teacher_params, score_params,
 def score_update(spec, hp: EMDHParams, score_params, score_opt, score_tx,
                  generator_params, labels, key, shape):
   """`score_updates` DSM steps of psi on fresh generator samples."""
+  n = hp.grad_accum_steps
+  micro_shape = (shape[0] // n,) + tuple(shape[1:])
+  lab_batch = {} if labels is None else {'label': labels}
+
   def one(carry, k):
     psi, opt = carry
     k_z, k_loss = jax.random.split(k)
-    x0 = sg(generator(spec, generator_params,
-                      jax.random.normal(k_z, shape, jnp.float32), labels,
-                      hp.logsnr_generator))
-    loss, grad = jax.value_and_grad(
-        lambda p: teacher_lib.diffusion_loss(
-            spec, p, x0, labels, k_loss, hp.score_loss_weight, hp.sigma_data,
-            train=False))(psi)
+
+    def grads_of(mb, rows):
+      lab = mb.get('label')
+      x0 = sg(generator(spec, generator_params,
+                        rows.normal(k_z, micro_shape, jnp.float32), lab,
+                        hp.logsnr_generator))
+      loss, grad = jax.value_and_grad(
+          lambda p: teacher_lib.diffusion_loss(
+              spec, p, x0, lab, k_loss, hp.score_loss_weight, hp.sigma_data,
+              train=False, rows=rows))(psi)
+      return grad, loss
+
+    grad, loss = accumulate(grads_of, lab_batch, n)
     upd, opt = score_tx.update(grad, opt, psi)
     return (optax.apply_updates(psi, upd), opt), loss
 
@@ -304,22 +317,28 @@ def step(state: EMDState, batch, key):
   key = jax.random.fold_in(key, state.step)
   k_t, k_z, k_eps, k_mcmc, k_score = jax.random.split(key, 5)
   spec, hp = state.spec, state.hparams
-  labels = batch.get('label') if spec.num_classes else None
-  shape = batch['x'].shape
-  lam = spec.schedule(sample_times(k_t, shape[0], hp))
-  z = jax.random.normal(k_z, shape, jnp.float32)
-  eps = jax.random.normal(k_eps, shape, jnp.float32)
-  loss, grad, stats = generator_gradient(
-      spec, hp, state.teacher_params, state.score_params,
-      state.generator_params, z, eps, lam, labels, k_mcmc)
+
+  def grads_of(mb, rows):
+    labels = mb.get('label') if spec.num_classes else None
+    shape = mb['x'].shape
+    lam = spec.schedule(sample_times(k_t, shape[0], hp, rows))
+    z = rows.normal(k_z, shape, jnp.float32)
+    eps = rows.normal(k_eps, shape, jnp.float32)
+    loss, grad, stats = generator_gradient(
+        spec, hp, state.teacher_params, state.score_params,
+        state.generator_params, z, eps, lam, labels, k_mcmc, rows)
+    return grad, {'loss': loss, **stats}
+
+  grad, metrics = accumulate(grads_of, dict(batch), hp.grad_accum_steps)
   upd, gen_opt = state.generator_tx.update(grad, state.generator_opt,
                                            state.generator_params)
   theta = optax.apply_updates(state.generator_params, upd)
+  labels = batch.get('label') if spec.num_classes else None
   psi, score_opt, score_loss = score_update(
       spec, hp, state.score_params, state.score_opt, state.score_tx, theta,
-      labels, k_score, shape)
+      labels, k_score, batch['x'].shape)
   new = state.replace(step=state.step + 1, generator_params=theta,
                       generator_opt=gen_opt, score_params=psi,
                       score_opt=score_opt)
-  return new, {'loss': loss, 'grad_norm': optax.tree.norm(grad),
-               'score_loss': score_loss, **stats}
+  return new, {**metrics, 'grad_norm': optax.tree.norm(grad),
+               'score_loss': score_loss}

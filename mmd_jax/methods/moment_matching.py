@@ -22,6 +22,7 @@ import optax
 from mmd_jax import diffusion, sampling
 from mmd_jax.denoiser import DenoiserSpec
 from mmd_jax.methods.teacher import make_optimizer  # noqa: F401 (re-export)
+from mmd_jax.microbatch import ALL, Rows, accumulate
 
 sg = jax.lax.stop_gradient
 
@@ -37,6 +38,7 @@ class MMHParams:
   guidance: float = 0.0         # CFG weight, used only inside the teacher
   sigma_data: float = 0.5
   s_range: str = 'auto'         # grid: s in [0, 1-1/k]; full: s in [0, 1]
+  grad_accum_steps: int = 1     # micro-batches per step (microbatch.py)
 
 
 def mm_optimizer(learning_rate, warmup_steps, total_steps, grad_clip=1.0):
@@ -54,7 +56,8 @@ def mm_optimizer(learning_rate, warmup_steps, total_steps, grad_clip=1.0):
 S_RANGES = ('auto', 'grid', 'full')
 
 
-def sample_times(key, batch: int, k: int, s_range: str = 'grid'):
+def sample_times(key, batch: int, k: int, s_range: str = 'grid',
+                 rows: Rows = ALL):
   """delta ~ U[0, 1/k], t = min(s + delta, 1), with s ~ U[0, 1 - 1/k]
   ('grid', ALGORITHMS.md §2) or s ~ U[0, 1] ('full').
 
@@ -65,8 +68,8 @@ def sample_times(key, batch: int, k: int, s_range: str = 'grid'):
   """
   k_s, k_d = jax.random.split(key)
   full = s_range == 'full' or (s_range == 'auto' and k == 1)
-  s = jax.random.uniform(k_s, (batch,)) * (1.0 if full else 1.0 - 1.0 / k)
-  t = jnp.minimum(s + jax.random.uniform(k_d, (batch,)) / k, 1.0)
+  s = rows.uniform(k_s, (batch,)) * (1.0 if full else 1.0 - 1.0 / k)
+  t = jnp.minimum(s + rows.uniform(k_d, (batch,)) / k, 1.0)
   return s, t
 
 
@@ -79,13 +82,15 @@ def weight(name: str, lam_s, sigma_data: float, x_student=None,
   return diffusion.loss_weight(name, lam_s, sigma_data)
 
 
-def _renoise(key, hp: MMHParams, z_t, x_tilde, lam_t, lam_s):
+def _renoise(key, hp: MMHParams, z_t, x_tilde, lam_t, lam_s,
+             rows: Rows = ALL):
   """z_s from the student's x~ (no gradient flows through z_s)."""
   x_tilde = sg(x_tilde)
+  noise = rows.normal(key, x_tilde.shape, x_tilde.dtype)
   if hp.renoise == 'conditional':
-    return sg(diffusion.sample_posterior(key, z_t, x_tilde, lam_t, lam_s))
-  return sg(diffusion.diffuse(x_tilde, lam_s,
-                              jax.random.normal(key, x_tilde.shape)))
+    mean, var = diffusion.posterior(z_t, x_tilde, lam_t, lam_s)
+    return sg(mean + jnp.sqrt(var) * noise)
+  return sg(diffusion.diffuse(x_tilde, lam_s, noise))
 
 
 def _teacher_x(spec, teacher_params, z, lam, labels, guidance):
@@ -113,14 +118,15 @@ class _Draw:
   labels: object
 
 
-def _draw(key, spec, student_params, x, labels, hp: MMHParams):
+def _draw(key, spec, student_params, x, labels, hp: MMHParams,
+          rows: Rows = ALL):
   k_time, k_eps, k_renoise = jax.random.split(key, 3)
-  s, t = sample_times(k_time, x.shape[0], hp.k, hp.s_range)
+  s, t = sample_times(k_time, x.shape[0], hp.k, hp.s_range, rows)
   lam_s, lam_t = spec.schedule(s), spec.schedule(t)
-  z_t = diffusion.diffuse(x, lam_t, jax.random.normal(k_eps, x.shape))
+  z_t = diffusion.diffuse(x, lam_t, rows.normal(k_eps, x.shape))
   x_tilde, vjp = jax.vjp(lambda p: spec.x_hat(p, z_t, lam_t, labels),
                          student_params)
-  z_s = _renoise(k_renoise, hp, z_t, x_tilde, lam_t, lam_s)
+  z_s = _renoise(k_renoise, hp, z_t, x_tilde, lam_t, lam_s, rows)
   return _Draw(lam_s, z_s, x_tilde, vjp, labels)
 
 
@@ -162,51 +168,61 @@ def alternating_step(state: AlternatingState, batch, key):
   """Even steps update the auxiliary denoiser phi, odd steps the student eta.
 
   Both branches share the student rollout and the teacher call; only the
-  branch's own loss is differentiated.
+  branch's own loss is differentiated. The gradient (of phi or of eta:
+  the same module, so one pytree) is averaged over micro-batches.
   """
   key = jax.random.fold_in(key, state.step)
   spec, hp = state.spec, state.hparams
-  labels = batch.get('label') if spec.num_classes else None
-  d = _draw(key, spec, state.student_params, batch['x'], labels, hp)
-  x_teacher = sg(_teacher_x(spec, state.teacher_params, d.z_s, d.lam_s,
-                            labels, hp.guidance))
-  w = weight(hp.weighting, d.lam_s, hp.sigma_data, d.x_tilde, x_teacher)
-  x_tilde = sg(d.x_tilde)
+  is_aux = state.step % 2 == 0
+
+  def grads_of(mb, rows):
+    labels = mb.get('label') if spec.num_classes else None
+    d = _draw(key, spec, state.student_params, mb['x'], labels, hp, rows)
+    x_teacher = sg(_teacher_x(spec, state.teacher_params, d.z_s, d.lam_s,
+                              labels, hp.guidance))
+    w = weight(hp.weighting, d.lam_s, hp.sigma_data, d.x_tilde, x_teacher)
+    x_tilde = sg(d.x_tilde)
+
+    def aux_grad(_):
+      def loss_fn(phi):
+        x_aux = spec.x_hat(phi, d.z_s, d.lam_s, labels)
+        return jnp.mean(w * (_per_example_mean(jnp.square(x_tilde - x_aux)) +
+                             _per_example_mean(jnp.square(x_teacher - x_aux))))
+      return jax.value_and_grad(loss_fn)(state.aux_params)
+
+    # The aux prediction as a value: the student branch and the moment-gap
+    # metric share this one forward pass.
+    x_aux = sg(spec.x_hat(state.aux_params, d.z_s, d.lam_s, labels))
+
+    def student_grad(_):
+      diff = x_aux - x_teacher
+      # L(eta) = mean_b w_b mean_d x~ * sg(g_phi - g_theta); its cotangent:
+      n, dim = x_tilde.shape[0], x_tilde[0].size
+      ct = (w.reshape((-1,) + (1,) * (diff.ndim - 1)) * diff) / (n * dim)
+      (g,) = d.student_vjp(ct)
+      return jnp.mean(w * _per_example_mean(x_tilde * diff)), g
+
+    loss, g = jax.lax.cond(is_aux, aux_grad, student_grad, None)
+    # Moment gap: how far the student's E[x|z_s] is from the teacher's.
+    gap = jnp.mean(_per_example_mean(jnp.square(x_aux - x_teacher)))
+    return g, {'loss': loss, 'moment_gap': gap}
+
+  g, metrics = accumulate(grads_of, dict(batch), hp.grad_accum_steps)
 
   def aux_update(_):
-    def loss_fn(phi):
-      x_aux = spec.x_hat(phi, d.z_s, d.lam_s, labels)
-      return jnp.mean(w * (_per_example_mean(jnp.square(x_tilde - x_aux)) +
-                           _per_example_mean(jnp.square(x_teacher - x_aux))))
-    loss, g = jax.value_and_grad(loss_fn)(state.aux_params)
     upd, opt = state.tx.update(g, state.aux_opt, state.aux_params)
-    new = state.replace(aux_params=optax.apply_updates(state.aux_params, upd),
-                        aux_opt=opt)
-    return new, loss, optax.tree.norm(g)
-
-  # The aux prediction as a value: the student branch and the moment-gap
-  # metric share this one forward pass.
-  x_aux = sg(spec.x_hat(state.aux_params, d.z_s, d.lam_s, labels))
+    return state.replace(aux_params=optax.apply_updates(state.aux_params, upd),
+                         aux_opt=opt)
 
   def student_update(_):
-    diff = x_aux - x_teacher
-    # L(eta) = mean_b w_b mean_d x~ * sg(g_phi - g_theta); its cotangent:
-    n, dim = x_tilde.shape[0], x_tilde[0].size
-    ct = (w.reshape((-1,) + (1,) * (diff.ndim - 1)) * diff) / (n * dim)
-    (g,) = d.student_vjp(ct)
-    loss = jnp.mean(w * _per_example_mean(x_tilde * diff))
     upd, opt = state.tx.update(g, state.student_opt, state.student_params)
-    new = state.replace(
+    return state.replace(
         student_params=optax.apply_updates(state.student_params, upd),
         student_opt=opt)
-    return new, loss, optax.tree.norm(g)
 
-  is_aux = state.step % 2 == 0
-  new, loss, gnorm = jax.lax.cond(is_aux, aux_update, student_update, None)
-  # Moment gap: how far the student's E[x|z_s] is from the teacher's.
-  gap = jnp.mean(_per_example_mean(jnp.square(x_aux - x_teacher)))
-  metrics = {'loss': loss, 'grad_norm': gnorm, 'moment_gap': gap,
-             'aux_step': is_aux.astype(jnp.float32)}
+  new = jax.lax.cond(is_aux, aux_update, student_update, None)
+  metrics.update(grad_norm=optax.tree.norm(g),
+                 aux_step=is_aux.astype(jnp.float32))
   return new.replace(step=state.step + 1), metrics
 
 
@@ -265,19 +281,12 @@ def _teacher_grad(spec, teacher_params, d: _Draw, w, guidance):
   return g, x_guided
 
 
-def parameter_losses(spec, teacher_params, precond, d_a: _Draw, d_b: _Draw,
-                     hp: MMHParams):
-  """Surrogate loss for eta on batch A, and the two-batch monitor.
+def _batch_a_terms(spec, teacher_params, nu, d_a: _Draw, hp: MMHParams):
+  """(w_A, sg(J nu) at batch A, monitor) for nu = Lambda grad L(B).
 
   The monitor 1/2 grad L(A)^T Lambda grad L(B) is read off the JVP for
   free: grad L(A)^T nu = mean_b 2 w_b mean_d (g_theta(z_A) - x~_A) J nu.
   """
-  x_teacher_b = sg(_teacher_x(spec, teacher_params, d_b.z_s, d_b.lam_s,
-                              d_b.labels, hp.guidance))
-  w_b = weight(hp.weighting, d_b.lam_s, hp.sigma_data, d_b.x_tilde,
-               x_teacher_b)
-  g_b, _ = _teacher_grad(spec, teacher_params, d_b, w_b, hp.guidance)
-  nu = jax.tree.map(lambda l, g: l * g, precond, g_b)
   # J nu at batch A (unguided teacher: straight-through).
   _, j_nu = jax.jvp(lambda th: spec.x_hat(th, d_a.z_s, d_a.lam_s, d_a.labels),
                     (teacher_params,), (nu,))
@@ -291,8 +300,24 @@ def parameter_losses(spec, teacher_params, precond, d_a: _Draw, d_b: _Draw,
   return w_a, j_nu, monitor
 
 
+def parameter_losses(spec, teacher_params, precond, d_a: _Draw, d_b: _Draw,
+                     hp: MMHParams):
+  """Surrogate-loss terms for eta on batch A given batch B: (w_A, J nu,
+  monitor)."""
+  x_teacher_b = sg(_teacher_x(spec, teacher_params, d_b.z_s, d_b.lam_s,
+                              d_b.labels, hp.guidance))
+  w_b = weight(hp.weighting, d_b.lam_s, hp.sigma_data, d_b.x_tilde,
+               x_teacher_b)
+  g_b, _ = _teacher_grad(spec, teacher_params, d_b, w_b, hp.guidance)
+  nu = jax.tree.map(lambda l, g: l * g, precond, g_b)
+  return _batch_a_terms(spec, teacher_params, nu, d_a, hp)
+
+
 def parameter_step(state: ParameterState, batch, key):
-  """One student update from two independent half-batches A and B."""
+  """One student update from two independent half-batches A and B.
+
+  With micro-batches, two scans: the teacher gradient on B is a mean over
+  B, needed whole before any of A's rows can use it."""
   key = jax.random.fold_in(key, state.step)
   k_a, k_b = jax.random.split(key)
   spec, hp = state.spec, state.hparams
@@ -302,24 +327,42 @@ def parameter_step(state: ParameterState, batch, key):
       lambda v: v.reshape((v.shape[0] // 2, 2) + v.shape[1:]), dict(batch))
   batch_a = jax.tree.map(lambda v: v[:, 0], halves)
   batch_b = jax.tree.map(lambda v: v[:, 1], halves)
-  la = batch_a.get('label') if spec.num_classes else None
-  lb = batch_b.get('label') if spec.num_classes else None
-  d_a = _draw(k_a, spec, state.student_params, batch_a['x'], la, hp)
-  d_b = _draw(k_b, spec, state.student_params, batch_b['x'], lb, hp)
-  w_a, j_nu, monitor = parameter_losses(spec, state.teacher_params,
-                                        state.precond, d_a, d_b, hp)
-  # L(eta) = -mean_b w_b mean_d x~_A * sg(J nu); its cotangent:
-  n, dim = j_nu.shape[0], j_nu[0].size
-  ct = -(w_a.reshape((-1,) + (1,) * (j_nu.ndim - 1)) * j_nu) / (n * dim)
-  (g,) = d_a.student_vjp(ct)
-  loss = -jnp.mean(w_a * _per_example_mean(sg(d_a.x_tilde) * j_nu))
+
+  def labels_of(mb):
+    return mb.get('label') if spec.num_classes else None
+
+  def teacher_grad_b(mb, rows):
+    d_b = _draw(k_b, spec, state.student_params, mb['x'], labels_of(mb), hp,
+                rows)
+    x_teacher_b = sg(_teacher_x(spec, state.teacher_params, d_b.z_s,
+                                d_b.lam_s, d_b.labels, hp.guidance))
+    w_b = weight(hp.weighting, d_b.lam_s, hp.sigma_data, d_b.x_tilde,
+                 x_teacher_b)
+    g_b, _ = _teacher_grad(spec, state.teacher_params, d_b, w_b, hp.guidance)
+    return g_b
+
+  g_b = accumulate(teacher_grad_b, batch_b, hp.grad_accum_steps)
+  nu = jax.tree.map(lambda l, g: l * g, state.precond, g_b)
+
+  def student_grad_a(mb, rows):
+    d_a = _draw(k_a, spec, state.student_params, mb['x'], labels_of(mb), hp,
+                rows)
+    w_a, j_nu, monitor = _batch_a_terms(spec, state.teacher_params, nu, d_a,
+                                        hp)
+    # L(eta) = -mean_b w_b mean_d x~_A * sg(J nu); its cotangent:
+    n, dim = j_nu.shape[0], j_nu[0].size
+    ct = -(w_a.reshape((-1,) + (1,) * (j_nu.ndim - 1)) * j_nu) / (n * dim)
+    (g,) = d_a.student_vjp(ct)
+    loss = -jnp.mean(w_a * _per_example_mean(sg(d_a.x_tilde) * j_nu))
+    return g, {'loss': loss, 'monitor': monitor}
+
+  g, metrics = accumulate(student_grad_a, batch_a, hp.grad_accum_steps)
   upd, opt = state.tx.update(g, state.student_opt, state.student_params)
   new = state.replace(step=state.step + 1,
                       student_params=optax.apply_updates(state.student_params,
                                                          upd),
                       student_opt=opt)
-  return new, {'loss': loss, 'monitor': monitor,
-               'grad_norm': optax.tree.norm(g)}
+  return new, {**metrics, 'grad_norm': optax.tree.norm(g)}
 
 
 def student_sample(spec: DenoiserSpec, params, key, shape, k: int,

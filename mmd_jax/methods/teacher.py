@@ -16,6 +16,7 @@ import optax
 
 from mmd_jax import diffusion
 from mmd_jax.denoiser import DenoiserSpec
+from mmd_jax.microbatch import ALL, Rows, accumulate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +26,7 @@ class TeacherHParams:
   ema_decay: float = 0.999
   sigma_data: float = 0.5
   stratified_t: bool = True
+  grad_accum_steps: int = 1   # micro-batches per step (microbatch.py)
 
 
 @flax.struct.dataclass
@@ -74,31 +76,34 @@ def init(key, spec: DenoiserSpec, hparams: TeacherHParams,
                       spec=spec, hparams=hparams, tx=tx)
 
 
-def drop_labels(key, labels, rate: float, null_label: int):
+def drop_labels(key, labels, rate: float, null_label: int, rows: Rows = ALL):
   """Replaces a `rate` fraction of labels with the null label (for CFG)."""
   if labels is None or rate <= 0:
     return labels
-  drop = jax.random.bernoulli(key, rate, labels.shape)
+  drop = rows.bernoulli(key, rate, labels.shape)
   return jnp.where(drop, null_label, labels)
 
 
-def sample_t(key, batch: int, stratified: bool):
-  """t ~ U[0, 1]; stratified: one shared offset, evenly spaced (VDM's
-  low-discrepancy sampler), which lowers the loss variance for free."""
+def sample_t(key, batch: int, stratified: bool, rows: Rows = ALL):
+  """t ~ U[0, 1]; stratified: one shared offset, evenly spaced over the
+  global batch (VDM's low-discrepancy sampler), which lowers the loss
+  variance for free."""
   if not stratified:
-    return jax.random.uniform(key, (batch,))
+    return rows.uniform(key, (batch,))
   u = jax.random.uniform(key, ())
-  return jnp.mod(u + jnp.arange(batch) / batch, 1.0)
+  pos, total = rows.positions(batch)
+  return jnp.mod(u + pos / total, 1.0)
 
 
 def diffusion_loss(spec: DenoiserSpec, params, x, labels, key,
                    loss_weight: str, sigma_data: float, train: bool = True,
-                   stratified_t: bool = False):
-  """E_t,eps w(lam_t) ||x - x_hat(z_t)||^2 with t ~ U[0, 1]. Mean over dims."""
+                   stratified_t: bool = False, rows: Rows = ALL):
+  """E_t,eps w(lam_t) ||x - x_hat(z_t)||^2 with t ~ U[0, 1]. Mean over dims.
+  (Dropout masks, if any, are drawn per micro-batch.)"""
   k_t, k_eps, k_drop = jax.random.split(key, 3)
-  t = sample_t(k_t, x.shape[0], stratified_t)
+  t = sample_t(k_t, x.shape[0], stratified_t, rows)
   lam = spec.schedule(t)
-  z = diffusion.diffuse(x, lam, jax.random.normal(k_eps, x.shape))
+  z = diffusion.diffuse(x, lam, rows.normal(k_eps, x.shape))
   x_hat = spec.x_hat(params, z, lam, labels, train=train, rng=k_drop)
   w = diffusion.loss_weight(loss_weight, lam, sigma_data)
   mse = jnp.mean(jnp.square(x - x_hat).reshape(x.shape[0], -1), axis=-1)
@@ -109,13 +114,19 @@ def step(state: TeacherState, batch, key):
   key = jax.random.fold_in(key, state.step)
   k_loss, k_lab = jax.random.split(key)
   spec, hp = state.spec, state.hparams
-  labels = batch.get('label') if spec.num_classes else None
-  labels = drop_labels(k_lab, labels, hp.label_dropout, spec.null_label)
 
-  loss, grads = jax.value_and_grad(
-      lambda p: diffusion_loss(spec, p, batch['x'], labels, k_loss,
-                               hp.loss_weight, hp.sigma_data,
-                               stratified_t=hp.stratified_t))(state.params)
+  def grads_of(mb, rows):
+    labels = mb.get('label') if spec.num_classes else None
+    labels = drop_labels(k_lab, labels, hp.label_dropout, spec.null_label,
+                         rows)
+    loss, grads = jax.value_and_grad(
+        lambda p: diffusion_loss(spec, p, mb['x'], labels, k_loss,
+                                 hp.loss_weight, hp.sigma_data,
+                                 stratified_t=hp.stratified_t,
+                                 rows=rows))(state.params)
+    return grads, loss
+
+  grads, loss = accumulate(grads_of, dict(batch), hp.grad_accum_steps)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   # Warm-started EMA, so early samples are not dominated by the init.
