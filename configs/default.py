@@ -115,6 +115,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.num_samples = 4000
+  c.eval.every_steps = 0         # distillation: score every N steps (0: off)
   c.eval.batch_size = 2000
   c.eval.teacher_steps = (1, 2, 4, 8, 16, 64, 256)
   c.eval.samplers = ('ancestral',)  # ancestral | ddim

@@ -61,6 +61,7 @@ def get_image_config(dataset: str, arg, model: dict, resolution: int,
   d.guidance = 0.0                          # [paper] CFG only in the teacher; 0 = off
 
   c.eval.num_samples = 50_000               # [paper] FID-50k
+  c.eval.every_steps = 5000                 # [paper] every 5k distillation steps
   c.eval.batch_size = 500                   # [ours]
   c.eval.num_reference = 50_000             # [ours] train-split statistics
   c.eval.teacher_steps = (8, 16, 32, 64, 128, 256, 512)  # [ours]

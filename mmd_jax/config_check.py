@@ -95,6 +95,10 @@ def validate(config):
   if t.checkpoint:
     _need(os.path.exists(t.checkpoint), 'teacher.checkpoint',
           f'{t.checkpoint!r} does not exist')
+    _need(os.path.isdir(t.checkpoint) or t.checkpoint.endswith(
+        ('.npz', '.msgpack')), 'teacher.checkpoint',
+          f'{t.checkpoint!r} is neither a teacher stage directory nor a '
+          '.npz/.msgpack parameter file')
 
   dd = config.distill
   for k in dd.sampling_steps:
@@ -144,6 +148,8 @@ def validate(config):
           f'FID on {d.name} needs the Inception weights file: convert '
           "pytorch-fid's .pth with `python -m "
           'mmd_jax.evaluation.convert_inception` (README, "Evaluation")')
+  _need(isinstance(e.every_steps, int) and e.every_steps >= 0,
+        'eval.every_steps', f'must be an integer >= 0, got {e.every_steps!r}')
   _positive_int(config, 'eval.num_reference')
   _positive_int(config, 'eval.pr_num_samples')
   for s in e.samplers:

@@ -115,7 +115,9 @@ def emd_stage(config, workdir: str, dataset, spec, setting: Setting,
           'example_shape': list(dataset.example_shape),
           'num_classes': spec.num_classes,
           'logsnr_generator': hp.logsnr_generator,
-          'setting': dataclasses.asdict(hp)}
+          # How the batch is split is not part of the setting.
+          'setting': {k: v for k, v in dataclasses.asdict(hp).items()
+                      if k != 'grad_accum_steps'}}
   preview = None
   if preview_fn is not None:
     preview = preview_fn(config, dataset, spec, 1,

@@ -10,9 +10,11 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory.')
 _MODE = flags.DEFINE_enum(
-    'mode', 'train', ['train', 'eval'],
+    'mode', 'train', ['train', 'eval', 'describe'],
     'train: run config.stages (finished ones are skipped). eval: evaluate the '
-    'checkpoints already in --workdir without training and rewrite the report.')
+    'checkpoints already in --workdir without training and rewrite the report. '
+    'describe: parameter counts, mesh, and XLA-estimated FLOPs and memory per '
+    'step of every stage, on abstract shapes; writes W/describe.json.')
 _CKPT_STEP = flags.DEFINE_integer(
     'checkpoint_step', None,
     '--mode=eval: evaluate this checkpoint step of every stage (default: the '
@@ -41,17 +43,22 @@ def main(argv):
     jax.distributed.initialize(coordinator_address=_COORD.value,
                                num_processes=_NPROC.value,
                                process_id=_PID.value)
-  from mmd_jax import config_check, parallel, pipeline
+  from mmd_jax import config_check, parallel, pipeline, teacher_io
   from mmd_jax.data import DataError
   logging.info('JAX %s: %d processes, %d devices (%s)', jax.__version__,
                jax.process_count(), jax.device_count(), jax.default_backend())
   try:
-    if _MODE.value == 'eval':
+    if _MODE.value == 'describe':
+      from mmd_jax import describe
+      print(describe.format_summary(
+          describe.describe(_CONFIG.value, _WORKDIR.value)))
+    elif _MODE.value == 'eval':
       pipeline.evaluate_workdir(_CONFIG.value, _WORKDIR.value,
                                 _CKPT_STEP.value)
     else:
       pipeline.run(_CONFIG.value, _WORKDIR.value)
   except (config_check.ConfigError, DataError, parallel.MeshError,
+          teacher_io.TeacherImportError,
           pipeline.WorkdirError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -5,13 +5,15 @@ re-run; an unfinished one resumes from its latest checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
 import jax
 from absl import logging
 
-from mmd_jax import config_check, emd_stages, parallel, stages, train
+from mmd_jax import (config_check, emd_stages, parallel, stages, teacher_io,
+                     train)
 from mmd_jax.data import load_dataset
 from mmd_jax.denoiser import count_params
 from mmd_jax.evaluation import evaluate
@@ -80,8 +82,16 @@ def run(config, workdir: str):
 
   teacher_state = None
   frozen = None
+  scorer = []   # one evaluate.Scorer, built on first use, for every stage
   for name in config.stages:
-    if name == 'teacher':
+    if name == 'teacher' and config.teacher.checkpoint:
+      # Imported, not trained: a stage directory, or a parameter file that
+      # becomes W/teacher.
+      if config.teacher.checkpoint.endswith(teacher_io.PARAM_FILE_SUFFIXES):
+        stages.import_teacher(config, workdir, dataset, spec, mesh)
+        _save_stage_config(config, stages.teacher_dir(config, workdir))
+      teacher_state = stages.load_teacher(config, workdir, dataset, spec, mesh)
+    elif name == 'teacher':
       stage = stages.teacher_stage(config, workdir, dataset, spec)
       stream = stages.stream_for(config, dataset, config.teacher.batch_size, 0)
       teacher_state = _train_stage(config, stage, stream, mesh)
@@ -98,12 +108,19 @@ def run(config, workdir: str):
       stream = stages.stream_for(config, dataset, config.distill.batch_size, 1)
       if name in stages.MM_METHODS:
         for k in config.distill.sampling_steps:
-          _train_stage(config, stages.mm_stage(config, workdir, dataset, spec,
-                                               name, k, frozen), stream, mesh)
+          stage = stages.mm_stage(config, workdir, dataset, spec, name, k,
+                                  frozen)
+          _train_stage(config, _with_quality(
+              config, workdir, dataset, spec, stage, k,
+              lambda s: s.student_params, None, scorer), stream, mesh)
       else:
         for setting in emd_stages.settings(config, (name,)):
-          _train_stage(config, stages.emd_stage(config, workdir, dataset, spec,
-                                                setting, frozen), stream, mesh)
+          stage = stages.emd_stage(config, workdir, dataset, spec, setting,
+                                   frozen)
+          _train_stage(config, _with_quality(
+              config, workdir, dataset, spec, stage, 1,
+              lambda s: s.generator_params, stage.meta['logsnr_generator'],
+              scorer), stream, mesh)
     elif name == 'evaluate':
       if teacher_state is None:
         teacher_state = stages.load_teacher(config, workdir, dataset, spec,
@@ -111,6 +128,27 @@ def run(config, workdir: str):
       _evaluate(config, workdir, dataset, spec, mesh, teacher_state)
     else:  # config_check rejects these earlier; kept as a guard.
       raise config_check.ConfigError(f'config.stages: {name!r} not implemented')
+
+
+def _with_quality(config, workdir, dataset, spec, stage, k, params_of,
+                  logsnr_generator, scorer: list):
+  """The stage, scored every eval.every_steps steps on eval.num_samples
+  samples (the paper's FID-50k every 5k steps)."""
+  if not config.eval.every_steps:
+    return stage
+
+  def quality(state):
+    if not scorer:
+      scorer.append(evaluate.Scorer(config, dataset, workdir))
+    samples, labels = evaluate.generate(
+        spec, params_of(state), jax.random.PRNGKey(config.eval.seed),
+        config.eval.num_samples, k, 'ancestral', config.eval.batch_size,
+        dataset.example_shape, spec.num_classes, 0.0, logsnr_generator,
+        quantize=dataset.kind == 'images')
+    return scorer[0].score(samples, labels)
+
+  return dataclasses.replace(stage, quality=quality,
+                             quality_every=config.eval.every_steps)
 
 
 class WorkdirError(ValueError):

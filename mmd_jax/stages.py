@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mmd_jax import diffusion, emd_stages, train
+from mmd_jax import diffusion, emd_stages, teacher_io, train
 from mmd_jax.data import batches
 from mmd_jax.denoiser import DenoiserSpec
 from mmd_jax.evaluation import plots
@@ -99,8 +99,44 @@ def teacher_stage(config, workdir: str, dataset, spec,
 
 
 def teacher_dir(config, workdir: str) -> str:
-  """The teacher stage: config.teacher.checkpoint if set, else W/teacher."""
-  return config.teacher.checkpoint or os.path.join(workdir, 'teacher')
+  """The teacher stage: config.teacher.checkpoint when it is a stage
+  directory, else W/teacher (trained there, or imported from a file)."""
+  ckpt = config.teacher.checkpoint
+  if ckpt and not ckpt.endswith(teacher_io.PARAM_FILE_SUFFIXES):
+    return ckpt
+  return os.path.join(workdir, 'teacher')
+
+
+def import_teacher(config, workdir: str, dataset, spec, mesh):
+  """Materialises a parameter file (config.teacher.checkpoint) as W/teacher:
+  a checkpoint at the teacher's final step, with the file's params as both
+  params and EMA and a fresh optimiser (so Algorithm 3 estimates Lambda)."""
+  path = os.path.abspath(config.teacher.checkpoint)
+  stage = teacher_stage(config, workdir, dataset, spec)
+  meta_path = os.path.join(stage.stage_dir, 'stage.json')
+  if os.path.exists(meta_path):
+    import json
+    with open(meta_path) as f:
+      old = json.load(f)
+    if old.get('imported_from') == path and train.is_finished(
+        stage.stage_dir, stage.num_steps):
+      return
+    from mmd_jax.config_check import ConfigError
+    raise ConfigError(
+        f'config.teacher.checkpoint: {stage.stage_dir} already holds a '
+        f"teacher ({old.get('imported_from') or 'trained here'}); use a new "
+        'workdir to import one')
+  x = jnp.zeros((1,) + tuple(dataset.example_shape))
+  abstract = jax.eval_shape(spec.init_params, jax.random.PRNGKey(0), x)
+  params = teacher_io.load_params(path, abstract)
+  stream = stream_for(config, dataset, config.teacher.batch_size, 0)
+  state, shardings = train.build_state(stage, stage_key(config, 'teacher'),
+                                       stream, mesh)
+  params = jax.device_put(params, shardings.params)
+  state = state.replace(params=params,
+                        ema_params=jax.tree.map(jnp.copy, params))
+  train.save_finished(stage, state, dict(stage.meta, imported_from=path))
+  logging.info('teacher imported from %s into %s', path, stage.stage_dir)
 
 
 def load_teacher(config, workdir, dataset, spec, mesh, step=None):

@@ -76,6 +76,10 @@ class Stage:
   # `stage_dir/frozen`, and left out of the periodic checkpoints.
   frozen: Any = None
   frozen_fields: tuple = ()
+  # Periodic quality (e.g. FID-50k every 5k steps): state -> {metric: value},
+  # logged under eval/ every `quality_every` steps (0: never).
+  quality: Optional[Callable[[Any], dict]] = None
+  quality_every: int = 0
 
   def strip(self, state):
     return state.replace(**{f: None for f in self.frozen_fields}) \
@@ -165,6 +169,17 @@ def run(stage: Stage, stream, mesh, seed_key, checkpoint_cfg, log_cfg):
                    rate, fmt_duration(eta))
       t0, last_logged = time.time(), done
     ckpt.save(done, stage.strip(state), meta)
+    if (stage.quality and stage.quality_every and done != stage.num_steps
+        and done % stage.quality_every == 0):
+      quality = {f'eval/{k}': float(v) for k, v in stage.quality(state).items()}
+      # TensorBoard and quality.jsonl: metrics.jsonl records are loss steps.
+      if is_main:
+        tb.write_scalars(done, quality)
+        q = JsonlWriter(os.path.join(stage.stage_dir, 'quality.jsonl'))
+        q.write_scalars(done, quality)
+        q.close()
+      logging.info('%s step %d quality: %s', stage.name, done,
+                   ' '.join(f'{k}={v:.4g}' for k, v in quality.items()))
     if (log_cfg.sample_every_steps and done % log_cfg.sample_every_steps == 0
         and stage.preview and is_main and done != stage.num_steps):
       stage.preview(state, os.path.join(stage.stage_dir,
@@ -182,6 +197,19 @@ def run(stage: Stage, stream, mesh, seed_key, checkpoint_cfg, log_cfg):
       meta['seconds_per_step'] = float(np.median(steady))
     _write_json(os.path.join(stage.stage_dir, 'stage.json'), meta)
   return state
+
+
+def save_finished(stage: Stage, state, meta: dict):
+  """Writes `state` as the stage's final checkpoint and marks it finished
+  (teacher import)."""
+  os.makedirs(stage.stage_dir, exist_ok=True)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(stage.stage_dir, 'checkpoints'),
+                               every_steps=0, asynchronous=False)
+  ckpt.save(stage.num_steps, stage.strip(state), meta, force=True)
+  ckpt.close()
+  if jax.process_index() == 0:
+    _write_json(os.path.join(stage.stage_dir, 'stage.json'),
+                dict(meta, finished_step=stage.num_steps))
 
 
 def _save_frozen(stage: Stage, state):

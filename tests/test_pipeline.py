@@ -149,9 +149,14 @@ def test_unknown_key_or_wrong_type_fails_in_one_line(override, message,
 def test_moment_matching_stages_end_to_end(repo_root, tmp_path):
   w = tmp_path / 'mm'
   r = _run(['mmd_jax.main', '--config=configs/toy2d.py:tiny_mm',
-            f'--workdir={w}'], repo_root)
+            f'--workdir={w}', '--config.eval.every_steps=4'], repo_root)
   assert r.returncode == 0, r.stderr[-3000:]
   rep = json.load(open(w / 'report.json'))
+  # Periodic quality during distillation: step 4 of 6 (the end is the
+  # evaluate stage's job).
+  q = [json.loads(l) for l in open(w / 'mm_alternating_k2' / 'quality.jsonl')]
+  assert [x['step'] for x in q] == [4]
+  assert np.isfinite(q[0]['eval/energy_distance'])
   rows = {(x['model'], x['sampler'], x['steps']) for x in rep['rows']}
   assert ('mm_alternating', 'student', 2) in rows
   assert ('mm_parameter', 'student', 2) in rows
@@ -226,3 +231,78 @@ def test_bad_emd_config_fails_in_one_line(override, message, repo_root,
   last = r.stderr.strip().splitlines()[-1]
   assert last.startswith('error: config.') and message in last, r.stderr[-1000:]
   assert not w.exists()
+
+
+@pytest.mark.parametrize('suffix', ['.npz', '.msgpack'])
+def test_teacher_export_import_gives_identical_samples(toy_workdir, repo_root,
+                                                       tmp_path, suffix):
+  params_file = tmp_path / f'teacher{suffix}'
+  r = _run(['mmd_jax.teacher_io', f'--workdir={toy_workdir}/teacher',
+            f'--output={params_file}'], repo_root)
+  assert r.returncode == 0, r.stderr[-2000:]
+  other = tmp_path / 'imported'
+  r = _run(['mmd_jax.main', '--config=configs/toy2d.py:tiny',
+            f'--workdir={other}', f'--config.teacher.checkpoint={params_file}',
+            '--config.stages=("teacher",)'], repo_root)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert json.load(open(other / 'teacher' / 'stage.json'))[
+      'imported_from'] == str(params_file)
+  samples = []
+  for w in (toy_workdir, other):
+    out = tmp_path / f'{w.name}.npz'
+    r = _run(['mmd_jax.sample', f'--workdir={w}/teacher', '--steps=4',
+              '--num_samples=64', '--seed=3', f'--output={out}'], repo_root)
+    assert r.returncode == 0, r.stderr[-2000:]
+    samples.append(np.load(out)['samples'])
+  np.testing.assert_array_equal(samples[0], samples[1])
+
+
+def test_teacher_import_names_the_first_mismatch(toy_workdir, repo_root,
+                                                 tmp_path):
+  params_file = tmp_path / 'teacher.npz'
+  r = _run(['mmd_jax.teacher_io', f'--workdir={toy_workdir}/teacher',
+            f'--output={params_file}'], repo_root)
+  assert r.returncode == 0, r.stderr[-2000:]
+  other = tmp_path / 'wider'
+  r = _run(['mmd_jax.main', '--config=configs/toy2d.py:tiny',
+            f'--workdir={other}', f'--config.teacher.checkpoint={params_file}',
+            '--config.model.width=24', '--config.stages=("teacher",)'],
+           repo_root)
+  assert r.returncode == 2
+  err = r.stderr.strip().splitlines()[-1]
+  assert err.startswith('error: teacher.checkpoint') and 'params/' in err
+  assert 'shape' in err and '24' in err, err
+  assert not (other / 'teacher' / 'checkpoints').exists()
+
+
+def test_describe_mode_reports_params_flops_and_memory(repo_root, tmp_path):
+  w = tmp_path / 'd'
+  r = _run(['mmd_jax.main', '--config=configs/toy2d.py:tiny_mm',
+            f'--workdir={w}', '--mode=describe'], repo_root)
+  assert r.returncode == 0, r.stderr[-2000:]
+  d = json.load(open(w / 'describe.json'))
+  # The count of a real init of the same module.
+  from configs import toy2d
+  from mmd_jax import stages
+  from mmd_jax.describe import data_shape
+  import jax
+  import jax.numpy as jnp
+  c = toy2d.get_config('tiny_mm')
+  spec = stages.denoiser_spec(c, data_shape(c.data))
+  n = sum(x.size for x in jax.tree.leaves(
+      spec.init_params(jax.random.PRNGKey(0), jnp.zeros((1, 2)))))
+  assert d['networks']['teacher']['params'] == n
+  assert d['networks']['student']['params'] == n
+  assert d['global_batch'] == c.teacher.batch_size
+  assert d['mesh'] == {'data': 1, 'fsdp': 1}
+  names = set(d['stages'])
+  assert names == {'teacher'} | {f'{m}_k{k}' for m in (
+      'mm_alternating', 'mm_parameter') for k in c.distill.sampling_steps}
+  for s in d['stages'].values():
+    assert s['flops_per_step'] > 0 and s['memory_bytes'] > 0
+  # A student step runs the network several times: it costs more than a
+  # teacher step at the same batch size.
+  per_ex = {k: v['flops_per_example'] for k, v in d['stages'].items()}
+  assert per_ex['mm_alternating_k2'] > 1.5 * per_ex['teacher']
+  assert not (w / 'teacher').exists()   # nothing trained
+  assert 'TFLOP/step' in r.stdout
