@@ -144,4 +144,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Split every stage's global batch into this many micro-batches inside the
   # jitted step (lax.scan): the same update with 1/n of the activations.
   c.grad_accum_steps = 1
+  # A step with a non-finite loss, gradient or state changes nothing; this
+  # many in a row stop the run.
+  c.max_nonfinite_steps = 10
   return c

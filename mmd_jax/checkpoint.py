@@ -26,6 +26,9 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
+  def due(self, step: int) -> bool:
+    return self.every_steps > 0 and step % self.every_steps == 0
+
   def save(self, step: int, state, meta: dict | None = None,
            force: bool = False) -> bool:
     if not force and (self.every_steps <= 0 or step % self.every_steps):

@@ -156,6 +156,7 @@ def validate(config):
     _need(s in ('ancestral', 'ddim'), 'eval.samplers', f'unknown sampler {s!r}')
 
   _positive_int(config, 'grad_accum_steps')
+  _positive_int(config, 'max_nonfinite_steps')
   n = config.grad_accum_steps
   _need(t.batch_size % n == 0, 'grad_accum_steps',
         f'{n} does not divide teacher.batch_size={t.batch_size}')

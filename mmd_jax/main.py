@@ -43,7 +43,7 @@ def main(argv):
     jax.distributed.initialize(coordinator_address=_COORD.value,
                                num_processes=_NPROC.value,
                                process_id=_PID.value)
-  from mmd_jax import config_check, parallel, pipeline, teacher_io
+  from mmd_jax import config_check, parallel, pipeline, teacher_io, train
   from mmd_jax.data import DataError
   logging.info('JAX %s: %d processes, %d devices (%s)', jax.__version__,
                jax.process_count(), jax.device_count(), jax.default_backend())
@@ -58,7 +58,7 @@ def main(argv):
     else:
       pipeline.run(_CONFIG.value, _WORKDIR.value)
   except (config_check.ConfigError, DataError, parallel.MeshError,
-          teacher_io.TeacherImportError,
+          teacher_io.TeacherImportError, train.NonFiniteError,
           pipeline.WorkdirError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

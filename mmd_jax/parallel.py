@@ -48,10 +48,31 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+# Leaves smaller than this stay replicated under FSDP: sharding them saves
+# little memory and costs a collective each.
+FSDP_MIN_SIZE = 1024
+
+
+def leaf_sharding(mesh: Mesh, shape) -> NamedSharding:
+  """FSDP: the largest dimension that the `fsdp` axis divides is sharded
+  over it (parameters, EMA and optimiser moments alike); everything else,
+  and everything when fsdp = 1, is replicated. XLA inserts the all-gathers
+  and reduce-scatters, so step code stays unaware of devices."""
+  n = mesh.shape['fsdp']
+  if n == 1 or math.prod(shape) < FSDP_MIN_SIZE:
+    return replicated(mesh)
+  dims = [d for d in sorted(range(len(shape)), key=lambda d: -shape[d])
+          if shape[d] % n == 0]
+  if not dims:
+    return replicated(mesh)
+  spec = [None] * len(shape)
+  spec[dims[0]] = 'fsdp'
+  return NamedSharding(mesh, P(*spec))
+
+
 def state_sharding(mesh: Mesh, state):
-  """Shardings for a stage state: replicated (FSDP comes with big models)."""
-  rep = replicated(mesh)
-  return jax.tree.map(lambda _: rep, state)
+  """Shardings for a stage state (concrete or abstract), leaf by leaf."""
+  return jax.tree.map(lambda x: leaf_sharding(mesh, tuple(x.shape)), state)
 
 
 def check_batch(global_batch: int, mesh: Mesh, key: str,

@@ -62,7 +62,7 @@ def _train_stage(config, stage, stream, mesh):
     logging.info('%s: finished earlier, skipping', stage.name)
     return None
   return train.run(stage, stream, mesh, stages.stage_key(config, stage.name),
-                   config.checkpoint, config.log)
+                   config.checkpoint, config.log, config.max_nonfinite_steps)
 
 
 def run(config, workdir: str):

@@ -18,7 +18,11 @@ from clu import metric_writers, periodic_actions
 from clu.metric_writers import interface as writer_interface
 
 from mmd_jax import checkpoint as ckpt_lib
-from mmd_jax import parallel
+from mmd_jax import guard, parallel
+
+
+class NonFiniteError(RuntimeError):
+  """Too many non-finite steps in a row; the message is the one line."""
 
 
 class JsonlWriter(writer_interface.MetricWriter):
@@ -108,7 +112,8 @@ def is_finished(stage_dir: str, num_steps: int) -> bool:
     return json.load(f).get('finished_step') == num_steps
 
 
-def run(stage: Stage, stream, mesh, seed_key, checkpoint_cfg, log_cfg):
+def run(stage: Stage, stream, mesh, seed_key, checkpoint_cfg, log_cfg,
+        max_nonfinite_steps: int = 10):
   """Trains `stage` to `num_steps`, resuming from its latest checkpoint."""
   is_main = jax.process_index() == 0
   os.makedirs(stage.stage_dir, exist_ok=True)
@@ -131,8 +136,21 @@ def run(stage: Stage, stream, mesh, seed_key, checkpoint_cfg, log_cfg):
 
   batch_sh = parallel.batch_sharding(mesh)
   rep = parallel.replicated(mesh)
-  step_fn = jax.jit(stage.step, in_shardings=(shardings, batch_sh, rep),
-                    out_shardings=(shardings, rep), donate_argnums=(0,))
+  step_fn = jax.jit(guard.wrap(stage.step, max_nonfinite_steps),
+                    in_shardings=(shardings, batch_sh, rep, rep),
+                    out_shardings=(shardings, rep, rep), donate_argnums=(0,))
+  counts = jax.device_put(guard.init_counts(), rep)
+
+  def check_guard():
+    tripped = int(counts['tripped_at'])
+    if tripped >= 0:
+      ckpt.wait()
+      last = ckpt.latest_step()
+      raise NonFiniteError(
+          f'{stage.name}: {max_nonfinite_steps} non-finite steps in a row '
+          f'(loss, gradient or parameters) ending at step {tripped}; last '
+          'good checkpoint: ' + (f'step {last} in {ckpt.directory}'
+                                 if last is not None else 'none'))
 
   # Process 0 writes TensorBoard events and metrics.jsonl; every process logs
   # its own progress line.
@@ -151,9 +169,12 @@ def run(stage: Stage, stream, mesh, seed_key, checkpoint_cfg, log_cfg):
   window_costs = []  # seconds/step per log window; the first holds the compile
   for step in range(start, stage.num_steps):
     batch = stream.global_batch_at(step, batch_sh)
-    state, metrics = step_fn(state, batch, key)
+    state, metrics, counts = step_fn(state, batch, key, counts)
     done = step + 1
     progress(done, time.time())
+    if (done % log_cfg.every_steps == 0 or done == stage.num_steps or
+        ckpt.due(done)):
+      check_guard()   # before anything is logged as progress or saved
     if done % log_cfg.every_steps == 0 or done == stage.num_steps:
       scalars = _finite_metrics(jax.device_get(metrics))
       rate = (done - last_logged) / max(time.time() - t0, 1e-9)

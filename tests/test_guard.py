@@ -1,0 +1,76 @@
+"""The non-finite guard, on a toy step and through the command line."""
+import os
+import subprocess
+import sys
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmd_jax import guard
+
+
+@flax.struct.dataclass
+class _State:
+  step: jax.Array
+  w: jax.Array
+
+
+def _step(state, batch, key):
+  """Adds the batch; the loss is NaN when the batch says so."""
+  del key
+  w = state.w + batch['x']
+  loss = jnp.where(batch['bad'], jnp.nan, jnp.sum(w))
+  return state.replace(step=state.step + 1, w=w), {'loss': loss,
+                                                   'grad_norm': jnp.ones(())}
+
+
+def test_bad_steps_change_nothing_are_counted_and_trip():
+  g = jax.jit(guard.wrap(_step, max_bad_run=3))
+  state = _State(step=jnp.zeros((), jnp.int32), w=jnp.zeros(2))
+  counts = guard.init_counts()
+  bad = [0, 1, 0, 1, 1, 0, 1, 1, 1, 1]
+  ws = []
+  for b in bad:
+    state, metrics, counts = g(state, {'x': jnp.ones(2), 'bad': jnp.asarray(
+        bool(b))}, None, counts)
+    ws.append(float(state.w[0]))
+  # Good steps add one; bad steps leave w alone (the step counter moves on).
+  assert ws == [1, 1, 2, 2, 2, 3, 3, 3, 3, 3]
+  assert int(state.step) == 10
+  assert int(counts['total']) == 7 and int(metrics['nonfinite_steps']) == 7
+  # Three in a row first at the 9th step (runs of 1, 2, then 4).
+  assert int(counts['tripped_at']) == 9 and int(counts['run']) == 4
+  # A non-finite new state (finite loss) is also refused.
+  inf_state = _State(step=jnp.zeros((), jnp.int32), w=jnp.zeros(2))
+  out, _, c = g(inf_state, {'x': jnp.full(2, jnp.inf), 'bad': jnp.asarray(
+      False)}, None, guard.init_counts())
+  assert np.all(np.isfinite(out.w)) and int(c['total']) == 1
+
+
+def test_diverging_run_stops_with_one_line_and_saves_only_finite(repo_root,
+                                                                 tmp_path):
+  w = tmp_path / 'w'
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  r = subprocess.run(
+      [sys.executable, '-m', 'mmd_jax.main', '--config=configs/toy2d.py:tiny',
+       f'--workdir={w}', '--config.teacher.learning_rate=1e30',
+       '--config.checkpoint.every_steps=1', '--config.max_nonfinite_steps=5'],
+      cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode != 0
+  line = r.stderr.strip().splitlines()[-1]
+  assert line.startswith('error: teacher: 5 non-finite steps in a row'), line
+  assert 'last good checkpoint: step' in line
+  # Every checkpoint written holds finite parameters.
+  from configs import toy2d
+  from mmd_jax import parallel, pipeline
+  from mmd_jax.data import load_dataset
+  cfg = toy2d.get_config('tiny')
+  ds = load_dataset(cfg.data)
+  spec = pipeline.denoiser_spec(cfg, ds)
+  state = pipeline.load_teacher(cfg, str(w), ds, spec,
+                                parallel.make_mesh(cfg.mesh))
+  assert all(np.all(np.isfinite(np.asarray(x)))
+             for x in jax.tree.leaves(state.params))
+  assert not (w / 'report.json').exists()
