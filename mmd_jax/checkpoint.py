@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -15,10 +17,38 @@ class Checkpointer:
                asynchronous: bool = True):
     self.directory = os.path.abspath(directory)
     self.every_steps = every_steps
-    options = ocp.CheckpointManagerOptions(
+    self._options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=asynchronous,
         create=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self.manager = ocp.CheckpointManager(self.directory, options=self._options)
+
+  def restore_latest_valid(self, abstract_state):
+    """(state, step) from the newest checkpoint that restores, or (None,
+    None). An unreadable one is moved aside to `<dir>_corrupt/<step>-<time>`
+    (kept, never deleted) with a warning, and the previous one is tried."""
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        return self.restore(abstract_state, step), step
+      except Exception as e:  # orbax/tensorstore raise many types
+        self._quarantine(step, e)
+    return None, None
+
+  def _quarantine(self, step: int, err: Exception):
+    self.manager.wait_until_finished()
+    dst = None
+    if jax.process_index() == 0:
+      dst = os.path.join(self.directory + '_corrupt',
+                         f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+      os.makedirs(os.path.dirname(dst), exist_ok=True)
+      shutil.move(os.path.join(self.directory, str(step)), dst)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f'quarantine {self.directory} {step}')
+    logging.warning('checkpoint %s step %d is unreadable (%s: %s); moved to '
+                    '%s, falling back to the previous one', self.directory,
+                    step, type(err).__name__, str(err)[:200], dst)
+    self.manager.close()
+    self.manager = ocp.CheckpointManager(self.directory, options=self._options)
 
   def latest_step(self):
     return self.manager.latest_step()

@@ -23,6 +23,12 @@ _COORD = flags.DEFINE_string('coordinator_address', None,
                              'HOST:PORT of process 0, for explicit multi-process runs.')
 _NPROC = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
 _PID = flags.DEFINE_integer('process_id', None, 'This process index.')
+_DIST = flags.DEFINE_enum(
+    'distributed', 'auto', ['auto', 'on', 'off'],
+    'jax.distributed.initialize(): auto = when --coordinator_address is given '
+    'or the environment is a multi-process job (SLURM, Open MPI, a multi-host '
+    'TPU slice, JAX_COORDINATOR_ADDRESS); on = always (TPU/SLURM/MPI '
+    'auto-detection); off = never.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -35,14 +41,39 @@ class _QuietLibraries(logging.logging.Filter):
             'work unit notes' not in str(record.msg))
 
 
-def main(argv):
-  del argv
-  logging.get_absl_handler().addFilter(_QuietLibraries())
-  import jax  # after flag parsing, so --help is fast
+def _multi_process_env() -> bool:
+  import os
+  env = os.environ
+  def more_than_one(k):
+    try:
+      return int(env.get(k, '1')) > 1
+    except ValueError:
+      return False
+  return (more_than_one('SLURM_NTASKS') or more_than_one('OMPI_COMM_WORLD_SIZE')
+          or ',' in env.get('TPU_WORKER_HOSTNAMES', '')
+          or bool(env.get('JAX_COORDINATOR_ADDRESS')))
+
+
+def _init_distributed(jax):
+  """Safe to start identically on every host: explicit flags win, else the
+  cluster is detected by jax.distributed.initialize itself."""
+  if _DIST.value == 'off':
+    return
+  # CPU processes need a collectives backend (no effect on GPU/TPU).
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   if _COORD.value:
     jax.distributed.initialize(coordinator_address=_COORD.value,
                                num_processes=_NPROC.value,
                                process_id=_PID.value)
+  elif _DIST.value == 'on' or _multi_process_env():
+    jax.distributed.initialize()
+
+
+def main(argv):
+  del argv
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  import jax  # after flag parsing, so --help is fast
+  _init_distributed(jax)
   from mmd_jax import config_check, parallel, pipeline, teacher_io, train
   from mmd_jax.data import DataError
   logging.info('JAX %s: %d processes, %d devices (%s)', jax.__version__,
@@ -57,6 +88,11 @@ def main(argv):
                                 _CKPT_STEP.value)
     else:
       pipeline.run(_CONFIG.value, _WORKDIR.value)
+  except train.Preempted as e:
+    # Non-zero, so job controllers (SLURM --requeue, GKE/xpk) restart it.
+    logging.warning('%s', e)
+    print(f'pre-empted: {e}', file=sys.stderr)
+    sys.exit(143)
   except (config_check.ConfigError, DataError, parallel.MeshError,
           teacher_io.TeacherImportError, train.NonFiniteError,
           pipeline.WorkdirError) as e:

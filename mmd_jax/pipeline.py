@@ -27,10 +27,16 @@ teacher_stage = stages.teacher_stage
 
 
 def prepare_workdir(config, workdir: str):
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+      tmp = os.path.join(workdir, 'config.json.tmp')
+      with open(tmp, 'w') as f:
+        f.write(config.to_json_best_effort(indent=2))
+      os.replace(tmp, os.path.join(workdir, 'config.json'))
+  except OSError as e:
+    raise WorkdirError(f'workdir {workdir} is not writable ({e.strerror or e})'
+                       ) from None
 
 
 def _save_stage_config(config, stage_dir):
@@ -55,6 +61,15 @@ def _check_same_stage(stage):
           f'now asks for {stage.meta[key]!r}; use a new workdir or remove it')
 
 
+def _log_data_shard(stream):
+  if jax.process_count() > 1:
+    idx = stream.local_indices(0)
+    logging.info('data: process %d of %d reads %d of the %d examples of each '
+                 'global batch; step 0 rows %s', jax.process_index(),
+                 jax.process_count(), len(idx), stream.global_batch,
+                 ','.join(map(str, idx[:8])))
+
+
 def _train_stage(config, stage, stream, mesh):
   _check_same_stage(stage)
   _save_stage_config(config, stage.stage_dir)
@@ -76,6 +91,8 @@ def run(config, workdir: str):
     parallel.check_batch(config.distill.batch_size, mesh,
                          'distill.batch_size', n)
   spec = stages.denoiser_spec(config, dataset)
+  if config.teacher.checkpoint and os.path.isdir(config.teacher.checkpoint):
+    stages.check_teacher_matches(config.teacher.checkpoint, dataset, spec)
   prepare_workdir(config, workdir)
   logging.info('dataset %s: %d training examples of shape %s', dataset.name,
                dataset.num_train, dataset.example_shape)
@@ -94,6 +111,7 @@ def run(config, workdir: str):
     elif name == 'teacher':
       stage = stages.teacher_stage(config, workdir, dataset, spec)
       stream = stages.stream_for(config, dataset, config.teacher.batch_size, 0)
+      _log_data_shard(stream)
       teacher_state = _train_stage(config, stage, stream, mesh)
       if teacher_state is not None:
         logging.info('teacher: %d parameters',

@@ -139,9 +139,33 @@ def import_teacher(config, workdir: str, dataset, spec, mesh):
   logging.info('teacher imported from %s into %s', path, stage.stage_dir)
 
 
+def check_teacher_matches(stage_dir: str, dataset, spec):
+  """A teacher trained on other data (shape or classes) cannot be read:
+  say so in one line instead of an orbax shape error."""
+  import json
+  path = os.path.join(stage_dir, 'stage.json')
+  if not os.path.exists(path):
+    from mmd_jax.config_check import ConfigError
+    raise ConfigError(f'config.teacher.checkpoint: {stage_dir} holds no '
+                      'teacher (no stage.json); train one with stage '
+                      "'teacher' or point teacher.checkpoint at one")
+  with open(path) as f:
+    meta = json.load(f)
+  want = (list(dataset.example_shape), spec.num_classes)
+  have = (meta.get('example_shape'), meta.get('num_classes'))
+  if have != want:
+    from mmd_jax.config_check import ConfigError
+    raise ConfigError(
+        f'config.teacher.checkpoint: the teacher in {stage_dir} was trained '
+        f"on {meta.get('dataset')} (example shape {have[0]}, {have[1]} "
+        f'classes); this run has {dataset.name} (example shape {want[0]}, '
+        f'{want[1]} classes)')
+
+
 def load_teacher(config, workdir, dataset, spec, mesh, step=None):
   stage = teacher_stage(config, workdir, dataset, spec,
                         stage_dir=teacher_dir(config, workdir))
+  check_teacher_matches(stage.stage_dir, dataset, spec)
   stream = stream_for(config, dataset, config.teacher.batch_size, 0)
   return train.restore_latest(stage, stream, mesh, stage_key(config, 'teacher'),
                               step)

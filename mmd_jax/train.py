@@ -19,6 +19,7 @@ from clu.metric_writers import interface as writer_interface
 
 from mmd_jax import checkpoint as ckpt_lib
 from mmd_jax import guard, parallel
+from mmd_jax.preemption import Preempted, SigtermFlag
 
 
 class NonFiniteError(RuntimeError):
@@ -35,6 +36,7 @@ class JsonlWriter(writer_interface.MetricWriter):
     rec = {'step': int(step)}
     rec.update({k: float(v) for k, v in scalars.items()})
     self._f.write(json.dumps(rec) + '\n')
+    self._f.flush()   # readable while the run goes on (monitors, tests)
 
   def write_summaries(self, step, values, metadata=None):
     pass
@@ -123,11 +125,11 @@ def run(stage: Stage, stream, mesh, seed_key, checkpoint_cfg, log_cfg,
   if stage.frozen_fields:  # orbax saves are collective: every process calls
     _save_frozen(stage, state)
   start = 0
-  if ckpt.latest_step() is not None:
-    restored = ckpt.restore(stage.strip(state))
+  restored, restored_step = ckpt.restore_latest_valid(stage.strip(state))
+  if restored is not None:
     state = restored.replace(**{f: getattr(state, f)
                                 for f in stage.frozen_fields})
-    start = int(ckpt.latest_step())
+    start = int(restored_step)
     logging.info('%s: resuming at step %d of %d', stage.name, start,
                  stage.num_steps)
   meta = dict(stage.meta, finished_step=None)
@@ -141,7 +143,7 @@ def run(stage: Stage, stream, mesh, seed_key, checkpoint_cfg, log_cfg,
                     out_shardings=(shardings, rep, rep), donate_argnums=(0,))
   counts = jax.device_put(guard.init_counts(), rep)
 
-  def check_guard():
+  def check_guard(counts):
     tripped = int(counts['tripped_at'])
     if tripped >= 0:
       ckpt.wait()
@@ -165,6 +167,29 @@ def run(stage: Stage, stream, mesh, seed_key, checkpoint_cfg, log_cfg,
 
   # A host copy: the state (and its rng buffer) is donated to each step.
   key = np.asarray(jax.device_get(stage.rng(state)))
+  with SigtermFlag() as sigterm:
+    state, window_costs = _loop(stage, stream, ckpt, step_fn, state, key,
+                                counts, start, batch_sh, progress, writer, tb,
+                                log_cfg, meta, check_guard, sigterm)
+  ckpt.save(stage.num_steps, stage.strip(state), meta,
+            force=ckpt.latest_step() != stage.num_steps)
+  ckpt.close()
+  writer.flush()
+  if is_main:
+    if stage.preview:
+      stage.preview(state, os.path.join(stage.stage_dir, 'samples.png'))
+    meta['finished_step'] = stage.num_steps
+    if window_costs:
+      steady = window_costs[1:] or window_costs
+      meta['seconds_per_step'] = float(np.median(steady))
+    _write_json(os.path.join(stage.stage_dir, 'stage.json'), meta)
+  return state
+
+
+def _loop(stage, stream, ckpt, step_fn, state, key, counts, start, batch_sh,
+          progress, writer, tb, log_cfg, meta, check_guard, sigterm):
+  """The steps from `start`; returns (state, seconds/step per log window)."""
+  is_main = jax.process_index() == 0
   t0, last_logged = time.time(), start
   window_costs = []  # seconds/step per log window; the first holds the compile
   for step in range(start, stage.num_steps):
@@ -172,9 +197,16 @@ def run(stage: Stage, stream, mesh, seed_key, checkpoint_cfg, log_cfg,
     state, metrics, counts = step_fn(state, batch, key, counts)
     done = step + 1
     progress(done, time.time())
-    if (done % log_cfg.every_steps == 0 or done == stage.num_steps or
-        ckpt.due(done)):
-      check_guard()   # before anything is logged as progress or saved
+    poll = (done % log_cfg.every_steps == 0 or done == stage.num_steps or
+            ckpt.due(done))
+    if poll:
+      check_guard(counts)   # before anything is logged as progress or saved
+    if sigterm.agreed(poll) and done < stage.num_steps:
+      check_guard(counts)
+      ckpt.save(done, stage.strip(state), meta, force=True)
+      ckpt.close()
+      writer.flush()
+      raise Preempted(stage.name, done)
     if done % log_cfg.every_steps == 0 or done == stage.num_steps:
       scalars = _finite_metrics(jax.device_get(metrics))
       rate = (done - last_logged) / max(time.time() - t0, 1e-9)
@@ -205,19 +237,7 @@ def run(stage: Stage, stream, mesh, seed_key, checkpoint_cfg, log_cfg,
         and stage.preview and is_main and done != stage.num_steps):
       stage.preview(state, os.path.join(stage.stage_dir,
                                         f'samples_{done:07d}.png'))
-  ckpt.save(stage.num_steps, stage.strip(state), meta,
-            force=ckpt.latest_step() != stage.num_steps)
-  ckpt.close()
-  writer.flush()
-  if is_main:
-    if stage.preview:
-      stage.preview(state, os.path.join(stage.stage_dir, 'samples.png'))
-    meta['finished_step'] = stage.num_steps
-    if window_costs:
-      steady = window_costs[1:] or window_costs
-      meta['seconds_per_step'] = float(np.median(steady))
-    _write_json(os.path.join(stage.stage_dir, 'stage.json'), meta)
-  return state
+  return state, window_costs
 
 
 def save_finished(stage: Stage, state, meta: dict):

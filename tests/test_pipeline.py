@@ -306,3 +306,78 @@ def test_describe_mode_reports_params_flops_and_memory(repo_root, tmp_path):
   assert per_ex['mm_alternating_k2'] > 1.5 * per_ex['teacher']
   assert not (w / 'teacher').exists()   # nothing trained
   assert 'TFLOP/step' in r.stdout
+
+
+def _points_file(tmp_path, kind):
+  f = tmp_path / f'{kind}.npy'
+  if kind == 'text':
+    np.save(f, np.array([['a', 'b'], ['c', 'd']]))
+  elif kind == 'rank3':
+    np.save(f, np.zeros((4, 2, 2)))
+  elif kind == 'empty':
+    np.save(f, np.zeros((0, 2)))
+  return f
+
+
+@pytest.mark.parametrize('case,extra,devices,message', [
+    ('points missing', ['--config.data.name=points',
+                        '--config.data.path=MISSING'], 1, 'data.path'),
+    ('points text', ['--config.data.name=points', '--config.data.path=text'], 1,
+     'real numeric array'),
+    ('points rank', ['--config.data.name=points', '--config.data.path=rank3'],
+     1, 'expected rank 2'),
+    ('points empty', ['--config.data.name=points', '--config.data.path=empty'],
+     1, 'is empty'),
+    ('unwritable', ['--workdir=FILE/sub'], 1, 'is not writable'),
+    ('mesh', ['--config.mesh.data=3', '--config.mesh.fsdp=-1'], 8,
+     'does not divide the 8 devices'),
+    ('batch', ['--config.teacher.batch_size=60'], 8,
+     'teacher.batch_size=60 is not divisible by the 8 devices'),
+    ('inception', ['--config.eval.inception_weights=/nonexistent/inc.npz'], 1,
+     'eval.inception_weights'),
+    ('method', ['--config.stages=("teacher","mm_magic")'], 1, 'mm_magic'),
+])
+def test_bad_input_is_one_line_and_writes_nothing(case, extra, devices,
+                                                  message, repo_root,
+                                                  tmp_path):
+  w = tmp_path / 'never'
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('not a directory')
+  args = []
+  for a in extra:
+    if a.startswith('--config.data.path=') and a != '--config.data.path=MISSING':
+      a = f'--config.data.path={_points_file(tmp_path, a.split("=")[1])}'
+    if a == '--config.data.path=MISSING':
+      a = f'--config.data.path={tmp_path / "missing.npy"}'
+    if a == '--workdir=FILE/sub':
+      w = blocker / 'sub'
+      continue
+    args.append(a)
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  if devices > 1:
+    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  before = sorted(os.listdir(tmp_path))
+  r = subprocess.run(
+      [sys.executable, '-m', 'mmd_jax.main', '--config=configs/toy2d.py:tiny',
+       f'--workdir={w}', *args], cwd=repo_root, env=env, capture_output=True,
+      text=True, timeout=120)
+  assert r.returncode != 0, case
+  lines = [l for l in r.stderr.strip().splitlines() if l.startswith('error:')]
+  assert len(lines) == 1 and message in lines[0], (case, r.stderr[-1500:])
+  assert r.stderr.strip().splitlines()[-1] == lines[0]
+  assert not w.exists()
+  assert sorted(os.listdir(tmp_path)) == before   # nothing else written
+  assert blocker.read_text() == 'not a directory'
+
+
+def test_teacher_for_other_data_is_refused_in_one_line(toy_workdir, repo_root,
+                                                      tmp_path):
+  w = tmp_path / 'digits'
+  r = _run(['mmd_jax.main', '--config=configs/digits.py:tiny_mm',
+            f'--workdir={w}', f'--config.teacher.checkpoint={toy_workdir}/teacher',
+            '--config.stages=("mm_alternating",)'], repo_root)
+  assert r.returncode == 2
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: config.teacher.checkpoint') and \
+      'toy2d' in last and 'digits' in last, last
+  assert not w.exists()

@@ -140,6 +140,14 @@ class InceptionE(nn.Module):
     return jnp.concatenate([b1, b3, bd, bp], axis=-1)
 
 
+def resize_input(x):
+  """To 299x299: bilinear with half-pixel centres and no antialiasing, as
+  F.interpolate(mode='bilinear', align_corners=False)."""
+  return jax.image.resize(x.astype(jnp.float32),
+                          (x.shape[0], 299, 299, x.shape[-1]), 'bilinear',
+                          antialias=False)
+
+
 class InceptionV3(nn.Module):
   """images (B, H, W, 3) in [0, 1] -> (pool features (B, 2048), logits (B, 1008))."""
   num_classes: int = 1008
@@ -149,10 +157,7 @@ class InceptionV3(nn.Module):
   def __call__(self, images):
     x = images.astype(jnp.float32)
     if self.resize:
-      # Bilinear with half-pixel centres and no antialiasing, as
-      # F.interpolate(mode='bilinear', align_corners=False).
-      x = jax.image.resize(x, (x.shape[0], 299, 299, x.shape[-1]), 'bilinear',
-                           antialias=False)
+      x = resize_input(x)
     x = 2.0 * x - 1.0
     x = BasicConv(32, 3, stride=2, name='Conv2d_1a_3x3')(x)
     x = BasicConv(32, 3, name='Conv2d_2a_3x3')(x)

@@ -39,11 +39,16 @@ class InceptionMetrics:
     self.mesh = mesh
     n_dev = mesh.devices.size
     self.batch_size = max(n_dev, batch_size // n_dev * n_dev)
-    net = inception.InceptionV3()
-    self._apply = jax.jit(
-        lambda p, x: net.apply(p, to_inception_input(x)),
-        in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
-        out_shardings=parallel.batch_sharding(mesh))
+    # Two programs: the resize depends on the image size, the network (on
+    # 299x299 inputs) does not, so it compiles once for every dataset.
+    net = inception.InceptionV3(resize=False)
+    batch = parallel.batch_sharding(mesh)
+    self._prep = jax.jit(
+        lambda x: inception.resize_input(to_inception_input(x)),
+        in_shardings=batch, out_shardings=batch)
+    net_apply = jax.jit(net.apply, in_shardings=(parallel.replicated(mesh),
+                                                 batch), out_shardings=batch)
+    self._apply = lambda p, x: net_apply(p, self._prep(x))
 
   def run(self, images, want_features: bool = True):
     """-> (FeatureStats of the pool features, host features or None, host
