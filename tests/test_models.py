@@ -73,3 +73,41 @@ def test_build_model_from_config():
   cfg.name = 'nope'
   with pytest.raises(ValueError, match='unknown model'):
     build_model(cfg, 0)
+
+
+def _perturbed(params, scale=0.05):
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(9), len(leaves))
+  return jax.tree.unflatten(tree, [
+      l + scale * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
+
+
+def test_uvit_patches_conditions_and_remat_changes_nothing():
+  from mmd_jax.models.uvit import UViT
+  kw = dict(channels=(8, 16), num_res_blocks=(1, 1), patch_size=2,
+            transformer_width=32, transformer_depth=2, num_heads=4,
+            num_classes=5)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
+  lam = jnp.array([-2.0, 3.0])
+  labels = jnp.array([1, 4])
+  plain, remat = UViT(**kw), UViT(**kw, remat=True)
+  params = _perturbed(plain.init(jax.random.PRNGKey(1), x, lam, labels))
+  out = plain.apply(params, x, lam, labels)
+  assert out.shape == x.shape and out.dtype == jnp.float32
+  # Noise level and label both reach the output.
+  assert not np.allclose(out, plain.apply(params, x, lam + 1.0, labels))
+  assert not np.allclose(out, plain.apply(params, x, lam, labels[::-1]))
+  # Rematerialisation recomputes, it does not change values or gradients.
+  loss = lambda m: lambda p: jnp.sum(m.apply(p, x, lam, labels) ** 2)
+  np.testing.assert_allclose(remat.apply(params, x, lam, labels), out,
+                             rtol=1e-5, atol=1e-6)
+  g1, g2 = jax.grad(loss(plain))(params), jax.grad(loss(remat))(params)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  # bfloat16 compute keeps float32 params and output.
+  bf = UViT(**kw, dtype=jnp.bfloat16)
+  assert all(l.dtype == jnp.float32 for l in jax.tree.leaves(
+      bf.init(jax.random.PRNGKey(1), x, lam, labels)))
+  out_bf = bf.apply(params, x, lam, labels)
+  assert out_bf.dtype == jnp.float32
+  np.testing.assert_allclose(out_bf, out, atol=0.1 * float(jnp.max(jnp.abs(out))))

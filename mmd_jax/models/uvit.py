@@ -97,9 +97,11 @@ class UViT(nn.Module):
     h = h.reshape(b, hh // p, ww // p, p * p * c).astype(self.dtype)
     h = nn.Conv(self.channels[0], (3, 3), dtype=self.dtype)(h)
     skips = []
+    # Explicit names: the same parameter tree with and without remat.
     for level, (ch, nb) in enumerate(zip(self.channels, self.num_res_blocks)):
-      for _ in range(nb):
-        h = conv_block(ch, self.dropout, self.dtype)(h, emb, train)
+      for j in range(nb):
+        h = conv_block(ch, self.dropout, self.dtype,
+                       name=f'down_{level}_{j}')(h, emb, train)
         skips.append(h)
       nxt = self.channels[level + 1] if level + 1 < len(self.channels) \
           else self.transformer_width
@@ -110,18 +112,19 @@ class UViT(nn.Module):
     pos = self.param('pos_embedding', nn.initializers.normal(0.02),
                      (1, gh * gw, d))
     t = t + pos.astype(self.dtype)
-    for _ in range(self.transformer_depth):
-      t = tblock(self.num_heads, self.mlp_ratio, self.dropout, self.dtype)(
-          t, emb, train)
+    for i in range(self.transformer_depth):
+      t = tblock(self.num_heads, self.mlp_ratio, self.dropout, self.dtype,
+                 name=f'transformer_{i}')(t, emb, train)
     h = nn.LayerNorm(dtype=self.dtype)(t).reshape(b, gh, gw, d)
 
     for level in reversed(range(len(self.channels))):
       ch = self.channels[level]
       h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
       h = nn.Conv(ch, (3, 3), dtype=self.dtype)(h)
-      for _ in range(self.num_res_blocks[level]):
+      for j in range(self.num_res_blocks[level]):
         h = jnp.concatenate([h, skips.pop()], axis=-1)
-        h = conv_block(ch, self.dropout, self.dtype)(h, emb, train)
+        h = conv_block(ch, self.dropout, self.dtype,
+                       name=f'up_{level}_{j}')(h, emb, train)
     assert not skips
     h = nn.silu(nn.GroupNorm(_groups(h.shape[-1]), dtype=self.dtype)(h))
     h = nn.Conv(p * p * c, (3, 3), dtype=self.dtype,
