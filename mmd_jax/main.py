@@ -100,18 +100,6 @@ def main(argv):
     sys.exit(2)
 
 
-def parse_flags(argv):
-  """absl's parser, with bad --config.KEY overrides reported in one line."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    print(f'error: {e}', file=sys.stderr)
-  except (KeyError, AttributeError, TypeError, ValueError) as e:
-    bad = [a for a in argv[1:] if a.startswith('--config.')]
-    print(f'error: bad config override {" ".join(bad)}: '
-          f'{type(e).__name__} {e}', file=sys.stderr)
-  sys.exit(2)
-
-
 if __name__ == '__main__':
+  from mmd_jax.cli import parse_flags
   app.run(main, flags_parser=parse_flags)

@@ -19,6 +19,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from mmd_jax import loops
+
 
 @dataclasses.dataclass(frozen=True)
 class Rows:
@@ -82,5 +84,5 @@ def accumulate(fn, batch, n: int):
     out = fn(mb, Rows(i, n))
     return jax.tree.map(jnp.add, acc, out), None
 
-  total, _ = jax.lax.scan(body, zeros, (jnp.arange(n), micro))
+  total, _ = loops.scan(body, zeros, (jnp.arange(n), micro))
   return jax.tree.map(lambda v: v / n, total)

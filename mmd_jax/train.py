@@ -106,6 +106,19 @@ def build_state(stage: Stage, seed_key, stream, mesh):
   return state, shardings
 
 
+def jit_step(stage: Stage, shardings, mesh, max_nonfinite_steps: int = 10):
+  """The step as the loop runs it (and `bench` times it): guarded, with the
+  state donated and every input and output placed by `parallel`.
+
+  `(state, batch, key, counts) -> (state, metrics, counts)`.
+  """
+  batch_sh = parallel.batch_sharding(mesh)
+  rep = parallel.replicated(mesh)
+  return jax.jit(guard.wrap(stage.step, max_nonfinite_steps),
+                 in_shardings=(shardings, batch_sh, rep, rep),
+                 out_shardings=(shardings, rep, rep), donate_argnums=(0,))
+
+
 def is_finished(stage_dir: str, num_steps: int) -> bool:
   path = os.path.join(stage_dir, 'stage.json')
   if not os.path.exists(path):
@@ -138,9 +151,7 @@ def run(stage: Stage, stream, mesh, seed_key, checkpoint_cfg, log_cfg,
 
   batch_sh = parallel.batch_sharding(mesh)
   rep = parallel.replicated(mesh)
-  step_fn = jax.jit(guard.wrap(stage.step, max_nonfinite_steps),
-                    in_shardings=(shardings, batch_sh, rep, rep),
-                    out_shardings=(shardings, rep, rep), donate_argnums=(0,))
+  step_fn = jit_step(stage, shardings, mesh, max_nonfinite_steps)
   counts = jax.device_put(guard.init_counts(), rep)
 
   def check_guard(counts):

@@ -3,6 +3,7 @@ against real data, and write the report with its pictures."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import time
@@ -16,6 +17,25 @@ from mmd_jax import train
 from mmd_jax.evaluation import fid, plots, precision_recall, report, toy_metrics
 from mmd_jax.evaluation.digits_classifier import DigitsClassifier
 from mmd_jax.methods import emd
+
+
+@functools.lru_cache(maxsize=64)
+def draw_fn(spec, k: int, sampler: str, shape, guidance: float = 0.0,
+            logsnr_generator: float | None = None):
+  """`(params, key, labels) -> samples` of `shape`, jitted once per setting:
+  periodic quality and `--mode=eval` call `generate` many times with the
+  same sampler, and a fresh jit each call would recompile each time."""
+  shape = tuple(shape)
+
+  @jax.jit  # params as an argument: closed-over arrays become constants
+  def draw(params, key, labels):
+    if logsnr_generator is not None:
+      return emd.generator_sample(spec, params, key, shape, logsnr_generator,
+                                  labels)
+    return spec.sample(params, key, shape, k, labels=labels,
+                       guidance=guidance, sampler=sampler)
+
+  return draw
 
 
 def generate(spec, params, key, n: int, k: int, sampler: str, batch_size: int,
@@ -32,16 +52,8 @@ def generate(spec, params, key, n: int, k: int, sampler: str, batch_size: int,
   """
   shape = tuple(shape)
   labels_all = (np.arange(n) % num_classes).astype(np.int32) if num_classes else None
-
-  @jax.jit  # params as an argument: closed-over arrays become constants
-  def draw(params, key, labels):
-    b = batch_size if labels is None else labels.shape[0]
-    if logsnr_generator is not None:
-      return emd.generator_sample(spec, params, key, (b,) + shape,
-                                  logsnr_generator, labels)
-    return spec.sample(params, key, (b,) + shape, k, labels=labels,
-                       guidance=guidance, sampler=sampler)
-
+  draw = draw_fn(spec, k, sampler, (batch_size,) + shape, guidance,
+                 logsnr_generator)
   out = []
   t0, last_log = time.time(), time.time()
   for i in range(0, n, batch_size):

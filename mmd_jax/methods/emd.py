@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mmd_jax import diffusion
+from mmd_jax import diffusion, loops
 from mmd_jax.denoiser import DenoiserSpec
 from mmd_jax.methods import teacher as teacher_lib
 from mmd_jax.microbatch import ALL, Rows, accumulate
@@ -184,7 +184,7 @@ def langevin(hp: EMDHParams, gen, diff, z, eps, lam, key,
     return (u_new, z, c_new), None
 
   u0 = a * g0 + s * eps if centred else eps
-  (u, z, c), _ = jax.lax.scan(
+  (u, z, c), _ = loops.scan(
       body, (u0, z, jnp.zeros_like(z)), jnp.arange(hp.langevin_steps))
   if centred:
     g = gen(z) if gz > 0 else g0
@@ -306,7 +306,7 @@ def score_update(spec, hp: EMDHParams, score_params, score_opt, score_tx,
     upd, opt = score_tx.update(grad, opt, psi)
     return (optax.apply_updates(psi, upd), opt), loss
 
-  (psi, opt), losses = jax.lax.scan(
+  (psi, opt), losses = loops.scan(
       one, (score_params, score_opt),
       jax.random.split(key, hp.score_updates))
   return psi, opt, jnp.mean(losses)

@@ -1,0 +1,355 @@
+"""Speed and efficiency: `python -m mmd_jax.bench --config=configs/NAME.py[:ARG]
+--output=F.json`.
+
+For each step function (teacher, mm_alternating, mm_parameter, emd with its
+K), on one global batch and one model so that their costs compare:
+  - the median wall time of a step, over `--num_steps` timed steps after
+    compile and `--warmup_steps`; each timed step is waited for, so this is
+    the step's latency, not the loop's throughput;
+  - XLA's FLOPs per step, counted on a program whose scans are unrolled
+    (XLA counts a loop body once; EMD's Langevin chain is a loop);
+  - achieved FLOP/s, and MFU: achieved / the matmul FLOP/s this run
+    measured on the same devices (the machine's practical peak);
+  - peak memory per device (compiled memory analysis).
+And sampling throughput: the teacher at k = 8 and 256, each student at its
+k, and the one-step generator, through the sampler evaluation uses.
+
+The networks are freshly initialised (the teacher's params stand in for a
+trained teacher): step cost does not depend on the parameter values.
+Batches are synthetic device arrays of the data's shape, so data loading is
+not timed; the training loop prefetches it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.',
+                                          lock_config=True)
+_OUTPUT = flags.DEFINE_string('output', None, 'Where to write the JSON.')
+_NUM_STEPS = flags.DEFINE_integer('num_steps', 20, 'Timed steps per step '
+                                  'function (the median is reported).')
+_WARMUP = flags.DEFINE_integer('warmup_steps', 3, 'Untimed steps after '
+                               'compiling.')
+_BATCH = flags.DEFINE_integer('batch_size', 0, 'Global batch for every step '
+                              'function (0: config.teacher.batch_size).')
+_ONLY = flags.DEFINE_list('only', [], 'Bench only these: teacher, '
+                          'mm_alternating, mm_parameter, emd, sampling.')
+_SAMPLE_BATCH = flags.DEFINE_integer('sample_batch_size', 0, 'Samples per '
+                                     'call (0: config.eval.batch_size).')
+_TEACHER_K = flags.DEFINE_list('teacher_steps', ['8', '256'],
+                               'Teacher sampling step counts to time.')
+_MATMUL = flags.DEFINE_list('matmul_sizes', ['1024', '2048', '4096'],
+                            'Square matmul sizes for the peak (the best '
+                            'counts).')
+flags.mark_flags_as_required(['config', 'output'])
+
+STEP_FUNCTIONS = ('teacher', 'mm_alternating', 'mm_parameter', 'emd')
+
+
+def _median_seconds(fn, reps: int, warmup: int) -> tuple[float, list]:
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times), times
+
+
+def matmul_peak(dtype_name: str, sizes=(1024, 2048, 4096),
+                budget_s: float = 20.0) -> dict:
+  """The best FLOP/s of one square matmul over `sizes`, each timed (median
+  of several) after a warm-up: what this machine delivers on the op it does
+  best, measured now, in this process."""
+  import jax
+  import jax.numpy as jnp
+  dtype = jnp.dtype(dtype_name)
+  best = {'flops_per_s': 0.0}
+  for n in sizes:
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
+    f = jax.jit(lambda a, b: a @ b)
+    run = lambda: f(a, b).block_until_ready()
+    run()
+    t0 = time.perf_counter()
+    run()
+    once = time.perf_counter() - t0
+    reps = max(3, min(50, int(budget_s / len(sizes) / max(once, 1e-6))))
+    t, _ = _median_seconds(run, reps, 1)
+    rate = 2.0 * n ** 3 / t
+    logging.info('matmul %s %dx%d: %.3f ms, %.1f GFLOP/s', dtype_name, n, n,
+                 t * 1e3, rate / 1e9)
+    if rate > best['flops_per_s']:
+      best = {'flops_per_s': rate, 'size': n, 'seconds': t}
+  return best
+
+
+def peak_dtype(backend: str) -> str:
+  """The dtype a user's model computes in on this backend: bf16 on
+  accelerators, f32 on CPU (whose bf16 matmuls are emulated)."""
+  return 'float32' if backend == 'cpu' else 'bfloat16'
+
+
+# ----------------------------------------------------------------------------
+# Step functions.
+
+
+def _stages(config, ds, spec, frozen, only):
+  """(report key, train.Stage) for each step function."""
+  from mmd_jax import emd_stages, stages
+  out = []
+  if 'teacher' in only:
+    out.append(('teacher', stages.teacher_stage(config, '/nonexistent', ds,
+                                                spec)))
+  k = max(config.distill.sampling_steps)
+  for method in stages.MM_METHODS:
+    if method in only:
+      out.append((method, stages.mm_stage(config, '/nonexistent', ds, spec,
+                                          method, k, frozen)))
+  if 'emd' in only:
+    setting = emd_stages.settings(config, ('emd',))[0]
+    hp = emd_stages.hparams(config, setting.overrides)
+    out.append((f'emd_K{hp.langevin_steps}',
+                stages.emd_stage(config, '/nonexistent', ds, spec, setting,
+                                 frozen)))
+  return out
+
+
+def _memory_bytes(compiled) -> int | None:
+  mem = compiled.memory_analysis()
+  if mem is None:
+    return None
+  get = lambda k: int(getattr(mem, f'{k}_size_in_bytes', 0))
+  # Donated state aliases its output: count it once.
+  return get('argument') + get('output') - get('alias') + get('temp')
+
+
+def count_flops(fn, *args) -> float:
+  """XLA's FLOPs for fn(*args) with every scan unrolled, so loop bodies
+  count once per iteration. Lowered only (cost analysis of the HLO), never
+  run."""
+  import jax
+  from mmd_jax import loops
+  with loops.unrolled():
+    lowered = jax.jit(fn).lower(*args)
+  cost = lowered.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get('flops', float('nan')))
+
+
+def bench_step(stage, batch, mesh, num_steps: int, warmup: int) -> dict:
+  import jax
+  from mmd_jax import guard, parallel, train
+  key = jax.random.PRNGKey(0)
+  abstract = jax.eval_shape(stage.init, key, batch, stage.frozen)
+  shardings = parallel.state_sharding(mesh, abstract)
+  state = jax.jit(stage.init, out_shardings=shardings)(key, batch,
+                                                       stage.frozen)
+  rep = parallel.replicated(mesh)
+  counts = jax.device_put(guard.init_counts(), rep)
+  step_key = jax.device_put(jax.random.PRNGKey(1), rep)
+  t0 = time.perf_counter()
+  compiled = train.jit_step(stage, shardings, mesh).lower(
+      state, batch, step_key, counts).compile()
+  compile_s = time.perf_counter() - t0
+  flops = count_flops(stage.step, jax.eval_shape(lambda s: s, state), batch,
+                      step_key)
+  box = {'state': state, 'counts': counts}
+
+  def one():
+    s, m, c = compiled(box['state'], batch, step_key, box['counts'])
+    jax.block_until_ready((s, m))
+    box['state'], box['counts'] = s, c
+
+  t, times = _median_seconds(one, num_steps, warmup)
+  # Back to back, as the loop runs them (dispatch overlaps compute).
+  t0 = time.perf_counter()
+  for _ in range(num_steps):
+    s, m, c = compiled(box['state'], batch, step_key, box['counts'])
+    box['state'], box['counts'] = s, c
+  jax.block_until_ready(box['state'])
+  pipelined = (time.perf_counter() - t0) / num_steps
+  return {'step_time_s': t, 'step_time_pipelined_s': pipelined,
+          'step_time_min_s': min(times), 'compile_s': compile_s,
+          'flops_per_step': flops, 'achieved_flops': flops / t,
+          'peak_memory_bytes': _memory_bytes(compiled)}
+
+
+def synthetic_batch(ds, batch_size: int, mesh):
+  import jax
+  import numpy as np
+  from mmd_jax import parallel
+  rng = np.random.default_rng(0)
+  out = {'x': rng.standard_normal((batch_size,) + tuple(ds.example_shape),
+                                  dtype=np.float32).clip(-1, 1)}
+  if ds.num_classes:
+    out['label'] = rng.integers(0, ds.num_classes, batch_size).astype(
+        np.int32)
+  return jax.device_put(out, parallel.batch_sharding(mesh))
+
+
+# ----------------------------------------------------------------------------
+# Sampling.
+
+
+def bench_sampling(config, ds, spec, params, sample_batch: int,
+                   teacher_steps) -> dict:
+  import jax
+  from mmd_jax import emd_stages
+  from mmd_jax.evaluation import evaluate
+  shape = tuple(ds.example_shape)
+  labels = None
+  if spec.num_classes:
+    import jax.numpy as jnp
+    labels = jnp.arange(sample_batch, dtype=jnp.int32) % spec.num_classes
+  runs = [(f'teacher_k{k}', k, None) for k in teacher_steps]
+  for method in ('mm_alternating', 'mm_parameter'):
+    runs += [(f'{method}_k{k}', k, None) for k in config.distill.sampling_steps]
+  hp = emd_stages.hparams(config)
+  runs.append(('emd_k1', 1, hp.logsnr_generator))
+  out = {}
+  for name, k, logsnr in runs:
+    draw = evaluate.draw_fn(spec, k, 'ancestral', (sample_batch,) + shape,
+                            config.eval.guidance if name.startswith('teacher')
+                            else 0.0, logsnr)
+    key = jax.random.PRNGKey(0)
+    t0 = time.perf_counter()
+    draw(params, key, labels).block_until_ready()
+    compile_s = time.perf_counter() - t0
+    once = time.perf_counter()
+    draw(params, key, labels).block_until_ready()
+    once = time.perf_counter() - once
+    reps = max(3, min(20, int(10.0 / max(once, 1e-6))))
+    t, _ = _median_seconds(
+        lambda: draw(params, key, labels).block_until_ready(), reps, 0)
+    out[name] = {'samples_per_s': sample_batch / t, 'steps': k,
+                 'seconds_per_call': t, 'batch': sample_batch,
+                 'compile_s': compile_s}
+    logging.info('sampling %-22s %10.1f samples/s', name, sample_batch / t)
+  return out
+
+
+# ----------------------------------------------------------------------------
+
+
+def run(config, num_steps: int = 20, warmup: int = 3, batch_size: int = 0,
+        only=(), sample_batch: int = 0, teacher_steps=(8, 256),
+        matmul_sizes=(1024, 2048, 4096)) -> dict:
+  import jax
+  import jax.numpy as jnp
+  from mmd_jax import config_check, parallel, stages
+  from mmd_jax.describe import data_shape
+
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.stages = tuple(s for s in config.stages if s != 'evaluate') or (
+        'teacher',)
+  config_check.validate(config)
+  only = tuple(only) or STEP_FUNCTIONS + ('sampling',)
+  unknown = set(only) - set(STEP_FUNCTIONS + ('sampling',))
+  if unknown:
+    raise config_check.ConfigError(f'--only: unknown {sorted(unknown)}; '
+                                   f'known: {STEP_FUNCTIONS + ("sampling",)}')
+  ds = data_shape(config.data)
+  mesh = parallel.make_mesh(config.mesh)
+  spec = stages.denoiser_spec(config, ds)
+  batch_size = batch_size or config.teacher.batch_size
+  parallel.check_batch(batch_size, mesh, '--batch_size',
+                       config.grad_accum_steps)
+  backend = jax.default_backend()
+  dtype = peak_dtype(backend)
+  logging.info('bench: %s on %d %s devices (%s), batch %d', ds.name,
+               mesh.devices.size, backend, jax.devices()[0].device_kind,
+               batch_size)
+  peak = matmul_peak(dtype, tuple(matmul_sizes))
+  params = jax.jit(spec.init_params)(jax.random.PRNGKey(0),
+                                     jnp.zeros((1,) + tuple(ds.example_shape)))
+  frozen = {'teacher_params': params,
+            'precond': jax.tree.map(jnp.ones_like, params)}
+  batch = synthetic_batch(ds, batch_size, mesh)
+  out = {'peak_matmul_flops': peak['flops_per_s'],
+         'peak_matmul': dict(peak, dtype=dtype),
+         'device': {'backend': backend, 'kind': jax.devices()[0].device_kind,
+                    'count': mesh.devices.size,
+                    'mesh': dict(zip(mesh.axis_names,
+                                     map(int, mesh.devices.shape)))},
+         'config': {'data': ds.name, 'model': config.model.name,
+                    'params': int(sum(x.size for x in jax.tree.leaves(params))),
+                    'batch_size': batch_size,
+                    'grad_accum_steps': config.grad_accum_steps},
+         'steps': {}}
+  for name, stage in _stages(config, ds, spec, frozen, only):
+    logging.info('bench: %s', name)
+    r = bench_step(stage, batch, mesh, num_steps, warmup)
+    r['mfu'] = r['achieved_flops'] / peak['flops_per_s']
+    out['steps'][name] = r
+    logging.info('bench: %s %.2f ms/step, %.1f GFLOP/s, MFU %.1f%%', name,
+                 r['step_time_s'] * 1e3, r['achieved_flops'] / 1e9,
+                 100 * r['mfu'])
+  if 'teacher' in out['steps']:
+    t = out['steps']['teacher']['step_time_s']
+    for r in out['steps'].values():
+      r['relative_to_teacher'] = r['step_time_s'] / t
+  if 'sampling' in only:
+    out['sampling'] = bench_sampling(
+        config, ds, spec, params, sample_batch or config.eval.batch_size,
+        teacher_steps)
+  return out
+
+
+def format_table(r: dict) -> str:
+  lines = [f"{r['config']['data']} / {r['config']['model']} "
+           f"({r['config']['params'] / 1e6:.2f}M params), batch "
+           f"{r['config']['batch_size']}, {r['device']['count']} "
+           f"{r['device']['kind']} device(s); matmul peak "
+           f"{r['peak_matmul_flops'] / 1e9:.1f} GFLOP/s "
+           f"({r['peak_matmul']['dtype']})",
+           f"{'step':16s} {'ms/step':>9s} {'x teacher':>9s} {'GFLOP/step':>11s}"
+           f" {'GFLOP/s':>9s} {'MFU':>6s} {'peak MiB':>9s}"]
+  for name, s in r['steps'].items():
+    mem = s.get('peak_memory_bytes')
+    lines.append(
+        f"{name:16s} {s['step_time_s'] * 1e3:9.2f} "
+        f"{s.get('relative_to_teacher', float('nan')):9.2f} "
+        f"{s['flops_per_step'] / 1e9:11.3f} {s['achieved_flops'] / 1e9:9.1f} "
+        f"{100 * s['mfu']:5.1f}% "
+        + (f'{mem / 2**20:9.1f}' if mem is not None else f"{'-':>9s}"))
+  if r.get('sampling'):
+    lines.append(f"{'sampler':22s} {'samples/s':>11s}")
+    for name, s in r['sampling'].items():
+      lines.append(f"{name:22s} {s['samples_per_s']:11.1f}")
+  return '\n'.join(lines)
+
+
+def main(argv):
+  del argv
+  import jax  # noqa: F401 (after flag parsing)
+  from mmd_jax import config_check, parallel
+  from mmd_jax.data import DataError
+  try:
+    result = run(_CONFIG.value, _NUM_STEPS.value, _WARMUP.value, _BATCH.value,
+                 _ONLY.value, _SAMPLE_BATCH.value,
+                 tuple(int(k) for k in _TEACHER_K.value),
+                 tuple(int(n) for n in _MATMUL.value))
+  except (config_check.ConfigError, DataError, parallel.MeshError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  if os.path.dirname(_OUTPUT.value):
+    os.makedirs(os.path.dirname(_OUTPUT.value), exist_ok=True)
+  with open(_OUTPUT.value, 'w') as f:
+    json.dump(result, f, indent=2)
+  print(format_table(result))
+
+
+if __name__ == '__main__':
+  from mmd_jax.cli import parse_flags
+  app.run(main, flags_parser=parse_flags)

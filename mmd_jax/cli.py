@@ -1,0 +1,19 @@
+"""Shared by the command-line entry points (main, bench)."""
+from __future__ import annotations
+
+import sys
+
+from absl import flags
+
+
+def parse_flags(argv):
+  """absl's parser, with bad --config.KEY overrides reported in one line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f'error: {e}', file=sys.stderr)
+  except (KeyError, AttributeError, TypeError, ValueError) as e:
+    bad = [a for a in argv[1:] if a.startswith('--config.')]
+    print(f'error: bad config override {" ".join(bad)}: '
+          f'{type(e).__name__} {e}', file=sys.stderr)
+  sys.exit(2)
