@@ -104,6 +104,27 @@ def get_base_config() -> ml_collections.ConfigDict:
   # (keys: the EMD settings above); each writes emd_k1_<setting>.
   c.emd.sweep = ()
 
+  # AEVB (ALGORITHMS.md §5): the `vae` stage. [paper]: estimator B (analytic
+  # KL), L = 1, minibatch 100, 500 hidden units, latent sizes 3..200,
+  # Adagrad 0.01-0.1. [ours]: Adam (faster on the digits), and conv nets.
+  c.vae = ml_collections.ConfigDict()
+  c.vae.latent_dim = 10
+  c.vae.arch = 'mlp'               # mlp | conv
+  c.vae.hidden = 500               # mlp width, or conv base channels
+  c.vae.likelihood = 'bernoulli'   # bernoulli (grey levels in [0,1]) | gaussian
+  c.vae.num_samples = 1            # L, z samples per datapoint
+  c.vae.batch_size = 100
+  c.vae.num_train_steps = 20000
+  c.vae.optimizer = 'adam'         # adam | adagrad
+  c.vae.learning_rate = 1e-3
+  c.vae.iwae_samples = 1000        # K of the IWAE log-likelihood (evaluation)
+  c.vae.eval_batch_size = 100      # datapoints per IWAE call
+
+  # Latent diffusion (latent.py): a VAE stage directory to diffuse in. A run
+  # whose stages hold 'vae' and a diffusion stage uses W/vae without this.
+  c.latent = ml_collections.ConfigDict()
+  c.latent.vae_checkpoint = ''
+
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 2000
   c.checkpoint.keep = 2

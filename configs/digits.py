@@ -7,8 +7,9 @@ override away: --config.model.name=unet.
 
 Variants: (none) teacher then evaluate; mm adds moment-matching students
 (alternating and parameter-space) at k in {1, 2, 4, 8}; emd adds one-step
-generators (Diff-Instruct and EMD); tiny, tiny_mm and tiny_emd are
-seconds-long versions for tests.
+generators (Diff-Instruct and EMD); vae trains a VAE alone and reports its
+ELBO and IWAE log-likelihood on the test split; tiny, tiny_mm, tiny_emd and
+tiny_vae are seconds-long versions for tests.
 """
 from configs import default
 
@@ -38,23 +39,45 @@ def get_config(arg=None):
   if arg in ('emd', 'tiny_emd'):
     c.stages = ('teacher', 'diff_instruct', 'emd', 'evaluate')
     c.eval.teacher_steps = (1, 2, 4, 8, 256)
+  if arg in ('vae', 'tiny_vae'):
+    # AEVB alone: W/vae, then ELBO and IWAE rows on the test split.
+    # Latent size: --config.vae.latent_dim=2 (manifold picture) or 10.
+    c.stages = ('vae', 'evaluate')
+  if arg == 'tiny_vae':
+    shrink(c)
+    shrink_vae(c)
+    c.vae.latent_dim = 2
   if arg in ('tiny', 'tiny_mm', 'tiny_emd'):
-    c.model.width = 32
-    c.model.num_blocks = 1
-    c.teacher.num_train_steps = 20
-    c.teacher.batch_size = 32
-    c.teacher.warmup_steps = 5
-    c.checkpoint.every_steps = 10
-    c.log.every_steps = 10
-    c.eval.num_samples = 100
-    c.eval.batch_size = 100
-    c.eval.teacher_steps = (2,)
-    c.eval.classifier_steps = 30
-    c.distill.num_train_steps = 4
-    c.distill.batch_size = 32
-    c.distill.warmup_steps = 2
-    c.distill.sampling_steps = (2,)
-  elif arg not in (None, '', 'mm', 'emd'):
+    shrink(c)
+  if arg not in (None, '', 'mm', 'emd', 'vae', 'tiny', 'tiny_mm', 'tiny_emd',
+                 'tiny_vae'):
     raise ValueError(f'unknown digits config variant {arg!r} '
-                     '(mm, emd, tiny, tiny_mm, tiny_emd)')
+                     '(mm, emd, vae, tiny, tiny_mm, tiny_emd, tiny_vae)')
   return c
+
+
+def shrink(c):
+  """Seconds-long settings for tests (the tiny variants, here and in
+  digits_latent.py)."""
+  c.model.width = 32
+  c.model.num_blocks = 1
+  c.teacher.num_train_steps = 20
+  c.teacher.batch_size = 32
+  c.teacher.warmup_steps = 5
+  c.checkpoint.every_steps = 10
+  c.log.every_steps = 10
+  c.eval.num_samples = 100
+  c.eval.batch_size = 100
+  c.eval.teacher_steps = (2,)
+  c.eval.classifier_steps = 30
+  c.distill.num_train_steps = 4
+  c.distill.batch_size = 32
+  c.distill.warmup_steps = 2
+  c.distill.sampling_steps = (2,)
+
+
+def shrink_vae(c):
+  c.vae.hidden = 32
+  c.vae.num_train_steps = 20
+  c.vae.batch_size = 20
+  c.vae.iwae_samples = 50

@@ -21,9 +21,6 @@ not timed; the training loop prefetches it.
 """
 from __future__ import annotations
 
-import json
-import os
-import statistics
 import sys
 import time
 
@@ -52,54 +49,9 @@ flags.mark_flags_as_required(['config', 'output'])
 
 STEP_FUNCTIONS = ('teacher', 'mm_alternating', 'mm_parameter', 'emd')
 
-
-def _median_seconds(fn, reps: int, warmup: int) -> tuple[float, list]:
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times), times
-
-
-def matmul_peak(dtype_name: str, sizes=(1024, 2048, 4096),
-                budget_s: float = 20.0) -> dict:
-  """The best FLOP/s of one square matmul over `sizes`, each timed (median
-  of several) after a warm-up: what this machine delivers on the op it does
-  best, measured now, in this process."""
-  import jax
-  import jax.numpy as jnp
-  dtype = jnp.dtype(dtype_name)
-  best = {'flops_per_s': 0.0}
-  for n in sizes:
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
-    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
-    f = jax.jit(lambda a, b: a @ b)
-    run = lambda: f(a, b).block_until_ready()
-    run()
-    t0 = time.perf_counter()
-    run()
-    once = time.perf_counter() - t0
-    reps = max(3, min(50, int(budget_s / len(sizes) / max(once, 1e-6))))
-    t, _ = _median_seconds(run, reps, 1)
-    rate = 2.0 * n ** 3 / t
-    logging.info('matmul %s %dx%d: %.3f ms, %.1f GFLOP/s', dtype_name, n, n,
-                 t * 1e3, rate / 1e9)
-    if rate > best['flops_per_s']:
-      best = {'flops_per_s': rate, 'size': n, 'seconds': t}
-  return best
-
-
-def peak_dtype(backend: str) -> str:
-  """The dtype a user's model computes in on this backend: bf16 on
-  accelerators, f32 on CPU (whose bf16 matmuls are emulated)."""
-  return 'float32' if backend == 'cpu' else 'bfloat16'
-
-
-# ----------------------------------------------------------------------------
-# Step functions.
+# count_flops is public here too: tests and users reach it as bench.count_flops.
+from mmd_jax.timing import (  # noqa: E402,F401
+    count_flops, matmul_peak, median_seconds, memory_bytes, peak_dtype)
 
 
 def _stages(config, ds, spec, frozen, only):
@@ -121,29 +73,6 @@ def _stages(config, ds, spec, frozen, only):
                 stages.emd_stage(config, '/nonexistent', ds, spec, setting,
                                  frozen)))
   return out
-
-
-def _memory_bytes(compiled) -> int | None:
-  mem = compiled.memory_analysis()
-  if mem is None:
-    return None
-  get = lambda k: int(getattr(mem, f'{k}_size_in_bytes', 0))
-  # Donated state aliases its output: count it once.
-  return get('argument') + get('output') - get('alias') + get('temp')
-
-
-def count_flops(fn, *args) -> float:
-  """XLA's FLOPs for fn(*args) with every scan unrolled, so loop bodies
-  count once per iteration. Lowered only (cost analysis of the HLO), never
-  run."""
-  import jax
-  from mmd_jax import loops
-  with loops.unrolled():
-    lowered = jax.jit(fn).lower(*args)
-  cost = lowered.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else {}
-  return float((cost or {}).get('flops', float('nan')))
 
 
 def bench_step(stage, batch, mesh, num_steps: int, warmup: int) -> dict:
@@ -170,7 +99,7 @@ def bench_step(stage, batch, mesh, num_steps: int, warmup: int) -> dict:
     jax.block_until_ready((s, m))
     box['state'], box['counts'] = s, c
 
-  t, times = _median_seconds(one, num_steps, warmup)
+  t, times = median_seconds(one, num_steps, warmup)
   # Back to back, as the loop runs them (dispatch overlaps compute).
   t0 = time.perf_counter()
   for _ in range(num_steps):
@@ -181,7 +110,7 @@ def bench_step(stage, batch, mesh, num_steps: int, warmup: int) -> dict:
   return {'step_time_s': t, 'step_time_pipelined_s': pipelined,
           'step_time_min_s': min(times), 'compile_s': compile_s,
           'flops_per_step': flops, 'achieved_flops': flops / t,
-          'peak_memory_bytes': _memory_bytes(compiled)}
+          'peak_memory_bytes': memory_bytes(compiled)}
 
 
 def synthetic_batch(ds, batch_size: int, mesh):
@@ -229,7 +158,7 @@ def bench_sampling(config, ds, spec, params, sample_batch: int,
     draw(params, key, labels).block_until_ready()
     once = time.perf_counter() - once
     reps = max(3, min(20, int(10.0 / max(once, 1e-6))))
-    t, _ = _median_seconds(
+    t, _ = median_seconds(
         lambda: draw(params, key, labels).block_until_ready(), reps, 0)
     out[name] = {'samples_per_s': sample_batch / t, 'steps': k,
                  'seconds_per_call': t, 'batch': sample_batch,
@@ -343,10 +272,8 @@ def main(argv):
   except (config_check.ConfigError, DataError, parallel.MeshError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  if os.path.dirname(_OUTPUT.value):
-    os.makedirs(os.path.dirname(_OUTPUT.value), exist_ok=True)
-  with open(_OUTPUT.value, 'w') as f:
-    json.dump(result, f, indent=2)
+  from mmd_jax.cli import write_json
+  write_json(_OUTPUT.value, result)
   print(format_table(result))
 
 

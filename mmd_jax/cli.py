@@ -1,4 +1,4 @@
-"""Shared by the command-line entry points (main, bench)."""
+"""Shared by the command-line entry points (main, bench, layer_profile)."""
 from __future__ import annotations
 
 import sys
@@ -17,3 +17,13 @@ def parse_flags(argv):
     print(f'error: bad config override {" ".join(bad)}: '
           f'{type(e).__name__} {e}', file=sys.stderr)
   sys.exit(2)
+
+
+def write_json(path: str, obj):
+  """Writes a CLI's JSON result, creating the folder."""
+  import json
+  import os
+  if os.path.dirname(path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(obj, f, indent=2)

@@ -13,8 +13,8 @@ from mmd_jax.models import DTYPES, MODELS
 
 STAGES = ('teacher', 'vae', 'mm_alternating', 'mm_parameter', 'emd',
           'diff_instruct', 'evaluate')
-IMPLEMENTED_STAGES = ('teacher', 'mm_alternating', 'mm_parameter', 'emd',
-                      'diff_instruct', 'evaluate')
+IMPLEMENTED_STAGES = ('teacher', 'vae', 'mm_alternating', 'mm_parameter',
+                      'emd', 'diff_instruct', 'evaluate')
 
 
 class ConfigError(ValueError):
@@ -127,6 +127,17 @@ def validate(config):
       _positive_int(config, f'distill.{key}')
     _need(dd.warmup_steps >= 0, 'distill.warmup_steps', 'must be >= 0')
     _validate_emd(config)
+  lat = config.get('latent')
+  vae_ckpt = lat.vae_checkpoint if lat is not None else ''
+  if 'vae' in stages or vae_ckpt:
+    _validate_vae(config)
+  if vae_ckpt:
+    _need(os.path.isdir(vae_ckpt), 'latent.vae_checkpoint',
+          f'{vae_ckpt!r} is not a VAE stage directory')
+  if vae_ckpt or ('vae' in stages and len(set(stages) - {'vae', 'evaluate'})):
+    _need(d.name not in IMAGE_DATASETS, 'latent',
+          f'latent diffusion needs in-memory data (digits, toy2d, points); '
+          f'{d.name} is streamed')
   _positive_int(config, 'checkpoint.keep')
   _need(config.checkpoint.every_steps >= 0, 'checkpoint.every_steps',
         'must be >= 0')
@@ -211,3 +222,24 @@ def _validate_emd(config):
     merged = {k: e[k] for k in emd_stages.HPARAM_KEYS}
     merged.update(overrides)
     _check_emd_setting(merged, f'emd.sweep[{i}]')
+
+
+def _validate_vae(config):
+  from mmd_jax.models.vae import ARCHS, LIKELIHOODS
+  v = config.get('vae')
+  _need(v is not None, 'vae', 'the vae stage needs a config.vae block '
+        '(see configs/default.py)')
+  for key in ('latent_dim', 'hidden', 'num_samples', 'batch_size',
+              'num_train_steps', 'iwae_samples', 'eval_batch_size'):
+    _positive_int(config, f'vae.{key}')
+  _need(v.arch in ARCHS, 'vae.arch', f'unknown {v.arch!r}; known: {ARCHS}')
+  _need(v.likelihood in LIKELIHOODS, 'vae.likelihood',
+        f'unknown {v.likelihood!r}; known: {LIKELIHOODS}')
+  _need(v.optimizer in ('adam', 'adagrad'), 'vae.optimizer',
+        f"unknown {v.optimizer!r}; known: ('adam', 'adagrad')")
+  _need(v.learning_rate > 0, 'vae.learning_rate',
+        f'must be > 0, got {v.learning_rate}')
+  _need(config.data.name not in ('toy2d', 'points') or v.arch == 'mlp',
+        'vae.arch', 'conv needs image data; use mlp for points')
+  _need(v.iwae_samples % min(100, v.iwae_samples) == 0, 'vae.iwae_samples',
+        f'must be below 100 or a multiple of 100, got {v.iwae_samples}')

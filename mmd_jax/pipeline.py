@@ -13,7 +13,7 @@ import jax
 from absl import logging
 
 from mmd_jax import (config_check, emd_stages, parallel, stages, teacher_io,
-                     train)
+                     latent, train, vae_stages)
 from mmd_jax.data import load_dataset
 from mmd_jax.denoiser import count_params
 from mmd_jax.evaluation import evaluate
@@ -90,8 +90,12 @@ def run(config, workdir: str):
   if any(s in stages.DISTILL_METHODS for s in config.stages):
     parallel.check_batch(config.distill.batch_size, mesh,
                          'distill.batch_size', n)
+  if 'vae' in config.stages:
+    parallel.check_batch(config.vae.batch_size, mesh, 'vae.batch_size')
   spec = stages.denoiser_spec(config, dataset)
-  if config.teacher.checkpoint and os.path.isdir(config.teacher.checkpoint):
+  latent_run = latent.is_latent(config)
+  if (config.teacher.checkpoint and os.path.isdir(config.teacher.checkpoint)
+      and not latent_run):
     stages.check_teacher_matches(config.teacher.checkpoint, dataset, spec)
   prepare_workdir(config, workdir)
   logging.info('dataset %s: %d training examples of shape %s', dataset.name,
@@ -100,7 +104,13 @@ def run(config, workdir: str):
   teacher_state = None
   frozen = None
   scorer = []   # one evaluate.Scorer, built on first use, for every stage
+  image_ds, space = dataset, None
   for name in config.stages:
+    if latent_run and name != 'vae' and space is None:
+      # Diffusion stages see the VAE's latents from here on.
+      space = latent.load_space(config, workdir, image_ds, mesh)
+      dataset = latent.latent_dataset(image_ds, space)
+      spec = stages.denoiser_spec(config, dataset)
     if name == 'teacher' and config.teacher.checkpoint:
       # Imported, not trained: a stage directory, or a parameter file that
       # becomes W/teacher.
@@ -116,6 +126,10 @@ def run(config, workdir: str):
       if teacher_state is not None:
         logging.info('teacher: %d parameters',
                      count_params(teacher_state.params))
+    elif name == 'vae':
+      stream = stages.stream_for(config, image_ds, config.vae.batch_size, 3)
+      _train_stage(config, vae_stages.vae_stage(config, workdir, image_ds),
+                   stream, mesh)
     elif name in stages.DISTILL_METHODS:
       if teacher_state is None:
         teacher_state = stages.load_teacher(config, workdir, dataset, spec,
@@ -130,7 +144,8 @@ def run(config, workdir: str):
                                   frozen)
           _train_stage(config, _with_quality(
               config, workdir, dataset, spec, stage, k,
-              lambda s: s.student_params, None, scorer), stream, mesh)
+              lambda s: s.student_params, None, scorer, image_ds, space),
+                       stream, mesh)
       else:
         for setting in emd_stages.settings(config, (name,)):
           stage = stages.emd_stage(config, workdir, dataset, spec, setting,
@@ -138,18 +153,19 @@ def run(config, workdir: str):
           _train_stage(config, _with_quality(
               config, workdir, dataset, spec, stage, 1,
               lambda s: s.generator_params, stage.meta['logsnr_generator'],
-              scorer), stream, mesh)
+              scorer, image_ds, space), stream, mesh)
     elif name == 'evaluate':
-      if teacher_state is None:
+      if teacher_state is None and _needs_teacher(config):
         teacher_state = stages.load_teacher(config, workdir, dataset, spec,
                                             mesh)
-      _evaluate(config, workdir, dataset, spec, mesh, teacher_state)
+      _evaluate(config, workdir, dataset, spec, mesh, teacher_state,
+                image_ds=image_ds, space=space)
     else:  # config_check rejects these earlier; kept as a guard.
       raise config_check.ConfigError(f'config.stages: {name!r} not implemented')
 
 
 def _with_quality(config, workdir, dataset, spec, stage, k, params_of,
-                  logsnr_generator, scorer: list):
+                  logsnr_generator, scorer: list, image_ds=None, space=None):
   """The stage, scored every eval.every_steps steps on eval.num_samples
   samples (the paper's FID-50k every 5k steps)."""
   if not config.eval.every_steps:
@@ -157,12 +173,14 @@ def _with_quality(config, workdir, dataset, spec, stage, k, params_of,
 
   def quality(state):
     if not scorer:
-      scorer.append(evaluate.Scorer(config, dataset, workdir))
+      scorer.append(evaluate.Scorer(config, image_ds or dataset, workdir))
     samples, labels = evaluate.generate(
         spec, params_of(state), jax.random.PRNGKey(config.eval.seed),
         config.eval.num_samples, k, 'ancestral', config.eval.batch_size,
         dataset.example_shape, spec.num_classes, 0.0, logsnr_generator,
         quantize=dataset.kind == 'images')
+    if space is not None:
+      samples = space.decode(samples)
     return scorer[0].score(samples, labels)
 
   return dataclasses.replace(stage, quality=quality,
@@ -173,13 +191,30 @@ class WorkdirError(ValueError):
   """--mode=eval on a workdir that lacks what the config names."""
 
 
+def _needs_teacher(config) -> bool:
+  """Evaluation scores a teacher when the run has or names one; a run of
+  only the VAE has none."""
+  return bool(config.teacher.checkpoint) or any(
+      s == 'teacher' or s in stages.DISTILL_METHODS for s in config.stages)
+
+
 def _evaluate(config, workdir, dataset, spec, mesh, teacher_state,
-              step=None):
+              step=None, image_ds=None, space=None):
+  """`dataset`/`spec` are what the diffusion stages trained on (latents in
+  a latent run); `image_ds` is the data scored against."""
+  image_ds = image_ds or dataset
   entries = [evaluate.Entry('teacher', s, k, spec,
                             teacher.sampling_params(teacher_state))
-             for s in config.eval.samplers for k in config.eval.teacher_steps]
+             for s in config.eval.samplers for k in config.eval.teacher_steps
+             ] if teacher_state is not None else []
   entries += _student_entries(config, workdir, dataset, spec, mesh, step)
-  rep = evaluate.run(config, workdir, dataset, entries)
+  rows, images = [], {}
+  if 'vae' in config.stages:
+    rows, images = vae_stages.evaluate_rows(config, workdir, image_ds, mesh,
+                                            step)
+  rep = evaluate.run(config, workdir, image_ds, entries, rows, images,
+                     sample_shape=dataset.example_shape if space else None,
+                     decode=space.decode if space else None)
   logging.info('report written to %s', os.path.join(workdir, 'report.md'))
   _log_summary(rep)
   return rep
@@ -200,10 +235,17 @@ def evaluate_workdir(config, workdir: str, step: int | None = None):
   if missing:
     raise WorkdirError(f'{workdir} has no stage {missing[0]!r} (config.stages '
                        f'names it); train it first or drop it from the stages')
+  image_ds, space = dataset, None
   try:
-    teacher_state = stages.load_teacher(config, workdir, dataset, spec, mesh,
-                                        step)
-    return _evaluate(config, workdir, dataset, spec, mesh, teacher_state, step)
+    if latent.is_latent(config):
+      space = latent.load_space(config, workdir, image_ds, mesh)
+      dataset = latent.latent_dataset(image_ds, space)
+      spec = stages.denoiser_spec(config, dataset)
+    teacher_state = stages.load_teacher(
+        config, workdir, dataset, spec, mesh, step) if _needs_teacher(
+            config) else None
+    return _evaluate(config, workdir, dataset, spec, mesh, teacher_state, step,
+                     image_ds=image_ds, space=space)
   except FileNotFoundError as e:
     raise WorkdirError(str(e)) from None
 
@@ -211,7 +253,9 @@ def evaluate_workdir(config, workdir: str, step: int | None = None):
 def _stage_dirs(config, workdir):
   dirs = []
   for method in config.stages:
-    if method in stages.MM_METHODS:
+    if method == 'vae':
+      dirs.append('vae')
+    elif method in stages.MM_METHODS:
       dirs += [f'{method}_k{k}' for k in config.distill.sampling_steps]
     elif method in stages.EMD_METHODS:
       dirs += [s.name for s in emd_stages.settings(config, (method,))]

@@ -4,6 +4,7 @@ python -m mmd_jax.sample --workdir=W/<stage> --steps=K --num_samples=N \
     --seed=S --output=F.npz
 
 Writes `samples` (float32, data space) and, for conditional models, `labels`.
+Stages of a latent run (latent.py) are decoded by their VAE.
 The same seed gives the same samples, bit for bit, on the same machine.
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ def main(argv):
   import ml_collections
   import numpy as np
 
-  from mmd_jax import emd_stages, parallel, stages
+  from mmd_jax import emd_stages, latent, parallel, stages
   from mmd_jax.evaluation import evaluate
   from mmd_jax.methods import teacher
 
@@ -58,9 +59,14 @@ def main(argv):
 
   from mmd_jax.data import load_dataset
   dataset = load_dataset(config.data)
-  spec = stages.denoiser_spec(config, dataset)
   mesh = parallel.make_mesh(config.mesh)
   workdir = os.path.dirname(stage_dir)
+  space = None
+  if latent.is_latent(config):
+    # Latent run: sample latents, write decoded data-space samples.
+    space = latent.load_space(config, workdir, dataset, mesh)
+    dataset = latent.latent_dataset(dataset, space)
+  spec = stages.denoiser_spec(config, dataset)
   if method == 'teacher':
     config.unlock()
     config.teacher.checkpoint = stage_dir
@@ -84,6 +90,8 @@ def main(argv):
       spec, params, jax.random.PRNGKey(_SEED.value), _NUM.value, k,
       _SAMPLER.value, min(_BATCH.value, _NUM.value), dataset.example_shape,
       spec.num_classes, _GUIDANCE.value, meta.get('logsnr_generator'))
+  if space is not None:
+    samples = space.decode(samples)
   out = {'samples': samples.astype(np.float32)}
   if labels is not None:
     out['labels'] = labels

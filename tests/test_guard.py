@@ -74,3 +74,41 @@ def test_diverging_run_stops_with_one_line_and_saves_only_finite(repo_root,
   assert all(np.all(np.isfinite(np.asarray(x)))
              for x in jax.tree.leaves(state.params))
   assert not (w / 'report.json').exists()
+
+
+@flax.struct.dataclass
+class _AdamState:
+  step: jax.Array
+  params: jax.Array
+  frozen: jax.Array
+  opt_state: object
+
+
+def test_guard_reverts_optimizer_state_and_keeps_frozen_leaves():
+  """A gradient with a NaN poisons Adam's moments and, through the update,
+  the parameters: the step is refused and every leaf, moments included, is
+  the old one."""
+  import optax
+  tx = optax.adam(0.1)
+
+  def step(state, batch, key):
+    del key
+    g = batch['g']
+    u, opt = tx.update(g, state.opt_state, state.params)
+    return state.replace(step=state.step + 1,
+                         params=optax.apply_updates(state.params, u),
+                         opt_state=opt), {'loss': jnp.sum(state.params)}
+
+  g = jax.jit(guard.wrap(step, max_bad_run=3))
+  p = jnp.ones(3)
+  state = _AdamState(step=jnp.zeros((), jnp.int32), params=p,
+                     frozen=jnp.full(2, 7.0), opt_state=tx.init(p))
+  state, _, c = g(state, {'g': jnp.ones(3)}, None, guard.init_counts())
+  before = jax.tree.map(np.asarray, state)
+  state, _, c = g(state, {'g': jnp.array([1.0, jnp.nan, 1.0])}, None, c)
+  assert int(c['total']) == 1 and int(state.step) == 2
+  for a, b in zip(jax.tree.leaves(before.replace(step=0)),
+                  jax.tree.leaves(state.replace(step=0))):
+    np.testing.assert_array_equal(a, b)
+  state, _, c = g(state, {'g': jnp.ones(3)}, None, c)
+  assert int(c['total']) == 1 and np.all(np.isfinite(state.params))

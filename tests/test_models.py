@@ -1,10 +1,12 @@
+import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
-from mmd_jax.models import build_model
+from mmd_jax.models import build_model, layers
 from mmd_jax.models.mlp import ResMLP
 from mmd_jax.models.unet import UNet
 
@@ -91,23 +93,66 @@ def test_uvit_patches_conditions_and_remat_changes_nothing():
   lam = jnp.array([-2.0, 3.0])
   labels = jnp.array([1, 4])
   plain, remat = UViT(**kw), UViT(**kw, remat=True)
-  params = _perturbed(plain.init(jax.random.PRNGKey(1), x, lam, labels))
-  out = plain.apply(params, x, lam, labels)
+  # Jitted: eager dispatch of a UViT's hundreds of small ops took ~100 s.
+  params = _perturbed(jax.jit(plain.init)(jax.random.PRNGKey(1), x, lam,
+                                          labels))
+  apply = jax.jit(plain.apply)
+  out = apply(params, x, lam, labels)
   assert out.shape == x.shape and out.dtype == jnp.float32
   # Noise level and label both reach the output.
-  assert not np.allclose(out, plain.apply(params, x, lam + 1.0, labels))
-  assert not np.allclose(out, plain.apply(params, x, lam, labels[::-1]))
+  assert not np.allclose(out, apply(params, x, lam + 1.0, labels))
+  assert not np.allclose(out, apply(params, x, lam, labels[::-1]))
   # Rematerialisation recomputes, it does not change values or gradients.
   loss = lambda m: lambda p: jnp.sum(m.apply(p, x, lam, labels) ** 2)
-  np.testing.assert_allclose(remat.apply(params, x, lam, labels), out,
-                             rtol=1e-5, atol=1e-6)
-  g1, g2 = jax.grad(loss(plain))(params), jax.grad(loss(remat))(params)
+  np.testing.assert_allclose(jax.jit(remat.apply)(params, x, lam, labels),
+                             out, rtol=1e-5, atol=1e-6)
+  g1 = jax.jit(jax.grad(loss(plain)))(params)
+  g2 = jax.jit(jax.grad(loss(remat)))(params)
+  # Compiled, the two programs fuse (and so round) differently: float32
+  # round-off relative to the gradient's scale, not a changed value.
+  scale = max(float(np.max(np.abs(b))) for b in jax.tree.leaves(g1))
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale)
   # bfloat16 compute keeps float32 params and output.
   bf = UViT(**kw, dtype=jnp.bfloat16)
   assert all(l.dtype == jnp.float32 for l in jax.tree.leaves(
-      bf.init(jax.random.PRNGKey(1), x, lam, labels)))
-  out_bf = bf.apply(params, x, lam, labels)
+      jax.eval_shape(bf.init, jax.random.PRNGKey(1), x, lam, labels)))
+  out_bf = jax.jit(bf.apply)(params, x, lam, labels)
   assert out_bf.dtype == jnp.float32
   np.testing.assert_allclose(out_bf, out, atol=0.1 * float(jnp.max(jnp.abs(out))))
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_our_groupnorm_matches_flax_with_the_same_parameters(dtype):
+  key = jax.random.PRNGKey(3)
+  # Offset and scale the input so a cancelling variance formula would show.
+  x = (jax.random.normal(key, (3, 4, 4, 64)) * 3 + 2).astype(dtype)
+  ours, theirs = layers.GroupNorm(16, dtype=dtype), nn.GroupNorm(16, dtype=dtype)
+  p = theirs.init(key, x)
+  assert (jax.tree.map(jnp.shape, ours.init(key, x))
+          == jax.tree.map(jnp.shape, p))
+  p = jax.tree.map(lambda t: t + jax.random.normal(key, t.shape), p)
+  y, ref = ours.apply(p, x), theirs.apply(p, x)
+  assert y.dtype == ref.dtype
+  tol = 1e-5 if dtype == jnp.float32 else 5e-2
+  np.testing.assert_allclose(np.asarray(y, np.float32),
+                             np.asarray(ref, np.float32), atol=tol, rtol=tol)
+  # Gradients too: the backward pass is the point of the rewrite.
+  g = [jax.grad(lambda p, x: jnp.sum(jnp.sin(m.apply(p, x).astype(jnp.float32))),
+                argnums=(0, 1))(p, x.astype(jnp.float32))
+       for m in (layers.GroupNorm(16), nn.GroupNorm(16))]
+  chex.assert_trees_all_close(g[0], g[1], atol=1e-4, rtol=1e-4)
+
+
+def test_attention_fn_matches_flax_attention():
+  key = jax.random.PRNGKey(4)
+  y = jax.random.normal(key, (2, 16, 24))
+  ref = nn.MultiHeadDotProductAttention(num_heads=3)
+  ours = nn.MultiHeadDotProductAttention(num_heads=3,
+                                         attention_fn=layers.attention_fn)
+  p = ref.init(key, y, y)
+  np.testing.assert_allclose(ours.apply(p, y, y), ref.apply(p, y, y),
+                             atol=1e-5, rtol=1e-5)
+  mask = jax.random.bernoulli(key, 0.7, (2, 1, 16, 16)).at[..., 0].set(True)
+  np.testing.assert_allclose(ours.apply(p, y, y, mask=mask),
+                             ref.apply(p, y, y, mask=mask), atol=1e-5, rtol=1e-5)

@@ -200,11 +200,15 @@ class Entry:
   setting: dict | None = None             # EMD hyperparameters
 
 
-def run(config, workdir: str, dataset, entries):
+def run(config, workdir: str, dataset, entries, extra_rows=(),
+        extra_images=None, sample_shape=None, decode=None):
+  """Samples and scores every entry and writes the report; `extra_rows`
+  (already scored, e.g. the VAE's) come first, `extra_images` are linked.
+  Latent runs sample `sample_shape` and `decode` to data space to score."""
   out_dir = os.path.join(workdir, 'evaluate')
   os.makedirs(out_dir, exist_ok=True)
   scorer = Scorer(config, dataset, workdir)
-  rows, images, panels = [], {}, {}
+  rows, images, panels = list(extra_rows), dict(extra_images or {}), {}
   # Common random numbers: every model and every k starts from the same
   # noise, so differences between rows are paired comparisons rather than
   # differences between seeds. On toy2d the initial noise decides most
@@ -215,9 +219,13 @@ def run(config, workdir: str, dataset, entries):
     sampler = 'ancestral' if e.sampler == 'student' else e.sampler
     samples, labels = generate(
         e.spec, e.params, key, config.eval.num_samples, e.steps, sampler,
-        config.eval.batch_size, dataset.example_shape, e.spec.num_classes,
+        config.eval.batch_size, sample_shape or dataset.example_shape,
+        e.spec.num_classes,
         config.eval.guidance if e.model == 'teacher' else 0.0,
-        e.logsnr_generator, quantize=dataset.kind == 'images')
+        e.logsnr_generator,
+        quantize=dataset.kind == 'images' and decode is None)
+    if decode is not None:
+      samples = decode(samples)
     gen_s = time.time() - t0
     metrics = scorer.score(samples, labels)
     logging.info('evaluate %s %s k=%d: %s (%.1fs to sample)', e.model,

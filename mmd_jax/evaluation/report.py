@@ -57,12 +57,13 @@ def render_markdown(report: dict, images: dict) -> str:
 
 def _settings_table(rows, metrics) -> list:
   """One-step generators side by side with their EMD settings."""
-  gen = [r for r in rows if 'setting' in r]
+  gen = [r for r in rows if 'langevin_steps' in r.get('setting', {})]
+  out = _vae_table(rows)
   if not gen:
-    return []
+    return out
   header = ['model', 'K', 'chain', 'cancellation', 'gamma_eps', 'gamma_z',
             'train s/step'] + metrics
-  out = ['## One-step generators: EMD settings', '',
+  out += ['## One-step generators: EMD settings', '',
          '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for r in gen:
     st = r['setting']
@@ -72,4 +73,19 @@ def _settings_table(rows, metrics) -> list:
          st['noise_cancellation'], _fmt(st['gamma_eps']), _fmt(st['gamma_z']),
          _fmt(r.get('train_seconds_per_step', ''))] +
         [_fmt(r['metrics'].get(m, '')) for m in metrics]) + ' |')
+  return out + ['']
+
+
+def _vae_table(rows) -> list:
+  vaes = [r for r in rows if r['model'] == 'vae']
+  if not vaes:
+    return []
+  out = ['## VAE (nats per datapoint, held-out data)', '',
+         '| latent | arch | likelihood | split | ELBO | IWAE log-likelihood '
+         '| K |', '|---|---|---|---|---|---|---|']
+  for r in vaes:
+    st, m = r['setting'], r['metrics']
+    out.append(f"| {st['latent_dim']} | {st['arch']} | {st['likelihood']} | "
+               f"{st['split']} ({st['num_examples']}) | {_fmt(m['elbo'])} | "
+               f"{_fmt(m['log_likelihood'])} | {st['iwae_samples']} |")
   return out + ['']

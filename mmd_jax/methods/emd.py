@@ -12,7 +12,8 @@ non-centred in (eps, z) with x_t = alpha g(z) + sigma eps (default) or centred
 in (x_t, z). M-step: L(theta) = -w(t) (alpha/sigma) sg(eps_m)^T g(sg(z_K)),
 then `score_updates` denoising-score-matching updates of psi on fresh
 generator samples. K = 1, gamma_eps = 1, gamma_z = 0 with cancellation is
-exactly Diff-Instruct / DMD (`DIFF_INSTRUCT`).
+exactly Diff-Instruct / DMD (`DIFF_INSTRUCT`). The Langevin updates are
+mcmc.langevin_update; the eps/x switch is mcmc's non-centred/centred choice.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mmd_jax import diffusion, loops
+from mmd_jax import diffusion, loops, mcmc
 from mmd_jax.denoiser import DenoiserSpec
 from mmd_jax.methods import teacher as teacher_lib
 from mmd_jax.microbatch import ALL, Rows, accumulate
@@ -170,9 +171,9 @@ def langevin(hp: EMDHParams, gen, diff, z, eps, lam, key,
     if centred:
       # A gamma_eps sigma^2 step in x is the eps chain's step at fixed z.
       grad_u = d - (u - a * g) / (s * s)
-      u_new = u + ge * s * s * grad_u + jnp.sqrt(2.0 * ge) * s * n
+      u_new = mcmc.langevin_update(u, grad_u, ge * s * s, n)
     else:
-      u_new = u + ge * (s * d - u) + jnp.sqrt(2.0 * ge) * n
+      u_new = mcmc.langevin_update(u, s * d - u, ge, n)
     c_new = (1.0 - ge) * c + jnp.sqrt(2.0 * ge) * n
     if gz > 0:
       # Non-centred: alpha J^T d. Centred: the likelihood's pull,
@@ -180,7 +181,7 @@ def langevin(hp: EMDHParams, gen, diff, z, eps, lam, key,
       ct = a * (u - a * g) / (s * s) if centred else a * d
       (jt,) = vjp(sg(ct))
       nz = rows.normal(nz_key, z.shape, z.dtype)
-      z = z + gz * (jt - z) + jnp.sqrt(2.0 * gz) * nz
+      z = mcmc.langevin_update(z, jt - z, gz, nz)
     return (u_new, z, c_new), None
 
   u0 = a * g0 + s * eps if centred else eps

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mmd_jax.models.embeddings import Conditioning
+from mmd_jax.models.layers import GroupNorm, attention_fn
 
 
 def _groups(channels: int, max_groups: int = 32) -> int:
@@ -23,11 +24,11 @@ class ResBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, emb, train: bool):
-    h = nn.silu(nn.GroupNorm(_groups(x.shape[-1]))(x))
+    h = nn.silu(GroupNorm(_groups(x.shape[-1]))(x))
     h = nn.Conv(self.out_channels, (3, 3))(h)
     # Scale-shift conditioning (ADM's use_scale_shift_norm).
     scale, shift = jnp.split(nn.Dense(2 * self.out_channels)(emb), 2, axis=-1)
-    h = nn.GroupNorm(_groups(self.out_channels))(h)
+    h = GroupNorm(_groups(self.out_channels))(h)
     h = h * (1 + scale[:, None, None, :]) + shift[:, None, None, :]
     h = nn.silu(h)
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
@@ -44,9 +45,10 @@ class AttnBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     b, hh, ww, c = x.shape
-    h = nn.GroupNorm(_groups(c))(x).reshape(b, hh * ww, c)
+    h = GroupNorm(_groups(c))(x).reshape(b, hh * ww, c)
     h = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, out_kernel_init=nn.initializers.zeros)(h, h)
+        num_heads=self.num_heads, attention_fn=attention_fn,
+        out_kernel_init=nn.initializers.zeros)(h, h)
     return x + h.reshape(b, hh, ww, c)
 
 
@@ -90,5 +92,5 @@ class UNet(nn.Module):
         h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
         h = nn.Conv(c, (3, 3))(h)
     assert not skips
-    h = nn.silu(nn.GroupNorm(_groups(h.shape[-1]))(h))
+    h = nn.silu(GroupNorm(_groups(h.shape[-1]))(h))
     return nn.Conv(z.shape[-1], (3, 3), kernel_init=nn.initializers.zeros)(h)

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mmd_jax.models.embeddings import Conditioning
+from mmd_jax.models.layers import GroupNorm, attention_fn
 from mmd_jax.models.unet import _groups
 
 
@@ -26,7 +27,7 @@ class ConvBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, emb, train: bool):
-    norm = lambda c: nn.GroupNorm(_groups(c), dtype=self.dtype)
+    norm = lambda c: GroupNorm(_groups(c), dtype=self.dtype)
     h = nn.silu(norm(x.shape[-1])(x))
     h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype)(h)
     scale, shift = jnp.split(
@@ -55,10 +56,10 @@ class TransformerBlock(nn.Module):
                    kernel_init=nn.initializers.zeros)(emb)[:, None, :]
     s1, b1, s2, b2 = jnp.split(mod, 4, axis=-1)
     h = nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype)(x)
+    h = h * (1 + s1) + b1
     h = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, dtype=self.dtype,
-        out_kernel_init=nn.initializers.zeros)(h * (1 + s1) + b1,
-                                               h * (1 + s1) + b1)
+        num_heads=self.num_heads, dtype=self.dtype, attention_fn=attention_fn,
+        out_kernel_init=nn.initializers.zeros)(h, h)
     x = x + h
     h = nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype)(x)
     h = nn.Dense(self.mlp_ratio * d, dtype=self.dtype)(h * (1 + s2) + b2)
@@ -126,7 +127,7 @@ class UViT(nn.Module):
         h = conv_block(ch, self.dropout, self.dtype,
                        name=f'up_{level}_{j}')(h, emb, train)
     assert not skips
-    h = nn.silu(nn.GroupNorm(_groups(h.shape[-1]), dtype=self.dtype)(h))
+    h = nn.silu(GroupNorm(_groups(h.shape[-1]), dtype=self.dtype)(h))
     h = nn.Conv(p * p * c, (3, 3), dtype=self.dtype,
                 kernel_init=nn.initializers.zeros)(h)
     h = h.reshape(b, hh // p, ww // p, p, p, c).transpose(0, 1, 3, 2, 4, 5)
