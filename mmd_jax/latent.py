@@ -12,6 +12,7 @@ file of its own. Decoding divides by it and takes the decoder's mean image.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 
@@ -43,17 +44,28 @@ class LatentSpace:
   scale: float            # latent = scale * encoder mean
 
   def encode(self, x, batch_size: int = 1000) -> np.ndarray:
-    f = jax.jit(lambda p, x: vae.encode_mean(self.module, p, x))
+    f = _encode_fn(self.module)
     return np.concatenate([np.asarray(f(self.params, jnp.asarray(
         x[i:i + batch_size]))) for i in range(0, len(x), batch_size)]
     ) * self.scale
 
   def decode(self, latents, batch_size: int = 1000) -> np.ndarray:
-    f = jax.jit(lambda p, z: vae.decode_mean(self.module, p, z,
-                                             self.likelihood))
+    f = _decode_fn(self.module, self.likelihood)
     z = np.asarray(latents, np.float32) / self.scale
     return np.concatenate([np.asarray(f(self.params, jnp.asarray(
         z[i:i + batch_size]))) for i in range(0, len(z), batch_size)])
+
+
+# Jitted once per VAE: evaluation decodes every row's samples, and periodic
+# quality decodes every few thousand steps.
+@functools.lru_cache(maxsize=8)
+def _encode_fn(module):
+  return jax.jit(lambda p, x: vae.encode_mean(module, p, x))
+
+
+@functools.lru_cache(maxsize=8)
+def _decode_fn(module, likelihood: str):
+  return jax.jit(lambda p, z: vae.decode_mean(module, p, z, likelihood))
 
 
 def vae_dir(config, workdir: str) -> str:
