@@ -82,9 +82,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.distill.precond_eps = 1e-8     # Lambda = 1 / (sqrt(v_hat) + eps)
   c.distill.precond_estimate_steps = 100  # when the teacher has no Adam state
 
-  # EM distillation (ALGORITHMS.md §4): the `emd` and `diff_instruct` stages
-  # train one-step generators with distill.{num_train_steps, batch_size,
-  # warmup_steps, grad_clip}; their own settings live here.
+  # EM distillation (docs/ALGORITHMS.md §4): the `emd` and `diff_instruct`
+  # stages train one-step generators with distill.{num_train_steps,
+  # batch_size, warmup_steps, grad_clip, guidance}; their own settings live
+  # here.
   c.emd = ml_collections.ConfigDict()
   c.emd.generator_learning_rate = 1e-4
   c.emd.score_learning_rate = 1e-4
@@ -100,13 +101,17 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.emd.t_min = 0.02               # t ~ U[t_min, t_max]
   c.emd.t_max = 0.98
   c.emd.score_updates = 1          # student-score updates per generator update
+  # The student score network's denoising loss weight: v | edm | snr | flat
+  # (the image configs match their teacher's, edm).
+  c.emd.score_loss_weight = 'v'
   # Extra emd stages, one per entry, e.g. 'langevin_steps=16,gamma_eps=0.3'
   # (keys: the EMD settings above); each writes emd_k1_<setting>.
   c.emd.sweep = ()
 
-  # AEVB (ALGORITHMS.md §5): the `vae` stage. [paper]: estimator B (analytic
-  # KL), L = 1, minibatch 100, 500 hidden units, latent sizes 3..200,
-  # Adagrad 0.01-0.1. [ours]: Adam (faster on the digits), and conv nets.
+  # AEVB (docs/ALGORITHMS.md §5): the `vae` stage. [paper]: estimator B
+  # (analytic KL), L = 1, minibatch 100, 500 hidden units, latent sizes
+  # 3..200, Adagrad 0.01-0.1. [ours]: Adam (faster on the digits), and conv
+  # nets.
   c.vae = ml_collections.ConfigDict()
   c.vae.latent_dim = 10
   c.vae.arch = 'mlp'               # mlp | conv
@@ -120,8 +125,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.vae.iwae_samples = 1000        # K of the IWAE log-likelihood (evaluation)
   c.vae.eval_batch_size = 100      # datapoints per IWAE call
 
-  # Latent diffusion (latent.py): a VAE stage directory to diffuse in. A run
-  # whose stages hold 'vae' and a diffusion stage uses W/vae without this.
+  # Latent diffusion (stages/vae.py, space.py): a VAE stage directory to
+  # diffuse in, read where it is. A run whose stages hold 'vae' before a
+  # diffusion stage trains one in W/vae instead.
   c.latent = ml_collections.ConfigDict()
   c.latent.vae_checkpoint = ''
 

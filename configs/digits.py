@@ -2,7 +2,7 @@
 
 The teacher is a class-conditional residual MLP on the 64 flattened pixels:
 on 2 CPU cores it trains ~10x faster than a conv UNet of similar size
-(ALGORITHMS.md §6), and its samples are as recognisable. The UNet is one
+(docs/ALGORITHMS.md §6), and its samples are as recognisable. The UNet is one
 override away: --config.model.name=unet.
 
 Variants: (none) teacher then evaluate; mm adds moment-matching students

@@ -1,5 +1,5 @@
 """Latent diffusion on the 8x8 digits: a VAE, then the teacher and students
-in its 10-D latent space, scored on decoded samples (latent.py).
+in its 10-D latent space, scored on decoded samples (space.py).
 
   vae -> teacher -> mm_alternating -> emd -> evaluate
 

@@ -59,6 +59,7 @@ def get_image_config(dataset: str, arg, model: dict, resolution: int,
   d.weighting_small_k = 'flat'              # [paper]
   d.renoise = 'conditional'                 # [paper]
   d.guidance = 0.0                          # [paper] CFG only in the teacher; 0 = off
+  c.emd.score_loss_weight = 'edm'           # [ours] the teacher's loss
 
   c.eval.num_samples = 50_000               # [paper] FID-50k
   c.eval.every_steps = 5000                 # [paper] every 5k distillation steps

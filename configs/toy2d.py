@@ -1,4 +1,4 @@
-"""2-D toy: the asymmetric 6-mode mixture of ALGORITHMS.md §6.
+"""2-D toy: the asymmetric 6-mode mixture of docs/ALGORITHMS.md §6.
 
 Variants (`--config=configs/toy2d.py:ARG`):
   (none)  the default run: teacher (15k steps) then evaluate.
@@ -50,7 +50,7 @@ def get_config(arg=None):
   c.teacher.batch_size = 512
   c.teacher.learning_rate = 1e-3
   c.eval.num_samples = 4000
-  # Moment matching (ALGORITHMS.md §6): lr 1e-4, batch 512, w = 1 + SNR.
+  # Moment matching (docs/ALGORITHMS.md §6): lr 1e-4, batch 512, w = 1 + SNR.
   c.distill.num_train_steps = 3000
   c.distill.batch_size = 512
   c.distill.learning_rate = 1e-4

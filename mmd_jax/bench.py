@@ -1,8 +1,9 @@
 """Speed and efficiency: `python -m mmd_jax.bench --config=configs/NAME.py[:ARG]
 --output=F.json`.
 
-For each step function (teacher, mm_alternating, mm_parameter, emd with its
-K), on one global batch and one model so that their costs compare:
+For each registered method's step function (every method marked `benched`,
+i.e. the teacher and the distillation methods; `--only` picks others), on
+one global batch and one model so that their costs compare:
   - the median wall time of a step, over `--num_steps` timed steps after
     compile and `--warmup_steps`; each timed step is waited for, so this is
     the step's latency, not the loop's throughput;
@@ -11,11 +12,13 @@ K), on one global batch and one model so that their costs compare:
   - achieved FLOP/s, and MFU: achieved / the matmul FLOP/s this run
     measured on the same devices (the machine's practical peak);
   - peak memory per device (compiled memory analysis).
-And sampling throughput: the teacher at k = 8 and 256, each student at its
-k, and the one-step generator, through the sampler evaluation uses.
+And sampling throughput through each method's own sampler, the one
+evaluation uses: a many-step model (the teacher) at `--teacher_steps`, each
+student at each of its k, a one-step generator once.
 
-The networks are freshly initialised (the teacher's params stand in for a
-trained teacher): step cost does not depend on the parameter values.
+The networks are freshly initialised (each provider's placeholder
+artifacts stand in for trained ones): step cost does not depend on the
+parameter values.
 Batches are synthetic device arrays of the data's shape, so data loading is
 not timed; the training loop prefetches it.
 """
@@ -36,8 +39,8 @@ _WARMUP = flags.DEFINE_integer('warmup_steps', 3, 'Untimed steps after '
                                'compiling.')
 _BATCH = flags.DEFINE_integer('batch_size', 0, 'Global batch for every step '
                               'function (0: config.teacher.batch_size).')
-_ONLY = flags.DEFINE_list('only', [], 'Bench only these: teacher, '
-                          'mm_alternating, mm_parameter, emd, sampling.')
+_ONLY = flags.DEFINE_list('only', [], 'Bench only these: method names (as in '
+                          'config.stages) and/or sampling.')
 _SAMPLE_BATCH = flags.DEFINE_integer('sample_batch_size', 0, 'Samples per '
                                      'call (0: config.eval.batch_size).')
 _TEACHER_K = flags.DEFINE_list('teacher_steps', ['8', '256'],
@@ -47,31 +50,34 @@ _MATMUL = flags.DEFINE_list('matmul_sizes', ['1024', '2048', '4096'],
                             'counts).')
 flags.mark_flags_as_required(['config', 'output'])
 
-STEP_FUNCTIONS = ('teacher', 'mm_alternating', 'mm_parameter', 'emd')
-
 # count_flops is public here too: tests and users reach it as bench.count_flops.
 from mmd_jax.timing import (  # noqa: E402,F401
     count_flops, matmul_peak, median_seconds, memory_bytes, peak_dtype)
 
 
-def _stages(config, ds, spec, frozen, only):
-  """(report key, train.Stage) for each step function."""
-  from mmd_jax import emd_stages, stages
-  out = []
-  if 'teacher' in only:
-    out.append(('teacher', stages.teacher_stage(config, '/nonexistent', ds,
-                                                spec)))
-  k = max(config.distill.sampling_steps)
-  for method in stages.MM_METHODS:
-    if method in only:
-      out.append((method, stages.mm_stage(config, '/nonexistent', ds, spec,
-                                          method, k, frozen)))
-  if 'emd' in only:
-    setting = emd_stages.settings(config, ('emd',))[0]
-    hp = emd_stages.hparams(config, setting.overrides)
-    out.append((f'emd_K{hp.langevin_steps}',
-                stages.emd_stage(config, '/nonexistent', ds, spec, setting,
-                                 frozen)))
+def _selected(only):
+  """The methods to bench, providers (those that need nothing) first."""
+  from mmd_jax import stages as registry
+  from mmd_jax.checks import ConfigError
+  named = [n for n in only if n != 'sampling']
+  unknown = sorted(set(named) - set(registry.names()))
+  if unknown:
+    raise ConfigError(f'--only: unknown {unknown}; known: '
+                      f'{registry.names() + ("sampling",)}')
+  methods = [registry.get(n) for n in named] if named else [
+      m for m in registry.methods() if m.benched]
+  return sorted(methods, key=lambda m: bool(m.needs))
+
+
+def _placeholders(env, plan_cfg, method, cache: dict) -> dict:
+  """Concrete stand-ins for what `method` needs, one set per provider."""
+  from mmd_jax import stages as registry
+  out = {}
+  for a in method.needs:
+    p = registry.provider_of(a)
+    if p.name not in cache:
+      cache[p.name] = p.placeholder_artifacts(plan_cfg(p), env.context(p))
+    out[a] = cache[p.name][a]
   return out
 
 
@@ -130,36 +136,39 @@ def synthetic_batch(ds, batch_size: int, mesh):
 # Sampling.
 
 
-def bench_sampling(config, ds, spec, params, sample_batch: int,
+def bench_sampling(env, methods, view_of, params, sample_batch: int,
                    teacher_steps) -> dict:
   import jax
-  from mmd_jax import emd_stages
   from mmd_jax.evaluation import evaluate
-  shape = tuple(ds.example_shape)
+  shape = tuple(env.dataset.example_shape)
   labels = None
-  if spec.num_classes:
+  if env.spec.num_classes:
     import jax.numpy as jnp
-    labels = jnp.arange(sample_batch, dtype=jnp.int32) % spec.num_classes
-  runs = [(f'teacher_k{k}', k, None) for k in teacher_steps]
-  for method in ('mm_alternating', 'mm_parameter'):
-    runs += [(f'{method}_k{k}', k, None) for k in config.distill.sampling_steps]
-  hp = emd_stages.hparams(config)
-  runs.append(('emd_k1', 1, hp.logsnr_generator))
+    labels = jnp.arange(sample_batch, dtype=jnp.int32) % env.spec.num_classes
+  runs = {}
+  for m in methods:
+    cfg = view_of(m)
+    for job in m.jobs(cfg):
+      sampling = m.sampling(job, cfg, env.context(m))
+      if sampling is None:
+        continue
+      guidance = env.config.eval.guidance if sampling.steps is None else 0.0
+      for k in ([sampling.steps] if sampling.steps else teacher_steps):
+        runs.setdefault(f'{m.name}_k{k}', (sampling.draw, k, guidance))
   out = {}
-  for name, k, logsnr in runs:
-    draw = evaluate.draw_fn(spec, k, 'ancestral', (sample_batch,) + shape,
-                            config.eval.guidance if name.startswith('teacher')
-                            else 0.0, logsnr)
+  for name, (draw, k, guidance) in runs.items():
+    fn = evaluate.draw_fn(draw, k, 'ancestral', (sample_batch,) + shape,
+                          guidance)
     key = jax.random.PRNGKey(0)
     t0 = time.perf_counter()
-    draw(params, key, labels).block_until_ready()
+    fn(params, key, labels).block_until_ready()
     compile_s = time.perf_counter() - t0
     once = time.perf_counter()
-    draw(params, key, labels).block_until_ready()
+    fn(params, key, labels).block_until_ready()
     once = time.perf_counter() - once
     reps = max(3, min(20, int(10.0 / max(once, 1e-6))))
     t, _ = median_seconds(
-        lambda: draw(params, key, labels).block_until_ready(), reps, 0)
+        lambda: fn(params, key, labels).block_until_ready(), reps, 0)
     out[name] = {'samples_per_s': sample_batch / t, 'steps': k,
                  'seconds_per_call': t, 'batch': sample_batch,
                  'compile_s': compile_s}
@@ -175,23 +184,22 @@ def run(config, num_steps: int = 20, warmup: int = 3, batch_size: int = 0,
         matmul_sizes=(1024, 2048, 4096)) -> dict:
   import jax
   import jax.numpy as jnp
-  from mmd_jax import config_check, parallel, stages
-  from mmd_jax.describe import data_shape
+  from mmd_jax import config_check, parallel, plan, runner
+  from mmd_jax.data import data_shape
 
   config = config.copy_and_resolve_references()
   with config.unlocked():
-    config.stages = tuple(s for s in config.stages if s != 'evaluate') or (
-        'teacher',)
+    config.stages = tuple(s for s in config.stages if s != plan.EVALUATE) or (
+        config.stages)
   config_check.validate(config)
-  only = tuple(only) or STEP_FUNCTIONS + ('sampling',)
-  unknown = set(only) - set(STEP_FUNCTIONS + ('sampling',))
-  if unknown:
-    raise config_check.ConfigError(f'--only: unknown {sorted(unknown)}; '
-                                   f'known: {STEP_FUNCTIONS + ("sampling",)}')
+  methods = _selected(only)
   ds = data_shape(config.data)
+  plan.validate_methods(config, [m.name for m in methods], ds)
   mesh = parallel.make_mesh(config.mesh)
-  spec = stages.denoiser_spec(config, ds)
-  batch_size = batch_size or config.teacher.batch_size
+  env = runner.Env(config, '/nonexistent', mesh, ds)
+  view_of = lambda m: plan.view(config, m)
+  # Default: the first method's (the teacher's) batch.
+  batch_size = batch_size or methods[0].jobs(view_of(methods[0]))[0].batch_size
   parallel.check_batch(batch_size, mesh, '--batch_size',
                        config.grad_accum_steps)
   backend = jax.default_backend()
@@ -200,10 +208,8 @@ def run(config, num_steps: int = 20, warmup: int = 3, batch_size: int = 0,
                mesh.devices.size, backend, jax.devices()[0].device_kind,
                batch_size)
   peak = matmul_peak(dtype, tuple(matmul_sizes))
-  params = jax.jit(spec.init_params)(jax.random.PRNGKey(0),
-                                     jnp.zeros((1,) + tuple(ds.example_shape)))
-  frozen = {'teacher_params': params,
-            'precond': jax.tree.map(jnp.ones_like, params)}
+  params = jax.jit(env.spec.init_params)(
+      jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(ds.example_shape)))
   batch = synthetic_batch(ds, batch_size, mesh)
   out = {'peak_matmul_flops': peak['flops_per_s'],
          'peak_matmul': dict(peak, dtype=dtype),
@@ -216,21 +222,30 @@ def run(config, num_steps: int = 20, warmup: int = 3, batch_size: int = 0,
                     'batch_size': batch_size,
                     'grad_accum_steps': config.grad_accum_steps},
          'steps': {}}
-  for name, stage in _stages(config, ds, spec, frozen, only):
+  cache, root = {}, None
+  for m in methods:
+    cfg = view_of(m)
+    # The job with the most sampling steps: step cost does not depend on k.
+    job = max(m.jobs(cfg), key=lambda j: j.steps or 0)
+    step = plan.Step(m, cfg, job, train=True)
+    stage = runner.build_stage(env, step,
+                               _placeholders(env, view_of, m, cache))
+    name = m.bench_name(job)
     logging.info('bench: %s', name)
     r = bench_step(stage, batch, mesh, num_steps, warmup)
     r['mfu'] = r['achieved_flops'] / peak['flops_per_s']
     out['steps'][name] = r
+    root = root or (name if not m.needs else None)
     logging.info('bench: %s %.2f ms/step, %.1f GFLOP/s, MFU %.1f%%', name,
                  r['step_time_s'] * 1e3, r['achieved_flops'] / 1e9,
                  100 * r['mfu'])
-  if 'teacher' in out['steps']:
-    t = out['steps']['teacher']['step_time_s']
+  if root is not None:   # the teacher: what every other step is measured in
+    t = out['steps'][root]['step_time_s']
     for r in out['steps'].values():
       r['relative_to_teacher'] = r['step_time_s'] / t
-  if 'sampling' in only:
+  if not only or 'sampling' in only:
     out['sampling'] = bench_sampling(
-        config, ds, spec, params, sample_batch or config.eval.batch_size,
+        env, methods, view_of, params, sample_batch or config.eval.batch_size,
         teacher_steps)
   return out
 

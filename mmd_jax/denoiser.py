@@ -17,6 +17,9 @@ class DenoiserSpec:
   schedule: diffusion.Schedule
   parameterization: str = 'v'
   num_classes: int = 0
+  # The data's scale as the losses assume it (EDM's sigma_data): the 'edm'
+  # weights and latent spaces' normalisation read it here.
+  sigma_data: float = 0.5
 
   @property
   def null_label(self) -> int:
@@ -41,6 +44,20 @@ class DenoiserSpec:
              guidance: float = 0.0, sampler: str = 'ancestral'):
     den = self.denoiser(params, labels, guidance)
     return sampling.SAMPLERS[sampler](key, den, self.schedule, shape, k)
+
+
+def spec_from_config(config, dataset) -> DenoiserSpec:
+  """The run's denoiser on `dataset` (a Dataset or DataShape): the network
+  of `config.model`, the schedule of `config.diffusion`, and the data scale
+  `teacher.sigma_data` (a teacher key for compatibility: every method that
+  reads the denoiser reads it from here)."""
+  from mmd_jax.models import build_model
+  num_classes = dataset.num_classes if config.model.conditional else 0
+  return DenoiserSpec(
+      module=build_model(config.model, num_classes),
+      schedule=diffusion.schedule_from_config(config.diffusion),
+      parameterization=config.model.parameterization,
+      num_classes=num_classes, sigma_data=float(config.teacher.sigma_data))
 
 
 def count_params(params) -> int:

@@ -1,4 +1,5 @@
-"""Variance-preserving diffusion math (ALGORITHMS.md §1) as small pure functions.
+"""Variance-preserving diffusion math (docs/ALGORITHMS.md §1) as small pure
+functions.
 
 Everything is written in terms of the log-SNR `lam = log(alpha^2 / sigma^2)`,
 so `alpha^2 = sigmoid(lam)` and `sigma^2 = sigmoid(-lam)`. Time `t` runs from

@@ -5,10 +5,10 @@ centred and the non-centred sampler on linear dynamical systems.
 
 Model (mcmc.GaussianChain): z_1 ~ N(0, 1), z_i | z_{i-1} ~ N(z_{i-1}, s_z^2)
 for i = 2..D, x | z_D ~ N(z_D, s_x^2), with x = 1 observed and s_x = 1.
-ALGORITHMS.md §5 predicts the non-centred sampler mixes better when s_z << s_x
-(the prior ties z_i to z_{i-1}; eps_i is nearly its prior) and the centred
-one when s_z >> s_x (the data pin z_D, which the non-centred sampler can only
-reach by moving every eps together).
+docs/ALGORITHMS.md §5 predicts the non-centred sampler mixes better when
+s_z << s_x (the prior ties z_i to z_{i-1}; eps_i is nearly its prior) and
+the centred one when s_z >> s_x (the data pin z_D, which the non-centred
+sampler can only reach by moving every eps together).
 
 Sampler: HMC, each parameterisation tuned for itself: the best ESS per
 gradient over a grid of step sizes and leapfrog counts, so neither loses to

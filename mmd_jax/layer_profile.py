@@ -108,13 +108,14 @@ def _time(fn, args, reps):
 def profile(config, batch_size: int = 0, reps: int = 10) -> dict:
   import jax
   import jax.numpy as jnp
-  from mmd_jax import config_check, stages
+  from mmd_jax import config_check
+  from mmd_jax.data import data_shape
+  from mmd_jax.denoiser import spec_from_config
   from mmd_jax.timing import matmul_peak, peak_dtype
-  from mmd_jax.describe import data_shape
 
   config_check.validate(config)
   ds = data_shape(config.data)
-  spec = stages.denoiser_spec(config, ds)
+  spec = spec_from_config(config, ds)
   model = spec.module
   b = batch_size or config.teacher.batch_size
   key = jax.random.PRNGKey(0)

@@ -74,7 +74,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax  # after flag parsing, so --help is fast
   _init_distributed(jax)
-  from mmd_jax import config_check, parallel, pipeline, teacher_io, train
+  from mmd_jax import config_check, param_files, parallel, runner, train
   from mmd_jax.data import DataError
   logging.info('JAX %s: %d processes, %d devices (%s)', jax.__version__,
                jax.process_count(), jax.device_count(), jax.default_backend())
@@ -84,18 +84,18 @@ def main(argv):
       print(describe.format_summary(
           describe.describe(_CONFIG.value, _WORKDIR.value)))
     elif _MODE.value == 'eval':
-      pipeline.evaluate_workdir(_CONFIG.value, _WORKDIR.value,
-                                _CKPT_STEP.value)
+      runner.evaluate_workdir(_CONFIG.value, _WORKDIR.value,
+                              _CKPT_STEP.value)
     else:
-      pipeline.run(_CONFIG.value, _WORKDIR.value)
+      runner.run(_CONFIG.value, _WORKDIR.value)
   except train.Preempted as e:
     # Non-zero, so job controllers (SLURM --requeue, GKE/xpk) restart it.
     logging.warning('%s', e)
     print(f'pre-empted: {e}', file=sys.stderr)
     sys.exit(143)
   except (config_check.ConfigError, DataError, parallel.MeshError,
-          teacher_io.TeacherImportError, train.NonFiniteError,
-          pipeline.WorkdirError) as e:
+          param_files.TeacherImportError, train.NonFiniteError,
+          runner.WorkdirError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 

@@ -1,7 +1,7 @@
 """Gradient-based MCMC: Langevin (unadjusted or Metropolis-adjusted) and HMC
 over any log-density on a pytree, in the centred or the non-centred (DNCP)
 parameterisation of a hierarchical Gaussian model, and an effective sample
-size estimator. ALGORITHMS.md §5.
+size estimator. docs/ALGORITHMS.md §5.
 
 Every sampler is a pure function of (log_prob, position, key, settings) and
 vmaps over chains. Gradient evaluations are counted so that samplers with
@@ -173,7 +173,7 @@ class Hierarchical:
 class GaussianChain:
   """z_1 ~ N(0, scales[0]^2), z_i | z_{i-1} ~ N(z_{i-1}, scales[i-1]^2), and
   an observation x | z_D ~ N(z_D, obs_scale^2): the linear dynamical system
-  of the DNCP benchmark (D = 2 is ALGORITHMS.md's z1 -> z2 -> x).
+  of the DNCP benchmark (D = 2 is docs/ALGORITHMS.md's z1 -> z2 -> x).
 
   Centred: the sampler moves z = (z_1..z_D). Non-centred: it moves eps with
   z_1 = scales[0] eps_1, z_i = z_{i-1} + scales[i-1] eps_i, so the prior is

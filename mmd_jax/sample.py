@@ -4,29 +4,31 @@ python -m mmd_jax.sample --workdir=W/<stage> --steps=K --num_samples=N \
     --seed=S --output=F.npz
 
 Writes `samples` (float32, data space) and, for conditional models, `labels`.
-Stages of a latent run (latent.py) are decoded by their VAE.
+Any registered method's directory works: it samples the way the method says
+(stages/base.py, `Sampling`). Stages of a latent run are decoded to data
+space.
 The same seed gives the same samples, bit for bit, on the same machine.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 from absl import app, flags
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'A stage directory, e.g. W/teacher.')
-_STEPS = flags.DEFINE_integer('steps', None,
-                              'Sampling steps; default: the stage\'s own k '
-                              '(students) or 256 (teacher).')
-_NUM = flags.DEFINE_integer('num_samples', 1000, 'Number of samples.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
-_OUTPUT = flags.DEFINE_string('output', None, 'Output .npz file.')
-_SAMPLER = flags.DEFINE_enum('sampler', 'ancestral', ['ancestral', 'ddim'],
-                             'Sampler.')
-_GUIDANCE = flags.DEFINE_float('guidance', 0.0, 'CFG weight (conditional models).')
-_BATCH = flags.DEFINE_integer('batch_size', 1000, 'Samples per device call.')
-flags.mark_flags_as_required(['workdir', 'output'])
+
+def _define_flags():
+  """Only when run as the command: `draw` is importable beside other CLIs."""
+  flags.DEFINE_string('workdir', None, 'A stage directory, e.g. W/teacher.')
+  flags.DEFINE_integer('steps', None, "Sampling steps; default: the stage's "
+                       'own k (students) or 256 (a many-step teacher).')
+  flags.DEFINE_integer('num_samples', 1000, 'Number of samples.')
+  flags.DEFINE_integer('seed', 0, 'Sampling seed.')
+  flags.DEFINE_string('output', None, 'Output .npz file.')
+  flags.DEFINE_enum('sampler', 'ancestral', ['ancestral', 'ddim'], 'Sampler.')
+  flags.DEFINE_float('guidance', 0.0, 'CFG weight (conditional models).')
+  flags.DEFINE_integer('batch_size', 1000, 'Samples per device call.')
+  flags.mark_flags_as_required(['workdir', 'output'])
 
 
 def _fail(msg):
@@ -34,71 +36,61 @@ def _fail(msg):
   sys.exit(2)
 
 
-def main(argv):
-  del argv
+class SampleError(ValueError):
+  """The stage cannot be sampled as asked; the message is the one line."""
+
+
+def draw(stage_dir: str, steps=None, num_samples: int = 1000, seed: int = 0,
+         sampler: str = 'ancestral', guidance: float = 0.0,
+         batch_size: int = 1000):
+  """(samples in data space, labels or None, k) from a stage directory of
+  any registered method, sampled the way the method says
+  (stages/base.py's `Sampling`)."""
   import jax
-  import ml_collections
   import numpy as np
 
-  from mmd_jax import emd_stages, latent, parallel, stages
+  from mmd_jax import runner
   from mmd_jax.evaluation import evaluate
-  from mmd_jax.methods import teacher
 
-  stage_dir = os.path.abspath(_WORKDIR.value)
-  meta_path = os.path.join(stage_dir, 'stage.json')
-  cfg_path = os.path.join(stage_dir, 'config.json')
-  if not os.path.exists(meta_path) or not os.path.exists(cfg_path):
-    _fail(f'{stage_dir} is not a stage directory (no stage.json/config.json)')
-  with open(meta_path) as f:
-    meta = json.load(f)
-  with open(cfg_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  method = meta['method']
-  if method not in ('teacher',) + stages.DISTILL_METHODS:
-    _fail(f'sampling method {method!r} is not supported')
-
-  from mmd_jax.data import load_dataset
-  dataset = load_dataset(config.data)
-  mesh = parallel.make_mesh(config.mesh)
-  workdir = os.path.dirname(stage_dir)
-  space = None
-  if latent.is_latent(config):
-    # Latent run: sample latents, write decoded data-space samples.
-    space = latent.load_space(config, workdir, dataset, mesh)
-    dataset = latent.latent_dataset(dataset, space)
-  spec = stages.denoiser_spec(config, dataset)
-  if method == 'teacher':
-    config.unlock()
-    config.teacher.checkpoint = stage_dir
-    params = teacher.sampling_params(
-        stages.load_teacher(config, workdir, dataset, spec, mesh))
-  elif method in stages.EMD_METHODS:
-    if _STEPS.value not in (None, 1):
-      _fail(f'{stage_dir} holds a one-step generator; --steps must be 1')
-    # The stage records its full setting, so a sweep member needs no config.
-    setting = emd_stages.Setting(
-        method, os.path.basename(stage_dir), meta['model'],
-        tuple((k, meta['setting'][k]) for k in emd_stages.HPARAM_KEYS))
-    params = stages.load_generator(config, workdir, dataset, spec, mesh,
-                                   setting).generator_params
-  else:
-    params = stages.load_student(config, workdir, dataset, spec, mesh, method,
-                                 int(meta['k'])).student_params
-  # Students sample with their own k by default: it is saved in stage.json.
-  k = _STEPS.value or meta.get('k') or 256
+  env, _, step, state = runner.open_stage(stage_dir)
+  ctx = env.context(step.method)
+  sampling = step.method.sampling(step.job, step.cfg, ctx)
+  if sampling is None:
+    raise SampleError(f'{step.job.name} ({step.job.method}) draws no samples')
+  if not sampling.any_steps and steps is not None and steps != sampling.steps:
+    raise SampleError(f'{step.job.name} samples with exactly '
+                      f'{sampling.steps} step(s); --steps must be '
+                      f'{sampling.steps}')
+  # Students sample with their own k by default.
+  k = steps or sampling.steps or 256
   samples, labels = evaluate.generate(
-      spec, params, jax.random.PRNGKey(_SEED.value), _NUM.value, k,
-      _SAMPLER.value, min(_BATCH.value, _NUM.value), dataset.example_shape,
-      spec.num_classes, _GUIDANCE.value, meta.get('logsnr_generator'))
-  if space is not None:
-    samples = space.decode(samples)
-  out = {'samples': samples.astype(np.float32)}
+      sampling.draw, state.sampling_params, jax.random.PRNGKey(seed),
+      num_samples, k, sampler, min(batch_size, num_samples),
+      ctx.dataset.example_shape, ctx.spec.num_classes, guidance,
+      decode=ctx.space.decode)
+  return np.asarray(samples, np.float32), labels, k
+
+
+def main(argv):
+  del argv
+  import numpy as np
+
+  from mmd_jax import runner
+  from mmd_jax.data import DataError
+  f = flags.FLAGS
+  try:
+    samples, labels, k = draw(f.workdir, f.steps, f.num_samples, f.seed,
+                              f.sampler, f.guidance, f.batch_size)
+  except (runner.WorkdirError, DataError, SampleError) as e:
+    _fail(str(e))
+  out = {'samples': samples}
   if labels is not None:
     out['labels'] = labels
-  os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-  np.savez(_OUTPUT.value, **out)
-  print(f'wrote {len(samples)} samples (k={k}) to {_OUTPUT.value}')
+  os.makedirs(os.path.dirname(os.path.abspath(f.output)), exist_ok=True)
+  np.savez(f.output, **out)
+  print(f'wrote {len(samples)} samples (k={k}) to {f.output}')
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

@@ -10,120 +10,37 @@ The import is materialised as that workdir's `teacher` stage (a checkpoint
 at the teacher's final step), so sampling, evaluation and every
 distillation stage read it exactly as they read a teacher trained there.
 
-File layout: one array per parameter, named by its path joined with '/',
-e.g. `params/Dense_0/kernel` (the `params` collection of `module.init`).
+The file format lives in param_files.py (re-exported here).
 """
 from __future__ import annotations
 
-import os
 import sys
 
-import jax
-import numpy as np
-
-PARAM_FILE_SUFFIXES = ('.npz', '.msgpack')
-
-
-class TeacherImportError(ValueError):
-  """The file does not hold the configured module's parameters."""
+from mmd_jax.param_files import (  # noqa: F401 (public here too)
+    PARAM_FILE_SUFFIXES, TeacherImportError, load_params, read_flat,
+    save_params)
 
 
-def _flatten(tree) -> dict:
-  out = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    out['/'.join(str(getattr(k, 'key', getattr(k, 'name', k)))
-                 for k in path)] = leaf
-  return out
-
-
-def _unflatten(flat: dict) -> dict:
-  tree = {}
-  for key, value in flat.items():
-    node = tree
-    *parents, leaf = key.split('/')
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return tree
-
-
-def save_params(path: str, params) -> None:
-  flat = {k: np.asarray(jax.device_get(v)) for k, v in _flatten(params).items()}
-  tmp = path + '.tmp'
-  if path.endswith('.msgpack'):
-    from flax import serialization
-    with open(tmp, 'wb') as f:
-      f.write(serialization.msgpack_serialize(_unflatten(flat)))
-  else:
-    with open(tmp, 'wb') as f:
-      np.savez(f, **flat)
-  os.replace(tmp, path)
-
-
-def read_flat(path: str) -> dict:
-  if not os.path.isfile(path):
-    raise TeacherImportError(f'teacher.checkpoint {path!r} does not exist')
-  try:
-    if path.endswith('.msgpack'):
-      from flax import serialization
-      with open(path, 'rb') as f:
-        return {k: np.asarray(v) for k, v in _flatten(
-            serialization.msgpack_restore(f.read())).items()}
-    with np.load(path, allow_pickle=False) as f:
-      return {k: f[k] for k in f.files}
-  except Exception as e:  # numpy and msgpack raise several types
-    raise TeacherImportError(
-        f'teacher.checkpoint {path!r} is not a readable parameter file '
-        f'({type(e).__name__}: {e})') from None
-
-
-def load_params(path: str, abstract_params) -> dict:
-  """The file's parameters, checked name by name and shape by shape against
-  the module's (abstract) params; the first difference is the error."""
-  flat = read_flat(path)
-  expected = _flatten(abstract_params)
-  for key in sorted(set(expected) | set(flat)):
-    if key not in flat:
-      raise TeacherImportError(
-          f'teacher.checkpoint {path!r} lacks parameter {key} (shape '
-          f'{tuple(expected[key].shape)}) that config.model builds')
-    if key not in expected:
-      raise TeacherImportError(
-          f'teacher.checkpoint {path!r} has parameter {key} (shape '
-          f'{flat[key].shape}) that config.model does not build')
-    if tuple(flat[key].shape) != tuple(expected[key].shape):
-      raise TeacherImportError(
-          f'teacher.checkpoint {path!r}: parameter {key} has shape '
-          f'{flat[key].shape}, config.model builds {tuple(expected[key].shape)}')
-  return _unflatten({k: np.asarray(v, expected[k].dtype)
-                     for k, v in flat.items()})
+def export(stage_dir: str, output: str) -> int:
+  """Writes the stage's sampling parameters to `output`; returns the
+  number of arrays."""
+  from mmd_jax import param_files, runner
+  _, _, _, state = runner.open_stage(stage_dir)
+  params = state.sampling_params
+  save_params(output, params)
+  return len(param_files.flatten(params))
 
 
 def main(argv):
   from absl import flags
   del argv
-  import ml_collections
-
-  from mmd_jax import parallel, stages
-  from mmd_jax.data import load_dataset
-  from mmd_jax.methods import teacher
-  stage_dir = os.path.abspath(flags.FLAGS.workdir)
-  cfg_path = os.path.join(stage_dir, 'config.json')
-  if not os.path.exists(cfg_path):
-    print(f'error: {stage_dir} is not a teacher stage directory (no '
-          'config.json)', file=sys.stderr)
+  from mmd_jax import runner
+  try:
+    n = export(flags.FLAGS.workdir, flags.FLAGS.output)
+  except runner.WorkdirError as e:
+    print(f'error: {e}', file=sys.stderr)
     return 2
-  import json
-  with open(cfg_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  config.teacher.checkpoint = stage_dir
-  dataset = load_dataset(config.data)
-  spec = stages.denoiser_spec(config, dataset)
-  state = stages.load_teacher(config, os.path.dirname(stage_dir), dataset,
-                              spec, parallel.make_mesh(config.mesh))
-  params = teacher.sampling_params(state)
-  save_params(flags.FLAGS.output, params)
-  print(f'wrote {len(_flatten(params))} arrays to {flags.FLAGS.output}')
+  print(f'wrote {n} arrays to {flags.FLAGS.output}')
   return 0
 
 

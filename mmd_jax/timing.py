@@ -1,12 +1,21 @@
-"""Timing and counting helpers shared by the bench and the layer profile:
-median wall time, the matmul peak, XLA's FLOPs with loops unrolled, and
-compiled memory. No flags here, so both CLIs can import it."""
+"""Timing and counting helpers shared by the loop, evaluation, the bench
+and the layer profile: durations for ETAs, median wall time, the matmul
+peak, XLA's FLOPs with loops unrolled, and compiled memory. No flags here,
+so every CLI can import it."""
 from __future__ import annotations
 
 import statistics
 import time
 
 from absl import logging
+
+
+def fmt_duration(sec: float) -> str:
+  """'3m07s' or '1h05m', for ETAs in progress lines."""
+  sec = int(sec)
+  if sec >= 3600:
+    return f'{sec // 3600}h{(sec % 3600) // 60:02d}m'
+  return f'{sec // 60}m{sec % 60:02d}s'
 
 
 def median_seconds(fn, reps: int, warmup: int) -> tuple[float, list]:

@@ -20,6 +20,7 @@ from clu.metric_writers import interface as writer_interface
 from mmd_jax import checkpoint as ckpt_lib
 from mmd_jax import guard, parallel
 from mmd_jax.preemption import Preempted, SigtermFlag
+from mmd_jax.timing import fmt_duration
 
 
 class NonFiniteError(RuntimeError):
@@ -304,15 +305,3 @@ def _write_json(path, obj):
   with open(tmp, 'w') as f:
     json.dump(obj, f, indent=2)
   os.replace(tmp, path)
-
-
-def fmt_duration(sec: float) -> str:
-  """'3m07s' or '1h05m', for ETAs in progress lines."""
-  sec = int(sec)
-  if sec >= 3600:
-    return f'{sec // 3600}h{(sec % 3600) // 60:02d}m'
-  return f'{sec // 60}m{sec % 60:02d}s'
-
-
-def samples_to_numpy(x) -> np.ndarray:
-  return np.asarray(jax.device_get(x), np.float32)

@@ -1,17 +1,13 @@
 """The benchmark: its JSON contract, and FLOP counting through scans."""
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import tiny
 from mmd_jax import bench, loops
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_unrolled_flops_count_every_iteration():
@@ -32,33 +28,38 @@ def test_unrolled_flops_count_every_iteration():
 
 
 def test_emd_flops_grow_linearly_in_langevin_steps():
-  from configs import toy2d
+  """bench's FLOP count of the EMD step, whose Langevin chain is a scan."""
+  from mmd_jax import config_check, parallel, runner
+  from mmd_jax.data import data_shape
   flops = {}
   for k in (1, 2, 4):
-    c = toy2d.get_config('tiny_emd')
-    c.emd.langevin_steps = k
-    r = bench.run(c, num_steps=1, warmup=0, only=('emd',),
-                  matmul_sizes=(128,))
-    flops[k] = r['steps'][f'emd_K{k}']['flops_per_step']
+    c = tiny.config('toy2d', 'tiny_emd', {'emd.langevin_steps': k,
+                                          'emd.sweep': (), 'stages': ('emd',)})
+    plan = config_check.validate(c)
+    step = [s for s in plan.steps if s.train][0]
+    env = runner.Env(c, '/nonexistent', parallel.make_mesh(c.mesh),
+                     data_shape(c.data))
+    stage = runner.build_stage(env, step, runner.abstract_artifacts(
+        env, plan, step.method))
+    batch = bench.synthetic_batch(env.data, 64, env.mesh)
+    state = jax.eval_shape(stage.init, jax.random.PRNGKey(0), batch,
+                           stage.frozen)
+    flops[k] = bench.count_flops(stage.step, state, batch,
+                                 jax.random.PRNGKey(1))
   per_step = flops[2] - flops[1]
   assert per_step > 0
   np.testing.assert_allclose(flops[4] - flops[2], 2 * per_step, rtol=1e-3)
 
 
-def test_bench_cli_writes_the_contract(tmp_path):
-  out = tmp_path / 'bench.json'
-  r = subprocess.run(
-      [sys.executable, '-m', 'mmd_jax.bench', '--config=configs/toy2d.py:tiny',
-       f'--output={out}', '--num_steps=3', '--warmup_steps=1',
-       '--matmul_sizes=128', '--teacher_steps=2,8', '--sample_batch_size=64',
-       '--config.emd.langevin_steps=2'],
-      cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'),
-      capture_output=True, text=True, timeout=600)
-  assert r.returncode == 0, r.stderr[-3000:]
-  res = json.loads(out.read_text())
+def test_bench_writes_the_contract():
+  res = bench.run(tiny.config('toy2d', 'tiny', {'emd.langevin_steps': 2}),
+                  num_steps=3, warmup=1, sample_batch=64, teacher_steps=(2, 8),
+                  matmul_sizes=(128,))
+  res = json.loads(json.dumps(res))   # what the CLI writes
   assert res['peak_matmul_flops'] > 0
+  # Every benched method of the registry, EMD named with its K.
   assert set(res['steps']) == {'teacher', 'mm_alternating', 'mm_parameter',
-                               'emd_K2'}
+                               'diff_instruct', 'emd_K2'}
   for name, s in res['steps'].items():
     for key in ('step_time_s', 'flops_per_step', 'achieved_flops', 'mfu',
                 'peak_memory_bytes'):
@@ -69,16 +70,17 @@ def test_bench_cli_writes_the_contract(tmp_path):
                                      res['peak_matmul_flops'])
   assert res['steps']['teacher']['relative_to_teacher'] == 1.0
   # A distillation step does more work than a teacher step.
-  for name in ('mm_alternating', 'mm_parameter', 'emd_K2'):
+  for name in ('mm_alternating', 'mm_parameter', 'diff_instruct', 'emd_K2'):
     assert (res['steps'][name]['flops_per_step'] >
             res['steps']['teacher']['flops_per_step'])
   assert set(res['sampling']) == {'teacher_k2', 'teacher_k8',
                                   'mm_alternating_k2', 'mm_parameter_k2',
-                                  'emd_k1'}
+                                  'diff_instruct_k1', 'emd_k1'}
   assert all(s['samples_per_s'] > 0 for s in res['sampling'].values())
   # The table names every step function.
+  table = bench.format_table(res)
   for name in res['steps']:
-    assert name in r.stdout
+    assert name in table
 
 
 def test_bench_refuses_unknown_step_function():
@@ -86,3 +88,26 @@ def test_bench_refuses_unknown_step_function():
   from mmd_jax import config_check
   with pytest.raises(config_check.ConfigError, match='--only'):
     bench.run(toy2d.get_config('tiny'), only=('nope',))
+
+
+def test_bench_command_line_writes_its_json(tmp_path, repo_root):
+  import os
+  import subprocess
+  import sys
+  out = tmp_path / 'bench.json'
+  r = subprocess.run(
+      [sys.executable, '-m', 'mmd_jax.bench', '--config=configs/toy2d.py:tiny',
+       f'--output={out}', '--only=teacher', '--num_steps=1',
+       '--warmup_steps=0', '--matmul_sizes=64'],
+      cwd=repo_root, env=dict(os.environ, JAX_PLATFORMS='cpu'),
+      capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert set(json.loads(out.read_text())['steps']) == {'teacher'}
+  assert 'teacher' in r.stdout
+  r = subprocess.run(
+      [sys.executable, '-m', 'mmd_jax.bench', '--config=configs/toy2d.py:tiny',
+       f'--output={out}', '--only=nope'], cwd=repo_root,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True,
+      text=True, timeout=300)
+  assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(
+      'error: --only: unknown')

@@ -175,3 +175,25 @@ def test_e_step_reaches_the_gaussian_target(parameterization):
   # ...the chain ends on it, within Monte Carlo and step-size error.
   np.testing.assert_allclose(joint.mean(0), mean, atol=0.03)
   np.testing.assert_allclose(np.cov(joint.T), cov, atol=0.04)
+
+
+def test_score_updates_follow_the_global_schedule():
+  """With several score updates per step, the score network's rate is the
+  generator's, read at the global step (its own count would run the
+  schedule score_updates times faster and stop it halfway)."""
+  import optax
+  from mmd_jax import optim
+  spec, (teacher_p, _, _) = _three_nets(jnp.float32)
+  peak, warmup, total = 1e-3, 2, 8
+  tx, sched = optim.global_step_adam(peak, warmup, total, 1.0, 0.0, 0.99, 1e-8)
+  hp = emd.EMDHParams(langevin_steps=1, score_updates=3)
+  st = emd.init(jax.random.PRNGKey(0), teacher_p, spec, hp, tx, tx)
+  step = jax.jit(emd.step)
+  x = jnp.zeros((4, 2))
+  for n in range(total):
+    st, m = step(st, {'x': x}, jax.random.PRNGKey(1))
+    score_rate = float(optax.tree_utils.tree_get(st.score_opt,
+                                                 'learning_rate'))
+    assert score_rate == pytest.approx(float(sched(n)), abs=1e-12)
+    assert float(m['learning_rate']) == pytest.approx(score_rate, abs=1e-12)
+  assert score_rate == 0.0

@@ -63,14 +63,8 @@ def test_diverging_run_stops_with_one_line_and_saves_only_finite(repo_root,
   assert line.startswith('error: teacher: 5 non-finite steps in a row'), line
   assert 'last good checkpoint: step' in line
   # Every checkpoint written holds finite parameters.
-  from configs import toy2d
-  from mmd_jax import parallel, pipeline
-  from mmd_jax.data import load_dataset
-  cfg = toy2d.get_config('tiny')
-  ds = load_dataset(cfg.data)
-  spec = pipeline.denoiser_spec(cfg, ds)
-  state = pipeline.load_teacher(cfg, str(w), ds, spec,
-                                parallel.make_mesh(cfg.mesh))
+  from mmd_jax import runner
+  _, _, _, state = runner.open_stage(str(w / 'teacher'))
   assert all(np.all(np.isfinite(np.asarray(x)))
              for x in jax.tree.leaves(state.params))
   assert not (w / 'report.json').exists()

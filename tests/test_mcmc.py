@@ -87,7 +87,7 @@ def test_ess_of_an_ar1_process(rho):
 
 def test_dncp_benchmark_shows_the_crossover():
   """The benchmark's own measurement, small: non-centred wins at
-  s_z/s_x = 0.01, centred at 100 (ALGORITHMS.md §5)."""
+  s_z/s_x = 0.01, centred at 100 (docs/ALGORITHMS.md §5)."""
   from mmd_jax import dncp
   small = {c: dncp.measure(2, 0.01, c, num_chains=16, num_samples=100)
            for c in (True, False)}

@@ -7,30 +7,27 @@ import sys
 _SCRIPT = r'''
 import jax, jax.numpy as jnp, numpy as np
 from configs import toy2d
-from mmd_jax import emd_stages, parallel, stages, train
+from mmd_jax import config_check, parallel, runner, train
 from mmd_jax.data import load_dataset
 assert jax.device_count() == 8
 cfg = toy2d.get_config('tiny_emd')
 cfg.emd.langevin_steps = 2
 cfg.emd.sweep = ()
+cfg.stages = ('teacher', 'mm_alternating', 'mm_parameter', 'emd')
 ds = load_dataset(cfg.data)
-spec = stages.denoiser_spec(cfg, ds)
-theta = spec.init_params(jax.random.PRNGKey(1), jnp.zeros((1, 2)))
+plan = config_check.validate(cfg)
+env = runner.Env(cfg, '/tmp/unused', parallel.make_mesh(cfg.mesh), ds)
+theta = env.spec.init_params(jax.random.PRNGKey(1), jnp.zeros((1, 2)))
 # Non-zero heads, so every path carries gradient.
 theta = jax.tree.map(lambda l: l + 0.05 * jax.random.normal(
     jax.random.PRNGKey(l.size), l.shape), theta)
-frozen = {'teacher_params': theta,
-          'precond': jax.tree.map(lambda l: jnp.full(l.shape, 2.0), theta)}
-STAGES = {
-    'teacher': (stages.teacher_stage(cfg, '/tmp/unused', ds, spec),
-                cfg.teacher.batch_size),
-    'mm_alternating': (stages.mm_stage(cfg, '/tmp/unused', ds, spec,
-                                       'mm_alternating', 2, frozen), 64),
-    'mm_parameter': (stages.mm_stage(cfg, '/tmp/unused', ds, spec,
-                                     'mm_parameter', 2, frozen), 64),
-    'emd': (stages.emd_stage(cfg, '/tmp/unused', ds, spec,
-                             emd_stages.settings(cfg, ('emd',))[0], frozen), 64),
-}
+# v-hat = 1/4: Lambda = 2.
+arts = {'teacher_params': theta,
+        'teacher_second_moment': lambda n: jax.tree.map(
+            lambda l: jnp.full(l.shape, 0.25), theta)}
+STAGES = {s.method.name: (runner.build_stage(env, s, {
+    a: arts[a] for a in s.method.needs}), s.job.batch_size)
+    for s in plan.steps}
 MESHES = (('one', {'data': 1, 'fsdp': 1}, jax.devices()[:1]),
           ('dp8', {'data': -1, 'fsdp': 1}, None),
           ('dp2fsdp4', {'data': 2, 'fsdp': 4}, None))
@@ -39,7 +36,7 @@ for sname, (stage, bs) in STAGES.items():
   out = {}
   for name, mesh_cfg, devs in MESHES:
     mesh = parallel.make_mesh(mesh_cfg, devs)
-    stream = stages.stream_for(cfg, ds, bs, 0)
+    stream = env.stream(ds, bs, 0)
     state, sh = train.build_state(stage, jax.random.PRNGKey(0), stream, mesh)
     if name == 'dp2fsdp4':
       sharded_leaves += sum(s.spec != jax.sharding.PartitionSpec()

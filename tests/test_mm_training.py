@@ -29,7 +29,7 @@ def test_short_alternating_run_beats_the_teacher_at_4_steps():
   t_state = teacher.init(jax.random.PRNGKey(0), spec, teacher.TeacherHParams(),
                          tx, stream.local_batch_at(0))
   t_state = _train(teacher.step, t_state, stream, 2000, jax.random.PRNGKey(1))
-  theta = teacher.sampling_params(t_state)
+  theta = t_state.sampling_params
 
   hp = mm.MMHParams(k=4, weighting='v')
   s_state = mm.init_alternating(jax.random.PRNGKey(2), theta, spec, hp,

@@ -237,3 +237,35 @@ def test_sample_times(k, s_range, s_max):
   assert float(t.max()) <= 1.0
   # Continuous t, not only grid points.
   assert len(np.unique(np.round(np.asarray(t) * k, 5))) > 1000
+
+
+def test_alternating_learning_rate_follows_the_global_step():
+  """Algorithm 2's two networks update on alternate steps but share one
+  schedule on the global step: warm-up ends after `warmup_steps` global
+  steps and the rate is 0 at the last step. (A schedule on each
+  optimiser's own count warms up for 2 * warmup_steps and ends at about
+  half the peak.)"""
+  spec = _spec()
+  x = jax.random.normal(jax.random.PRNGKey(0), (8, 2))
+  theta = _random_params(spec, jax.random.PRNGKey(1), x)
+  peak, warmup, total = 1e-3, 4, 12
+  tx = mm.mm_optimizer(peak, warmup, total)
+  st = mm.init_alternating(jax.random.PRNGKey(2), theta, spec,
+                           mm.MMHParams(k=4), tx)
+  step = jax.jit(mm.alternating_step)
+  rates = []
+  for _ in range(total):
+    st, m = step(st, {'x': x}, jax.random.PRNGKey(3))
+    rates.append(float(m['learning_rate']))
+  want = [peak * n / warmup if n <= warmup else
+          peak * (total - 1 - n) / (total - 1 - warmup) for n in range(total)]
+  np.testing.assert_allclose(rates, want, rtol=1e-5, atol=1e-12)
+  assert rates[warmup] == pytest.approx(peak) and rates[-1] == 0.0
+  # Both networks moved at those rates: the last update, the student's,
+  # changed nothing.
+  before = jax.tree.map(jnp.copy, st.student_params)
+  st, m = step(st.replace(step=jnp.asarray(total - 1)), {'x': x},
+               jax.random.PRNGKey(4))
+  assert float(m['learning_rate']) == 0.0
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(st.student_params)):
+    np.testing.assert_array_equal(a, b)

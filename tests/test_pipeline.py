@@ -1,26 +1,44 @@
-"""End to end through the command lines, on tiny configs."""
+"""The pipeline end to end on tiny configs, in process (runner.run, the
+sample and export functions the command lines call), plus the few things
+only a process shows: exit codes, one-line errors on stderr, device-count
+flags."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+import tiny
+from mmd_jax import config_check, describe, param_files, runner, sample
+from mmd_jax import teacher_io
+from mmd_jax.checks import ConfigError
+from mmd_jax.data import DataError
 
-def _run(args, cwd, timeout=600):
+
+def _cli(args, cwd, devices=None, timeout=300):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
+  if devices:
+    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
   return subprocess.run([sys.executable, '-m'] + args, cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=timeout)
 
 
+def _one_error_line(r):
+  """The run failed with exactly one `error:` line, and it is the last."""
+  assert r.returncode == 2, r.stderr[-2000:]
+  lines = [l for l in r.stderr.strip().splitlines() if l.startswith('error:')]
+  assert len(lines) == 1, r.stderr[-2000:]
+  assert r.stderr.strip().splitlines()[-1] == lines[0]
+  return lines[0]
+
+
 @pytest.fixture(scope='module')
 def toy_workdir(tmp_path_factory):
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   w = tmp_path_factory.mktemp('toy') / 'w'
-  r = _run(['mmd_jax.main', '--config=configs/toy2d.py:tiny', f'--workdir={w}'],
-           root)
-  assert r.returncode == 0, r.stderr[-3000:]
+  tiny.run('toy2d', 'tiny', w)
   return w
 
 
@@ -45,112 +63,98 @@ def test_toy_report_follows_the_schema(toy_workdir):
              for n in os.listdir(toy_workdir / 'teacher'))
 
 
-def test_rerun_skips_finished_stages(toy_workdir, repo_root):
+def test_rerun_skips_finished_stages(toy_workdir):
   before = os.path.getmtime(toy_workdir / 'teacher' / 'stage.json')
-  r = _run(['mmd_jax.main', '--config=configs/toy2d.py:tiny',
-            f'--workdir={toy_workdir}', '--config.stages=("teacher",)'],
-           repo_root)
-  assert r.returncode == 0, r.stderr[-2000:]
-  assert 'finished earlier, skipping' in r.stderr
+  ckpts = sorted(os.listdir(toy_workdir / 'teacher' / 'checkpoints'))
+  tiny.run('toy2d', 'tiny', toy_workdir, {'stages': ('teacher',)})
   assert os.path.getmtime(toy_workdir / 'teacher' / 'stage.json') == before
+  assert sorted(os.listdir(toy_workdir / 'teacher' / 'checkpoints')) == ckpts
 
 
-def test_sample_cli_is_bit_reproducible(toy_workdir, repo_root, tmp_path):
-  outs = []
-  for name, seed in (('a', 3), ('b', 3), ('c', 4)):
-    out = tmp_path / f'{name}.npz'
-    r = _run(['mmd_jax.sample', f'--workdir={toy_workdir}/teacher',
-              '--steps=8', '--num_samples=300', f'--seed={seed}',
-              f'--output={out}'], repo_root)
-    assert r.returncode == 0, r.stderr[-2000:]
-    outs.append(np.load(out)['samples'])
-  assert outs[0].shape == (300, 2) and outs[0].dtype == np.float32
-  np.testing.assert_array_equal(outs[0], outs[1])
-  assert not np.array_equal(outs[0], outs[2])
+def test_sample_is_bit_reproducible_and_the_cli_writes_it(
+    toy_workdir, repo_root, tmp_path):
+  stage = str(toy_workdir / 'teacher')
+  a, _, k = sample.draw(stage, 8, 300, seed=3)
+  b, _, _ = sample.draw(stage, 8, 300, seed=3)
+  c, _, _ = sample.draw(stage, 8, 300, seed=4)
+  assert k == 8 and a.shape == (300, 2) and a.dtype == np.float32
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+  out = tmp_path / 'a.npz'
+  r = _cli(['mmd_jax.sample', f'--workdir={stage}', '--steps=8',
+            '--num_samples=300', '--seed=3', f'--output={out}'], repo_root)
+  assert r.returncode == 0, r.stderr[-2000:]
+  np.testing.assert_array_equal(np.load(out)['samples'], a)
+  r = _cli(['mmd_jax.sample', f'--workdir={tmp_path}', f'--output={out}'],
+           repo_root)
+  assert 'is not a stage directory' in _one_error_line(r)
 
 
-def test_digits_pipeline_and_conditional_samples(repo_root, tmp_path):
+def test_digits_pipeline_eval_mode_and_conditional_samples(tmp_path):
   w = tmp_path / 'd'
-  r = _run(['mmd_jax.main', '--config=configs/digits.py:tiny',
-            f'--workdir={w}'], repo_root)
-  assert r.returncode == 0, r.stderr[-3000:]
+  c = tiny.run('digits', 'tiny', w)
   rep = json.load(open(w / 'report.json'))
   assert rep['dataset'] == 'digits'
   assert 0.0 <= rep['classifier']['test_accuracy'] <= 1.0
   for m in ('fd', 'class_accuracy', 'precision', 'recall'):
     assert m in rep['rows'][0]['metrics'] and m in rep['reference']
-  out = tmp_path / 's.npz'
-  r = _run(['mmd_jax.sample', f'--workdir={w}/teacher', '--steps=2',
-            '--num_samples=20', '--seed=0', f'--output={out}'], repo_root)
-  assert r.returncode == 0, r.stderr[-2000:]
-  f = np.load(out)
-  assert f['samples'].shape == (20, 8, 8, 1)
-  np.testing.assert_array_equal(f['labels'], np.arange(20) % 10)
+  s, labels, _ = sample.draw(str(w / 'teacher'), 2, 20, seed=0)
+  assert s.shape == (20, 8, 8, 1)
+  np.testing.assert_array_equal(labels, np.arange(20) % 10)
 
   # --mode=eval re-scores the finished workdir without training: the same
   # numbers as the training run's own evaluation.
-  os.rename(w / 'report.json', w / 'report_train.json')
-  r = _run(['mmd_jax.main', '--config=configs/digits.py:tiny',
-            f'--workdir={w}', '--mode=eval'], repo_root)
-  assert r.returncode == 0, r.stderr[-3000:]
-  assert 'teacher: finished' not in r.stderr and 'step 10/20' not in r.stderr
-  again = json.load(open(w / 'report.json'))
-  trained = json.load(open(w / 'report_train.json'))
-  assert again['reference'] == trained['reference']
+  mtime = os.path.getmtime(w / 'teacher' / 'stage.json')
+  again = runner.evaluate_workdir(c, str(w))
+  assert os.path.getmtime(w / 'teacher' / 'stage.json') == mtime
+  assert again['reference'] == rep['reference']
   assert [x['metrics'] for x in again['rows']] == [
-      x['metrics'] for x in trained['rows']]
+      x['metrics'] for x in rep['rows']]
   # An older checkpoint scores differently; a missing one fails in one line.
-  r = _run(['mmd_jax.main', '--config=configs/digits.py:tiny',
-            f'--workdir={w}', '--mode=eval', '--checkpoint_step=10'], repo_root)
-  assert r.returncode == 0, r.stderr[-3000:]
-  older = json.load(open(w / 'report.json'))
-  assert older['rows'][0]['metrics'] != trained['rows'][0]['metrics']
-  r = _run(['mmd_jax.main', '--config=configs/digits.py:tiny',
-            f'--workdir={w}', '--mode=eval', '--checkpoint_step=7'], repo_root)
-  assert r.returncode == 2
-  last = r.stderr.strip().splitlines()[-1]
-  assert last.startswith('error:') and 'step 7' in last, r.stderr[-2000:]
+  older = runner.evaluate_workdir(c, str(w), checkpoint_step=10)
+  assert older['rows'][0]['metrics'] != rep['rows'][0]['metrics']
+  with pytest.raises(runner.WorkdirError, match='step 7'):
+    runner.evaluate_workdir(c, str(w), checkpoint_step=7)
+  with pytest.raises(runner.WorkdirError, match="no stage 'mm_alternating_k2'"):
+    runner.evaluate_workdir(tiny.config('digits', 'tiny_mm'), str(w))
 
 
-@pytest.mark.parametrize('override,message', [
-    ('--config.distill.sampling_steps=(0,4)', 'distill.sampling_steps'),
-    ('--config.data.name=imagenet9', 'data.name'),
-    ('--config.stages=("teacher","bogus")', 'stages'),
-    ('--config.teacher.learning_rate=-1.0', 'teacher.learning_rate'),
-    ('--config.teacher.checkpoint=/nonexistent/ckpt', 'teacher.checkpoint'),
+@pytest.mark.parametrize('name,arg,overrides,message', [
+    ('toy2d', 'tiny_mm', {'distill.sampling_steps': (0, 4)},
+     'config.distill.sampling_steps: every k'),
+    ('toy2d', 'tiny', {'data.name': 'imagenet9'}, 'config.data.name'),
+    ('toy2d', 'tiny', {'stages': ('teacher', 'bogus')},
+     "config.stages: unknown stage 'bogus'"),
+    ('toy2d', 'tiny', {'stages': ('mm_alternating', 'teacher')},
+     "config.stages: 'mm_alternating' needs the teacher_params of 'teacher'"),
+    ('toy2d', 'tiny', {'teacher.learning_rate': -1.0},
+     'config.teacher.learning_rate'),
+    ('toy2d', 'tiny', {'teacher.checkpoint': '/nonexistent/ckpt'},
+     'config.teacher.checkpoint'),
+    ('toy2d', 'tiny_emd', {'emd.sweep': ('langevin_steps=2,bogus=1',)},
+     'config.emd.sweep[0]'),
+    ('toy2d', 'tiny_emd', {'emd.sweep': ('gamma_eps=2.0',)},
+     'config.emd.sweep[0] (gamma_eps): must be in (0, 1]'),
+    ('toy2d', 'tiny_emd', {'emd.parameterization': 'xz'},
+     'config.emd.parameterization'),
+    ('toy2d', 'tiny_emd', {'emd.t_max': 1.0}, 'config.emd.t_min'),
+    ('toy2d', 'tiny_mm', {'grad_accum_steps': 3}, 'config.grad_accum_steps'),
+    ('digits_latent', None, {'stages': ('teacher', 'vae', 'evaluate')},
+     "config.stages: 'teacher' trains in the space of 'vae'"),
 ])
-def test_bad_config_fails_with_one_line_and_no_workdir(override, message,
-                                                       repo_root, tmp_path):
+def test_bad_config_is_one_line_naming_the_key(name, arg, overrides, message,
+                                               tmp_path):
   w = tmp_path / 'never'
-  r = _run(['mmd_jax.main', '--config=configs/toy2d.py:tiny', f'--workdir={w}',
-            override], repo_root, timeout=120)
-  assert r.returncode != 0
-  last = r.stderr.strip().splitlines()[-1]
-  assert last.startswith('error: config.') and message in last, r.stderr[-1000:]
+  with pytest.raises(ConfigError) as e:
+    tiny.run(name, arg, w, overrides)
+  assert str(e.value).startswith(message), str(e.value)
+  assert '\n' not in str(e.value)
   assert not w.exists()
 
 
-@pytest.mark.parametrize('override,message', [
-    ('--config.teacher.nonsense=3', 'nonsense'),
-    ('--config.teacher.num_train_steps=abc', 'num_train_steps'),
-])
-def test_unknown_key_or_wrong_type_fails_in_one_line(override, message,
-                                                     repo_root, tmp_path):
-  w = tmp_path / 'never'
-  r = _run(['mmd_jax.main', '--config=configs/toy2d.py:tiny', f'--workdir={w}',
-            override], repo_root, timeout=120)
-  assert r.returncode == 2
-  lines = r.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith('error:'), r.stderr[-1000:]
-  assert message in lines[0]
-  assert not w.exists()
-
-
-def test_moment_matching_stages_end_to_end(repo_root, tmp_path):
+def test_moment_matching_stages_end_to_end(tmp_path):
   w = tmp_path / 'mm'
-  r = _run(['mmd_jax.main', '--config=configs/toy2d.py:tiny_mm',
-            f'--workdir={w}', '--config.eval.every_steps=4'], repo_root)
-  assert r.returncode == 0, r.stderr[-3000:]
+  tiny.run('toy2d', 'tiny_mm', w, {'eval.every_steps': 4})
   rep = json.load(open(w / 'report.json'))
   # Periodic quality during distillation: step 4 of 6 (the end is the
   # evaluate stage's job).
@@ -165,25 +169,23 @@ def test_moment_matching_stages_end_to_end(repo_root, tmp_path):
     meta = json.load(open(stage / 'stage.json'))
     assert meta['k'] == 2 and meta['finished_step'] == 6
     assert meta['weighting'] == 'flat'  # k <= 2
+    assert meta['setting']['s_range'] == 'auto'
     assert (stage / 'frozen').is_dir()  # teacher (and Lambda) saved once
   recs = [json.loads(l) for l in open(w / 'mm_parameter_k2' / 'metrics.jsonl')]
   assert all('monitor' in r and 'loss' in r for r in recs)
-  # The sample CLI uses the student's own k by default.
-  out = tmp_path / 's.npz'
-  r = _run(['mmd_jax.sample', f'--workdir={w}/mm_alternating_k2',
-            '--num_samples=50', '--seed=1', f'--output={out}'], repo_root)
-  assert r.returncode == 0, r.stderr[-2000:]
-  assert 'k=2' in r.stdout
-  assert np.load(out)['samples'].shape == (50, 2)
+  # The sampler uses the student's own k by default.
+  s, _, k = sample.draw(str(w / 'mm_alternating_k2'), None, 50, seed=1)
+  assert k == 2 and s.shape == (50, 2)
+  # A directory holds one setting: a changed one is refused in one line.
+  with pytest.raises(ConfigError, match='renoise'):
+    tiny.run('toy2d', 'tiny_mm', w, {'distill.renoise': 'marginal'})
 
 
-def test_emd_stages_end_to_end(repo_root, tmp_path):
+def test_emd_stages_end_to_end(tmp_path):
   """diff_instruct, emd and a one-entry sweep: stage dirs, report rows with
-  settings and step costs, and the sample CLI on a sweep member."""
+  settings and step costs, and sampling a sweep member."""
   w = tmp_path / 'emd'
-  r = _run(['mmd_jax.main', '--config=configs/toy2d.py:tiny_emd',
-            f'--workdir={w}'], repo_root)
-  assert r.returncode == 0, r.stderr[-3000:]
+  tiny.run('toy2d', 'tiny_emd', w)
   rep = json.load(open(w / 'report.json'))
   rows = {x['model']: x for x in rep['rows'] if x['sampler'] == 'student'}
   sweep = 'emd[K=2,x,cancel,ge=0.5,gz=0.1]'
@@ -206,96 +208,79 @@ def test_emd_stages_end_to_end(repo_root, tmp_path):
   for f in ('samples_emd_k1.png', 'samples_diff_instruct_k1.png',
             'samples_emd_K=2_x_cancel_ge=0.5_gz=0.1_k1.png'):
     assert (w / f).exists() and f in md, f
-  out = [tmp_path / f'{i}.npz' for i in range(2)]
-  for o in out:
-    r = _run(['mmd_jax.sample', f'--workdir={w}/emd_k1_K2_x_cancel_ge0.5_gz0.1',
-              '--num_samples=40', '--seed=2', f'--output={o}'], repo_root)
-    assert r.returncode == 0, r.stderr[-2000:]
-  a, b = (np.load(o)['samples'] for o in out)
-  assert a.shape == (40, 2)
+  member = str(w / 'emd_k1_K2_x_cancel_ge0.5_gz0.1')
+  a, _, k = sample.draw(member, None, 40, seed=2)
+  b, _, _ = sample.draw(member, 1, 40, seed=2)
+  assert k == 1 and a.shape == (40, 2)
   np.testing.assert_array_equal(a, b)
+  with pytest.raises(sample.SampleError, match='--steps must be 1'):
+    sample.draw(member, 4, 40)
 
 
-@pytest.mark.parametrize('override,message', [
-    ('--config.emd.sweep=("langevin_steps=2,bogus=1",)', 'emd.sweep[0]'),
-    ('--config.emd.sweep=("gamma_eps=2.0",)', 'gamma_eps'),
-    ('--config.emd.parameterization=xz', 'emd.parameterization'),
-    ('--config.emd.t_max=1.0', 'emd.t_min'),
-])
-def test_bad_emd_config_fails_in_one_line(override, message, repo_root,
-                                          tmp_path):
-  w = tmp_path / 'never'
-  r = _run(['mmd_jax.main', '--config=configs/toy2d.py:tiny_emd',
-            f'--workdir={w}', override], repo_root, timeout=120)
-  assert r.returncode == 2
-  last = r.stderr.strip().splitlines()[-1]
-  assert last.startswith('error: config.') and message in last, r.stderr[-1000:]
-  assert not w.exists()
-
-
-def test_teacher_export_import_gives_identical_samples(toy_workdir, repo_root,
-                                                       tmp_path):
+def test_teacher_export_import_gives_identical_samples(toy_workdir, tmp_path):
   params_file = tmp_path / 'teacher.npz'
-  r = _run(['mmd_jax.teacher_io', f'--workdir={toy_workdir}/teacher',
-            f'--output={params_file}'], repo_root)
-  assert r.returncode == 0, r.stderr[-2000:]
+  assert teacher_io.export(str(toy_workdir / 'teacher'), str(params_file)) > 0
   other = tmp_path / 'imported'
-  r = _run(['mmd_jax.main', '--config=configs/toy2d.py:tiny',
-            f'--workdir={other}', f'--config.teacher.checkpoint={params_file}',
-            '--config.stages=("teacher",)'], repo_root)
-  assert r.returncode == 0, r.stderr[-2000:]
+  tiny.run('toy2d', 'tiny', other, {'teacher.checkpoint': str(params_file),
+                                    'stages': ('teacher',)})
   assert json.load(open(other / 'teacher' / 'stage.json'))[
       'imported_from'] == str(params_file)
-  samples = []
-  for w in (toy_workdir, other):
-    out = tmp_path / f'{w.name}.npz'
-    r = _run(['mmd_jax.sample', f'--workdir={w}/teacher', '--steps=4',
-              '--num_samples=64', '--seed=3', f'--output={out}'], repo_root)
-    assert r.returncode == 0, r.stderr[-2000:]
-    samples.append(np.load(out)['samples'])
-  np.testing.assert_array_equal(samples[0], samples[1])
+  a, _, _ = sample.draw(str(toy_workdir / 'teacher'), 4, 64, seed=3)
+  b, _, _ = sample.draw(str(other / 'teacher'), 4, 64, seed=3)
+  np.testing.assert_array_equal(a, b)
+  # Imported once: a second run reads it; another file is refused.
+  tiny.run('toy2d', 'tiny', other, {'teacher.checkpoint': str(params_file),
+                                    'stages': ('teacher',)})
+  second = tmp_path / 'second.npz'
+  shutil.copy(params_file, second)
+  with pytest.raises(ConfigError, match='already holds a teacher'):
+    tiny.run('toy2d', 'tiny', other, {'teacher.checkpoint': str(second),
+                                      'stages': ('teacher',)})
 
 
-def test_teacher_import_names_the_first_mismatch(toy_workdir, repo_root,
-                                                 tmp_path):
+def test_teacher_import_names_the_first_mismatch(toy_workdir, tmp_path):
   params_file = tmp_path / 'teacher.npz'
-  r = _run(['mmd_jax.teacher_io', f'--workdir={toy_workdir}/teacher',
-            f'--output={params_file}'], repo_root)
-  assert r.returncode == 0, r.stderr[-2000:]
+  teacher_io.export(str(toy_workdir / 'teacher'), str(params_file))
   other = tmp_path / 'wider'
-  r = _run(['mmd_jax.main', '--config=configs/toy2d.py:tiny',
-            f'--workdir={other}', f'--config.teacher.checkpoint={params_file}',
-            '--config.model.width=24', '--config.stages=("teacher",)'],
-           repo_root)
-  assert r.returncode == 2
-  err = r.stderr.strip().splitlines()[-1]
-  assert err.startswith('error: teacher.checkpoint') and 'params/' in err
+  with pytest.raises(param_files.TeacherImportError) as e:
+    tiny.run('toy2d', 'tiny', other, {'teacher.checkpoint': str(params_file),
+                                      'model.width': 24,
+                                      'stages': ('teacher',)})
+  err = str(e.value)
+  assert err.startswith('teacher.checkpoint') and 'params/' in err
   assert 'shape' in err and '24' in err, err
   assert not (other / 'teacher' / 'checkpoints').exists()
 
 
-def test_describe_mode_reports_params_flops_and_memory(repo_root, tmp_path):
+def test_teacher_for_other_data_is_refused_in_one_line(toy_workdir, tmp_path):
+  w = tmp_path / 'digits'
+  with pytest.raises(ConfigError) as e:
+    tiny.run('digits', 'tiny_mm', w,
+             {'teacher.checkpoint': str(toy_workdir / 'teacher'),
+              'stages': ('mm_alternating',)})
+  err = str(e.value)
+  assert err.startswith('config.teacher.checkpoint') and 'toy2d' in err \
+      and 'digits' in err, err
+  assert not w.exists()
+
+
+def test_describe_reports_params_flops_and_memory(tmp_path):
   w = tmp_path / 'd'
-  r = _run(['mmd_jax.main', '--config=configs/toy2d.py:tiny_mm',
-            f'--workdir={w}', '--mode=describe'], repo_root)
-  assert r.returncode == 0, r.stderr[-2000:]
-  d = json.load(open(w / 'describe.json'))
+  c = tiny.config('toy2d', 'tiny_mm')
+  d = describe.describe(c, str(w))
   # The count of a real init of the same module.
-  from configs import toy2d
-  from mmd_jax import stages
-  from mmd_jax.describe import data_shape
   import jax
   import jax.numpy as jnp
-  c = toy2d.get_config('tiny_mm')
-  spec = stages.denoiser_spec(c, data_shape(c.data))
+  from mmd_jax.data import data_shape
+  from mmd_jax.denoiser import spec_from_config
+  spec = spec_from_config(c, data_shape(c.data))
   n = sum(x.size for x in jax.tree.leaves(
       spec.init_params(jax.random.PRNGKey(0), jnp.zeros((1, 2)))))
   assert d['networks']['teacher']['params'] == n
   assert d['networks']['student']['params'] == n
   assert d['global_batch'] == c.teacher.batch_size
   assert d['mesh'] == {'data': 1, 'fsdp': 1}
-  names = set(d['stages'])
-  assert names == {'teacher'} | {f'{m}_k{k}' for m in (
+  assert set(d['stages']) == {'teacher'} | {f'{m}_k{k}' for m in (
       'mm_alternating', 'mm_parameter') for k in c.distill.sampling_steps}
   for s in d['stages'].values():
     assert s['flops_per_step'] > 0 and s['memory_bytes'] > 0
@@ -303,8 +288,10 @@ def test_describe_mode_reports_params_flops_and_memory(repo_root, tmp_path):
   # teacher step at the same batch size.
   per_ex = {k: v['flops_per_example'] for k, v in d['stages'].items()}
   assert per_ex['mm_alternating_k2'] > 1.5 * per_ex['teacher']
+  assert json.load(open(w / 'describe.json'))['stages'].keys() == \
+      d['stages'].keys()
   assert not (w / 'teacher').exists()   # nothing trained
-  assert 'TFLOP/step' in r.stdout
+  assert 'TFLOP/step' in describe.format_summary(d)
 
 
 def _points_file(tmp_path, kind):
@@ -318,96 +305,49 @@ def _points_file(tmp_path, kind):
   return f
 
 
-@pytest.mark.parametrize('case,extra,devices,message', [
-    ('points missing', ['--config.data.name=points',
-                        '--config.data.path=MISSING'], 1, 'data.path'),
-    ('points text', ['--config.data.name=points', '--config.data.path=text'], 1,
-     'real numeric array'),
-    ('points rank', ['--config.data.name=points', '--config.data.path=rank3'],
-     1, 'expected rank 2'),
-    ('points empty', ['--config.data.name=points', '--config.data.path=empty'],
-     1, 'is empty'),
-    ('unwritable', ['--workdir=FILE/sub'], 1, 'is not writable'),
-    ('mesh', ['--config.mesh.data=3', '--config.mesh.fsdp=-1'], 8,
-     'does not divide the 8 devices'),
-    ('batch', ['--config.teacher.batch_size=60'], 8,
-     'teacher.batch_size=60 is not divisible by the 8 devices'),
-    ('inception', ['--config.eval.inception_weights=/nonexistent/inc.npz'], 1,
-     'eval.inception_weights'),
-    ('method', ['--config.stages=("teacher","mm_magic")'], 1, 'mm_magic'),
+@pytest.mark.parametrize('kind,error,message', [
+    ('missing', ConfigError, 'data.path'),
+    ('text', DataError, 'real numeric array'),
+    ('rank3', DataError, 'expected rank 2'),
+    ('empty', DataError, 'is empty'),
 ])
-def test_bad_input_is_one_line_and_writes_nothing(case, extra, devices,
-                                                  message, repo_root,
-                                                  tmp_path):
+def test_bad_points_file_is_refused_before_anything_is_written(
+    kind, error, message, tmp_path):
   w = tmp_path / 'never'
+  path = tmp_path / 'missing.npy' if kind == 'missing' else _points_file(
+      tmp_path, kind)
+  before = sorted(os.listdir(tmp_path))
+  with pytest.raises(error, match=message):
+    tiny.run('toy2d', 'tiny', w, {'data.name': 'points',
+                                  'data.path': str(path)})
+  assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_unwritable_workdir_and_missing_teacher_are_one_line(tmp_path):
   blocker = tmp_path / 'a_file'
   blocker.write_text('not a directory')
-  args = []
-  for a in extra:
-    if a.startswith('--config.data.path=') and a != '--config.data.path=MISSING':
-      a = f'--config.data.path={_points_file(tmp_path, a.split("=")[1])}'
-    if a == '--config.data.path=MISSING':
-      a = f'--config.data.path={tmp_path / "missing.npy"}'
-    if a == '--workdir=FILE/sub':
-      w = blocker / 'sub'
-      continue
-    args.append(a)
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  if devices > 1:
-    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
-  before = sorted(os.listdir(tmp_path))
-  r = subprocess.run(
-      [sys.executable, '-m', 'mmd_jax.main', '--config=configs/toy2d.py:tiny',
-       f'--workdir={w}', *args], cwd=repo_root, env=env, capture_output=True,
-      text=True, timeout=120)
-  assert r.returncode != 0, case
-  lines = [l for l in r.stderr.strip().splitlines() if l.startswith('error:')]
-  assert len(lines) == 1 and message in lines[0], (case, r.stderr[-1500:])
-  assert r.stderr.strip().splitlines()[-1] == lines[0]
-  assert not w.exists()
-  assert sorted(os.listdir(tmp_path)) == before   # nothing else written
+  with pytest.raises(runner.WorkdirError, match='is not writable'):
+    tiny.run('toy2d', 'tiny', blocker / 'sub')
   assert blocker.read_text() == 'not a directory'
-
-
-def test_teacher_for_other_data_is_refused_in_one_line(toy_workdir, repo_root,
-                                                      tmp_path):
-  w = tmp_path / 'digits'
-  r = _run(['mmd_jax.main', '--config=configs/digits.py:tiny_mm',
-            f'--workdir={w}', f'--config.teacher.checkpoint={toy_workdir}/teacher',
-            '--config.stages=("mm_alternating",)'], repo_root)
-  assert r.returncode == 2
-  last = r.stderr.strip().splitlines()[-1]
-  assert last.startswith('error: config.teacher.checkpoint') and \
-      'toy2d' in last and 'digits' in last, last
+  w = tmp_path / 'no_teacher'
+  with pytest.raises(runner.WorkdirError, match="add 'teacher' to config"):
+    tiny.run('toy2d', 'tiny_mm', w, {'stages': ('mm_alternating',)})
   assert not w.exists()
 
 
-def test_teacher_param_files_roundtrip_in_both_formats(tmp_path):
-  """.npz and .msgpack hold the same arrays; loading checks names and
-  shapes against the module (the CLI test above covers the .npz path end
-  to end)."""
-  import jax
-  from mmd_jax import teacher_io
-  rng = np.random.default_rng(0)
-  params = {'params': {'Dense_0': {'kernel': rng.normal(size=(3, 4)).astype(
-      np.float32), 'bias': np.zeros(4, np.float32)},
-      'Embed_0': {'embedding': rng.normal(size=(5, 4)).astype(np.float32)}}}
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
-                          params)
-  for suffix in ('.npz', '.msgpack'):
-    f = str(tmp_path / f'p{suffix}')
-    teacher_io.save_params(f, params)
-    back = teacher_io.load_params(f, abstract)
-    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
-      np.testing.assert_array_equal(a, b)
-    wrong = jax.tree.map(lambda a: a, abstract)
-    wrong['params']['Dense_0']['kernel'] = jax.ShapeDtypeStruct((3, 8),
-                                                                np.float32)
-    with pytest.raises(teacher_io.TeacherImportError,
-                       match=r'params/Dense_0/kernel has shape \(3, 4\)'):
-      teacher_io.load_params(f, wrong)
-    extra = {'params': dict(abstract['params'], Dense_1=abstract['params'][
-        'Dense_0'])}
-    with pytest.raises(teacher_io.TeacherImportError,
-                       match='lacks parameter params/Dense_1'):
-      teacher_io.load_params(f, extra)
+@pytest.mark.parametrize('args,devices,message', [
+    (['--config.teacher.nonsense=3'], 1, 'nonsense'),
+    (['--config.teacher.num_train_steps=abc'], 1, 'num_train_steps'),
+    (['--config.stages=("teacher","mm_magic")'], 1, 'mm_magic'),
+    (['--config.mesh.data=3', '--config.mesh.fsdp=-1'], 8,
+     'does not divide the 8 devices'),
+    (['--config.teacher.batch_size=60'], 8,
+     'teacher.batch_size=60 is not divisible by the 8 devices'),
+])
+def test_the_cli_exits_2_with_one_error_line_and_writes_nothing(
+    args, devices, message, repo_root, tmp_path):
+  w = tmp_path / 'never'
+  r = _cli(['mmd_jax.main', '--config=configs/toy2d.py:tiny', f'--workdir={w}',
+            *args], repo_root, devices)
+  assert message in _one_error_line(r)
+  assert not w.exists()

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import toy2d
-from mmd_jax import parallel, pipeline, train
+from mmd_jax import config_check, parallel, runner, train
 from mmd_jax.data import load_dataset
 from mmd_jax.methods import teacher
 
@@ -15,17 +15,24 @@ def _setup(tmp_path, steps=20):
   cfg = toy2d.get_config('tiny')
   cfg.teacher.num_train_steps = steps
   cfg.checkpoint.every_steps = 10
+  cfg.stages = ('teacher',)
   ds = load_dataset(cfg.data)
-  spec = pipeline.denoiser_spec(cfg, ds)
-  return cfg, ds, spec
+  return cfg, ds, None
+
+
+def _env_step(cfg, ds, workdir):
+  plan = config_check.validate(cfg)
+  env = runner.Env(cfg, str(workdir), parallel.make_mesh(cfg.mesh), ds)
+  return env, plan, plan.steps[0]
 
 
 def _train(cfg, ds, spec, workdir):
-  mesh = parallel.make_mesh(cfg.mesh)
-  stage = pipeline.teacher_stage(cfg, str(workdir), ds, spec)
-  stream = pipeline.stream_for(cfg, ds, cfg.teacher.batch_size, 0)
-  return train.run(stage, stream, mesh, jax.random.PRNGKey(0), cfg.checkpoint,
-                   cfg.log)
+  del spec
+  env, _, step = _env_step(cfg, ds, workdir)
+  stage = runner.build_stage(env, step, {})
+  stream = env.stream(ds, cfg.teacher.batch_size, 0)
+  return train.run(stage, stream, env.mesh, jax.random.PRNGKey(0),
+                   cfg.checkpoint, cfg.log)
 
 
 def test_loss_decreases_and_teacher_keeps_adam_state(tmp_path):
@@ -39,11 +46,12 @@ def test_loss_decreases_and_teacher_keeps_adam_state(tmp_path):
   # The logged loss is one small batch; compare a fixed large-batch loss.
   x = jnp.asarray(ds.train['x'][:4096])
   key = jax.random.PRNGKey(42)
+  spec = state.spec
   init = teacher.init(jax.random.PRNGKey(0), spec, state.hparams, state.tx,
                       {'x': x})
 
   def loss(p):
-    return float(teacher.diffusion_loss(spec, p, x, None, key, 'v', 0.5,
+    return float(teacher.diffusion_loss(spec, p, x, None, key, 'v',
                                         train=False))
   print('fixed-batch loss', loss(init.params), loss(state.params))
   assert loss(state.params) < 0.85 * loss(init.params)
@@ -67,9 +75,9 @@ def test_checkpoint_resume_continues_the_same_trajectory(tmp_path):
   for a, b in zip(jax.tree.leaves(straight.opt_state),
                   jax.tree.leaves(resumed.opt_state)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  # The restored checkpoint is what load_teacher sees.
-  loaded = pipeline.load_teacher(cfg, str(tmp_path / 'b'), ds, spec,
-                                 parallel.make_mesh(cfg.mesh))
+  # The restored checkpoint is what the runner's restore sees.
+  env, plan, step = _env_step(cfg, ds, tmp_path / 'b')
+  loaded = runner.restore(env, plan, step)
   for a, b in zip(jax.tree.leaves(loaded.ema_params),
                   jax.tree.leaves(resumed.ema_params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

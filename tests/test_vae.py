@@ -2,8 +2,6 @@
 import json
 import math
 import os
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -158,12 +156,10 @@ def test_vae_networks_shapes(arch, likelihood):
   assert e.shape == (5,) and np.all(np.isfinite(e))
 
 
-def test_vae_stage_end_to_end(tmp_path, repo_root):
+def test_vae_stage_end_to_end(tmp_path):
+  import tiny
   w = str(tmp_path / 'w')
-  r = subprocess.run([sys.executable, '-m', 'mmd_jax.main',
-                      '--config=configs/digits.py:tiny_vae', f'--workdir={w}'],
-                     cwd=repo_root, capture_output=True, text=True)
-  assert r.returncode == 0, r.stderr[-3000:]
+  tiny.run('digits', 'tiny_vae', w)
   rep = json.load(open(os.path.join(w, 'report.json')))
   rows = [x for x in rep['rows'] if x['model'] == 'vae']
   assert len(rows) == 1 and len(rep['rows']) == 1
@@ -180,16 +176,16 @@ def test_vae_stage_end_to_end(tmp_path, repo_root):
   assert steps[-1] == 20
 
 
-def test_latent_pipeline_end_to_end(tmp_path, repo_root):
+def test_latent_pipeline_end_to_end(tmp_path):
   """vae -> teacher -> mm_alternating -> emd -> evaluate in the VAE's
   latent space: the diffusion stages train on (N, latent_dim) points and
-  everything scored or sampled comes back decoded, in data space."""
+  everything scored or sampled comes back decoded, in data space. Another
+  run then diffuses in that VAE's space by naming it."""
+  import tiny
+  from mmd_jax import sample
+  from mmd_jax.checks import ConfigError
   w = str(tmp_path / 'w')
-  r = subprocess.run([sys.executable, '-m', 'mmd_jax.main',
-                      '--config=configs/digits_latent.py:tiny',
-                      f'--workdir={w}'],
-                     cwd=repo_root, capture_output=True, text=True)
-  assert r.returncode == 0, r.stderr[-3000:]
+  tiny.run('digits_latent', 'tiny', w)
   meta = json.load(open(os.path.join(w, 'teacher', 'stage.json')))
   assert meta['example_shape'] == [4]
   rep = json.load(open(os.path.join(w, 'report.json')))
@@ -199,15 +195,28 @@ def test_latent_pipeline_end_to_end(tmp_path, repo_root):
   for row in rep['rows'][1:]:
     assert set(row['metrics']) >= {'fd', 'class_accuracy'}
     assert all(np.isfinite(v) for v in row['metrics'].values())
-  out = str(tmp_path / 's.npz')
-  r = subprocess.run([sys.executable, '-m', 'mmd_jax.sample',
-                      f'--workdir={w}/mm_alternating_k2', '--num_samples=7',
-                      f'--output={out}'], cwd=repo_root, capture_output=True,
-                     text=True)
-  assert r.returncode == 0, r.stderr[-3000:]
-  s = np.load(out)['samples']
+  s, _, _ = sample.draw(os.path.join(w, 'mm_alternating_k2'), None, 7)
   assert s.shape == (7, 8, 8, 1)           # decoded, not (7, 4) latents
   assert s.min() >= -1.0 and s.max() <= 1.0
+  assert os.path.exists(os.path.join(w, 'teacher', 'samples.png'))
+
+  # A second run imports the trained VAE and reads the first run's teacher
+  # in its space.
+  w2 = str(tmp_path / 'w2')
+  vae_dir = os.path.join(w, 'vae')
+  tiny.run('digits_latent', 'tiny', w2, {
+      'stages': ('mm_alternating', 'evaluate'),
+      'latent.vae_checkpoint': vae_dir,
+      'teacher.checkpoint': os.path.join(w, 'teacher')})
+  rows = json.load(open(os.path.join(w2, 'report.json')))['rows']
+  assert [r['model'] for r in rows][:2] == ['vae', 'teacher']
+  assert rows[0]['metrics'] == rep['rows'][0]['metrics']
+  assert not os.path.exists(os.path.join(w2, 'vae'))
+  # A VAE trained with another setting is refused in one line.
+  with pytest.raises(ConfigError, match='latent_dim'):
+    tiny.run('digits_latent', 'tiny', str(tmp_path / 'w3'), {
+        'stages': ('teacher',), 'latent.vae_checkpoint': vae_dir,
+        'vae.latent_dim': 3})
 
 
 @pytest.mark.parametrize('key,value,needle', [

@@ -52,6 +52,35 @@ class Dataset:
     return x[perm[:m]], x[perm[m:2 * m]]
 
 
+@dataclasses.dataclass
+class DataShape:
+  """What a Dataset says about its examples, without the data: enough to
+  build, describe or bench a stage."""
+  name: str
+  kind: str
+  example_shape: tuple
+  num_classes: int
+
+
+def data_shape(data_cfg) -> DataShape:
+  """The shape of what `load_dataset(data_cfg)` would load, reading
+  nothing but a points file's header."""
+  name = data_cfg.name
+  if name == 'toy2d':
+    return DataShape(f'toy2d/{data_cfg.toy_name}', 'points', (2,), 0)
+  if name == 'digits':
+    return DataShape('digits', 'digits', (8, 8, 1), 10)
+  if name == 'points':
+    arr = points_lib.load_points(data_cfg.path)
+    return DataShape(f'points/{os.path.basename(data_cfg.path)}', 'points',
+                     tuple(arr.shape[1:]), 0)
+  if name in images_lib.IMAGE_DATASETS:
+    spec = images_lib.IMAGE_DATASETS[name]
+    return DataShape(name, 'images', (spec.resolution,) * 2 + (3,),
+                     spec.num_classes)
+  raise DataError(f'unknown data.name {name!r}; choose one of {DATASETS}')
+
+
 def load_dataset(data_cfg) -> Dataset:
   name = data_cfg.name
   if name == 'toy2d':
@@ -77,4 +106,5 @@ def load_dataset(data_cfg) -> Dataset:
   raise DataError(f'unknown data.name {name!r}; choose one of {DATASETS}')
 
 
-__all__ = ['Dataset', 'DataError', 'load_dataset', 'DATASETS']
+__all__ = ['Dataset', 'DataShape', 'DataError', 'data_shape', 'load_dataset',
+           'DATASETS']

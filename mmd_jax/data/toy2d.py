@@ -32,7 +32,7 @@ def _mixture(means, std, weights=None) -> Mixture:
 
 def get_mixture(name: str) -> Mixture:
   if name == 'asymmetric_mixture':
-    # ALGORITHMS.md §6: unequal weights make mode-dropping visible.
+    # docs/ALGORITHMS.md §6: unequal weights make mode-dropping visible.
     return _mixture(_circle(6, 2.0), 0.1, (.35, .25, .15, .12, .08, .05))
   if name == 'ring8':
     return _mixture(_circle(8, 2.0), 0.1)

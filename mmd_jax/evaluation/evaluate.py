@@ -13,53 +13,50 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mmd_jax import train
 from mmd_jax.evaluation import fid, plots, precision_recall, report, toy_metrics
 from mmd_jax.evaluation.digits_classifier import DigitsClassifier
-from mmd_jax.methods import emd
+from mmd_jax.timing import fmt_duration
 
 
 @functools.lru_cache(maxsize=64)
-def draw_fn(spec, k: int, sampler: str, shape, guidance: float = 0.0,
-            logsnr_generator: float | None = None):
+def draw_fn(draw, steps: int, sampler: str, shape, guidance: float = 0.0):
   """`(params, key, labels) -> samples` of `shape`, jitted once per setting:
   periodic quality and `--mode=eval` call `generate` many times with the
-  same sampler, and a fresh jit each call would recompile each time."""
+  same sampler, and a fresh jit each call would recompile each time. `draw`
+  compares by value, so jobs that sample alike share the program."""
   shape = tuple(shape)
 
   @jax.jit  # params as an argument: closed-over arrays become constants
-  def draw(params, key, labels):
-    if logsnr_generator is not None:
-      return emd.generator_sample(spec, params, key, shape, logsnr_generator,
-                                  labels)
-    return spec.sample(params, key, shape, k, labels=labels,
-                       guidance=guidance, sampler=sampler)
+  def fn(params, key, labels):
+    return draw(params, key, shape, labels, steps, sampler, guidance)
 
-  return draw
+  return fn
 
 
-def generate(spec, params, key, n: int, k: int, sampler: str, batch_size: int,
-             shape, num_classes: int = 0, guidance: float = 0.0,
-             logsnr_generator: float | None = None,
-             progress_every_s: float = 30.0, quantize: bool = False):
-  """n samples in data space; labels cycle 0..C-1 for conditional models.
+def generate(draw, params, key, n: int, steps: int, sampler: str,
+             batch_size: int, shape, num_classes: int = 0,
+             guidance: float = 0.0, decode=None, quantize: bool = False,
+             progress_every_s: float = 30.0):
+  """n samples; labels cycle 0..C-1 for conditional models.
 
-  With `logsnr_generator` set, `params` is a one-step generator (EMD) and
-  `k` and `sampler` are ignored. `quantize` returns uint8 images in
+  `draw(params, key, shape, labels, steps, sampler, guidance)` is a job's
+  sampler (stages/base.py's `Sampling.draw`). `decode` maps each batch to
+  data space (a latent run's decoder). `quantize` returns uint8 images in
   [0, 255], as the standard FID protocol scores them (and 4x smaller to
   hold: 50k ImageNet-128 samples are 2.4 GB). Long runs log progress lines
   (count, samples/s, ETA) every `progress_every_s` seconds.
   """
   shape = tuple(shape)
   labels_all = (np.arange(n) % num_classes).astype(np.int32) if num_classes else None
-  draw = draw_fn(spec, k, sampler, (batch_size,) + shape, guidance,
-                 logsnr_generator)
+  fn = draw_fn(draw, steps, sampler, (batch_size,) + shape, guidance)
   out = []
   t0, last_log = time.time(), time.time()
   for i in range(0, n, batch_size):
     lab = None if labels_all is None else jnp.asarray(
         np.resize(labels_all[i:i + batch_size], batch_size))
-    x = np.asarray(draw(params, jax.random.fold_in(key, i), lab))
+    x = np.asarray(fn(params, jax.random.fold_in(key, i), lab))
+    if decode is not None:
+      x = np.asarray(decode(x))
     if quantize:
       x = np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
     out.append(x)
@@ -68,10 +65,9 @@ def generate(spec, params, key, n: int, k: int, sampler: str, batch_size: int,
       rate = done / (time.time() - t0)
       logging.info('  sampling %d/%d (%.0f%%) | %.1f samples/s | ETA %s',
                    done, n, 100.0 * done / n, rate,
-                   train.fmt_duration((n - done) / max(rate, 1e-9)))
+                   fmt_duration((n - done) / max(rate, 1e-9)))
       last_log = time.time()
   return np.concatenate(out)[:n], labels_all
-
 
 
 class Scorer:
@@ -189,22 +185,27 @@ class Scorer:
 
 @dataclasses.dataclass
 class Entry:
-  """One report row to produce: a model's params sampled one way."""
-  model: str      # 'teacher', 'mm_alternating', ...
-  sampler: str    # 'ancestral' | 'ddim' | 'student' (= ancestral, own k)
+  """One report row to produce: a trained model's params sampled one way."""
+  model: str          # the row's model
+  sampler: str        # the row's sampler: 'ancestral', 'ddim', or 'student'
+                      # (a k-step student or generator at its own k)
   steps: int
-  spec: object
+  draw: object        # (params, key, shape, labels, steps, sampler, guidance)
   params: object
-  logsnr_generator: float | None = None   # one-step generators only
+  shape: tuple        # what draw returns per example (latents in latent runs)
+  num_classes: int = 0
+  draw_sampler: str = 'ancestral'   # the sampler draw is called with
+  guidance: float = 0.0
+  decode: object = None             # to data space
   train_seconds_per_step: float | None = None
-  setting: dict | None = None             # EMD hyperparameters
+  setting: dict | None = None       # hyperparameters shown beside the row
 
 
 def run(config, workdir: str, dataset, entries, extra_rows=(),
-        extra_images=None, sample_shape=None, decode=None):
-  """Samples and scores every entry and writes the report; `extra_rows`
-  (already scored, e.g. the VAE's) come first, `extra_images` are linked.
-  Latent runs sample `sample_shape` and `decode` to data space to score."""
+        extra_images=None):
+  """Samples and scores every entry against `dataset` (the data in data
+  space) and writes the report; `extra_rows` (already scored, e.g. a VAE's)
+  come first, `extra_images` are linked."""
   out_dir = os.path.join(workdir, 'evaluate')
   os.makedirs(out_dir, exist_ok=True)
   scorer = Scorer(config, dataset, workdir)
@@ -216,16 +217,10 @@ def run(config, workdir: str, dataset, entries, extra_rows=(),
   key = jax.random.PRNGKey(config.eval.seed)
   for e in entries:
     t0 = time.time()
-    sampler = 'ancestral' if e.sampler == 'student' else e.sampler
     samples, labels = generate(
-        e.spec, e.params, key, config.eval.num_samples, e.steps, sampler,
-        config.eval.batch_size, sample_shape or dataset.example_shape,
-        e.spec.num_classes,
-        config.eval.guidance if e.model == 'teacher' else 0.0,
-        e.logsnr_generator,
-        quantize=dataset.kind == 'images' and decode is None)
-    if decode is not None:
-      samples = decode(samples)
+        e.draw, e.params, key, config.eval.num_samples, e.steps,
+        e.draw_sampler, config.eval.batch_size, e.shape, e.num_classes,
+        e.guidance, decode=e.decode, quantize=dataset.kind == 'images')
     gen_s = time.time() - t0
     metrics = scorer.score(samples, labels)
     logging.info('evaluate %s %s k=%d: %s (%.1fs to sample)', e.model,
@@ -238,12 +233,12 @@ def run(config, workdir: str, dataset, entries, extra_rows=(),
     if e.setting is not None:
       row['setting'] = e.setting
     rows.append(row)
-    # One picture per stage: the teacher's across its step counts, each
-    # student's (and generator's) at its own k.
-    if e.model == 'teacher':
-      stem, title = f'teacher_{e.sampler}', f'teacher samples ({e.sampler})'
-    else:
+    # One picture per model: a many-step model's across its step counts
+    # (one per sampler), a student's (or generator's) at its own k.
+    if e.sampler == 'student':
       stem, title = f'{e.model}_k{e.steps}', f'{e.model} samples (k={e.steps})'
+    else:
+      stem, title = f'{e.model}_{e.sampler}', f'{e.model} samples ({e.sampler})'
     panels.setdefault((stem, title), []).append(
         (f'{e.model} {e.sampler} k={e.steps}', samples[:1000]))
   for (stem, title), pan in panels.items():

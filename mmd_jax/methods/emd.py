@@ -1,4 +1,5 @@
-"""EM distillation (Xie et al. 2024) to a one-step generator, ALGORITHMS.md §4.
+"""EM distillation (Xie et al. 2024) to a one-step generator
+(docs/ALGORITHMS.md §4).
 
   state = emd.init(key, teacher_params, spec, hp, gen_tx, score_tx, batch)
   state, metrics = emd.step(state, batch, key)
@@ -24,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mmd_jax import diffusion, loops, mcmc
+from mmd_jax import diffusion, loops, mcmc, optim
 from mmd_jax.denoiser import DenoiserSpec
 from mmd_jax.methods import teacher as teacher_lib
 from mmd_jax.microbatch import ALL, Rows, accumulate
@@ -49,7 +50,6 @@ class EMDHParams:
   t_max: float = 0.98
   score_updates: int = 1
   score_loss_weight: str = 'v'
-  sigma_data: float = 0.5
   guidance: float = 0.0            # CFG inside the teacher only
   grad_accum_steps: int = 1        # micro-batches per step (microbatch.py)
 
@@ -213,7 +213,7 @@ def e_step(spec, hp: EMDHParams, teacher_params, score_params,
 
 def weight(name: str, lam):
   """w(t). 'inv_snr' makes the K = 1 gradient (x_T - x_S)^T dg/dtheta, O(1)
-  at every t; 'sigma_over_alpha' is ALGORITHMS.md §4's example."""
+  at every t; 'sigma_over_alpha' is docs/ALGORITHMS.md §4's example."""
   a, s = diffusion.alpha_sigma(lam)
   if name == 'inv_snr':
     return (s * s) / (a * a)
@@ -282,8 +282,10 @@ def diff_instruct_gradient(spec, teacher_params, score_params,
 
 
 def score_update(spec, hp: EMDHParams, score_params, score_opt, score_tx,
-                 generator_params, labels, key, shape):
-  """`score_updates` DSM steps of psi on fresh generator samples."""
+                 generator_params, labels, key, shape, global_step=0):
+  """`score_updates` DSM steps of psi on fresh generator samples, each at
+  the learning rate of `global_step` (a global-step optimiser) rather than
+  its own update count."""
   n = hp.grad_accum_steps
   micro_shape = (shape[0] // n,) + tuple(shape[1:])
   lab_batch = {} if labels is None else {'label': labels}
@@ -299,13 +301,13 @@ def score_update(spec, hp: EMDHParams, score_params, score_opt, score_tx,
                         hp.logsnr_generator))
       loss, grad = jax.value_and_grad(
           lambda p: teacher_lib.diffusion_loss(
-              spec, p, x0, lab, k_loss, hp.score_loss_weight, hp.sigma_data,
-              train=False, rows=rows))(psi)
+              spec, p, x0, lab, k_loss, hp.score_loss_weight, train=False,
+              rows=rows))(psi)
       return grad, loss
 
     grad, loss = accumulate(grads_of, lab_batch, n)
-    upd, opt = score_tx.update(grad, opt, psi)
-    return (optax.apply_updates(psi, upd), opt), loss
+    psi, opt, _ = optim.update(score_tx, grad, opt, psi, global_step)
+    return (psi, opt), loss
 
   (psi, opt), losses = loops.scan(
       one, (score_params, score_opt),
@@ -331,15 +333,15 @@ def step(state: EMDState, batch, key):
     return grad, {'loss': loss, **stats}
 
   grad, metrics = accumulate(grads_of, dict(batch), hp.grad_accum_steps)
-  upd, gen_opt = state.generator_tx.update(grad, state.generator_opt,
-                                           state.generator_params)
-  theta = optax.apply_updates(state.generator_params, upd)
+  theta, gen_opt, rate = optim.update(state.generator_tx, grad,
+                                      state.generator_opt,
+                                      state.generator_params, state.step)
   labels = batch.get('label') if spec.num_classes else None
   psi, score_opt, score_loss = score_update(
       spec, hp, state.score_params, state.score_opt, state.score_tx, theta,
-      labels, k_score, batch['x'].shape)
+      labels, k_score, batch['x'].shape, state.step)
   new = state.replace(step=state.step + 1, generator_params=theta,
                       generator_opt=gen_opt, score_params=psi,
                       score_opt=score_opt)
   return new, {**metrics, 'grad_norm': optax.tree.norm(grad),
-               'score_loss': score_loss}
+               'score_loss': score_loss, 'learning_rate': rate}

@@ -1,4 +1,5 @@
-"""Moment matching distillation (Salimans et al. 2024), ALGORITHMS.md §2-3.
+"""Moment matching distillation (Salimans et al. 2024), docs/ALGORITHMS.md
+§2-3.
 
 Two pure, jittable algorithms that turn a teacher into a k-step student:
 
@@ -19,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mmd_jax import diffusion, sampling
+from mmd_jax import diffusion, optim
 from mmd_jax.denoiser import DenoiserSpec
-from mmd_jax.methods.teacher import make_optimizer  # noqa: F401 (re-export)
+from mmd_jax.methods import teacher as teacher_lib
 from mmd_jax.microbatch import ALL, Rows, accumulate
 
 sg = jax.lax.stop_gradient
@@ -36,16 +37,19 @@ class MMHParams:
   weighting: str = 'v'          # w(s): v | edm | flat | snr | dmd
   renoise: str = 'conditional'  # q(z_s|z_t, x~) (paper) or marginal q(z_s|x~)
   guidance: float = 0.0         # CFG weight, used only inside the teacher
-  sigma_data: float = 0.5
   s_range: str = 'auto'         # grid: s in [0, 1-1/k]; full: s in [0, 1]
   grad_accum_steps: int = 1     # micro-batches per step (microbatch.py)
 
 
 def mm_optimizer(learning_rate, warmup_steps, total_steps, grad_clip=1.0):
   """The paper's optimiser: Adam(b1=0, b2=0.99, eps=1e-12), clipping at 1,
-  warm-up then linear decay to 0."""
-  tx, _ = make_optimizer(learning_rate, warmup_steps, total_steps, grad_clip,
-                         b1=0.0, b2=0.99, eps=1e-12, decay=True)
+  warm-up then linear decay to 0, on the global step: Algorithm 2's two
+  networks each update every other step, and both follow one schedule
+  (warm-up ends at global step `warmup_steps`, the rate is 0 at the last
+  step). Any optax transformation works too; it then counts its own
+  updates."""
+  tx, _ = optim.global_step_adam(learning_rate, warmup_steps, total_steps,
+                                 grad_clip, b1=0.0, b2=0.99, eps=1e-12)
   return tx
 
 
@@ -59,7 +63,7 @@ S_RANGES = ('auto', 'grid', 'full')
 def sample_times(key, batch: int, k: int, s_range: str = 'grid',
                  rows: Rows = ALL):
   """delta ~ U[0, 1/k], t = min(s + delta, 1), with s ~ U[0, 1 - 1/k]
-  ('grid', ALGORITHMS.md §2) or s ~ U[0, 1] ('full').
+  ('grid', docs/ALGORITHMS.md §2) or s ~ U[0, 1] ('full').
 
   'auto' is 'full' at k = 1 only: there the grid range is the single point
   s = 0, where z_s = x~ and both denoisers return x~, so the gradient
@@ -213,7 +217,7 @@ def alternating_step(state: AlternatingState, batch, key):
               net=net)
     x_teacher = sg(_teacher_x(spec, state.teacher_params, d.z_s, d.lam_s,
                               labels, hp.guidance))
-    w = weight(hp.weighting, d.lam_s, hp.sigma_data, d.x_tilde, x_teacher)
+    w = weight(hp.weighting, d.lam_s, spec.sigma_data, d.x_tilde, x_teacher)
     x_tilde = sg(d.x_tilde)
     x_aux, aux_vjp = jax.vjp(net, state.aux_params, d.z_s, d.lam_s)
     x_aux = sg(x_aux)
@@ -237,15 +241,17 @@ def alternating_step(state: AlternatingState, batch, key):
   g, metrics = accumulate(grads_of, dict(batch), hp.grad_accum_steps)
   # One optimiser update, of whichever network this step trains (both use
   # the same optax transformation, so their states have one structure).
-  upd, opt = state.tx.update(g, pick(state.aux_opt, state.student_opt), chosen)
-  new_params = optax.apply_updates(chosen, upd)
+  # The rate comes from the global step, so both networks follow one
+  # schedule although each updates every other step.
+  new_params, opt, rate = optim.update(
+      state.tx, g, pick(state.aux_opt, state.student_opt), chosen, state.step)
   new = state.replace(
       step=state.step + 1,
       aux_params=pick(new_params, state.aux_params),
       student_params=pick(state.student_params, new_params),
       aux_opt=pick(opt, state.aux_opt),
       student_opt=pick(state.student_opt, opt))
-  metrics.update(grad_norm=optax.tree.norm(g),
+  metrics.update(grad_norm=optax.tree.norm(g), learning_rate=rate,
                  aux_step=is_aux.astype(jnp.float32))
   return new, metrics
 
@@ -273,8 +279,12 @@ class ParameterState:
 
 def preconditioner(nu, count, b2: float, eps: float = 1e-8):
   """Lambda = diag(1 / (sqrt(v_hat) + eps)) from Adam's raw nu and count."""
-  correction = 1.0 - b2 ** jnp.maximum(count, 1).astype(jnp.float32)
-  return jax.tree.map(lambda v: 1.0 / (jnp.sqrt(v / correction) + eps), nu)
+  return preconditioner_from_v_hat(teacher_lib.bias_corrected(nu, count, b2),
+                                   eps)
+
+
+def preconditioner_from_v_hat(v_hat, eps: float = 1e-8):
+  return jax.tree.map(lambda v: 1.0 / (jnp.sqrt(v) + eps), v_hat)
 
 
 def init_parameter(key, teacher_params, precond, spec: DenoiserSpec,
@@ -307,7 +317,7 @@ def _teacher_grad(spec, teacher_params, d: _Draw, hp: MMHParams):
   x_unguided, vjp = jax.vjp(
       lambda th: spec.x_hat(th, d.z_s, d.lam_s, d.labels), teacher_params)
   x_guided = _guided(spec, teacher_params, x_unguided, d, hp.guidance)
-  w = weight(hp.weighting, d.lam_s, hp.sigma_data, d.x_tilde, x_guided)
+  w = weight(hp.weighting, d.lam_s, spec.sigma_data, d.x_tilde, x_guided)
   resid = x_guided - sg(d.x_tilde)
   n, dim = resid.shape[0], resid[0].size
   ct = 2.0 * w.reshape((-1,) + (1,) * (resid.ndim - 1)) * resid / (n * dim)
@@ -328,7 +338,7 @@ def _batch_a_terms(spec, teacher_params, nu, d_a: _Draw, hp: MMHParams):
       (teacher_params,), (nu,))
   j_nu = sg(j_nu)
   x_teacher_a = _guided(spec, teacher_params, x_unguided, d_a, hp.guidance)
-  w_a = weight(hp.weighting, d_a.lam_s, hp.sigma_data, d_a.x_tilde,
+  w_a = weight(hp.weighting, d_a.lam_s, spec.sigma_data, d_a.x_tilde,
                x_teacher_a)
   monitor = 0.5 * jnp.mean(w_a * _per_example_mean(
       2.0 * (x_teacher_a - sg(d_a.x_tilde)) * j_nu))
@@ -383,16 +393,11 @@ def parameter_step(state: ParameterState, batch, key):
     return g, {'loss': loss, 'monitor': monitor}
 
   g, metrics = accumulate(student_grad_a, batch_a, hp.grad_accum_steps)
-  upd, opt = state.tx.update(g, state.student_opt, state.student_params)
-  new = state.replace(step=state.step + 1,
-                      student_params=optax.apply_updates(state.student_params,
-                                                         upd),
+  params, opt, rate = optim.update(state.tx, g, state.student_opt,
+                                   state.student_params, state.step)
+  new = state.replace(step=state.step + 1, student_params=params,
                       student_opt=opt)
-  return new, {**metrics, 'grad_norm': optax.tree.norm(g)}
+  return new, {**metrics, 'grad_norm': optax.tree.norm(g),
+               'learning_rate': rate}
 
 
-def student_sample(spec: DenoiserSpec, params, key, shape, k: int,
-                   labels=None):
-  """Algorithm 1 with the student and its own k."""
-  return sampling.ancestral_sample(key, spec.denoiser(params, labels), spec.schedule,
-                                   shape, k)

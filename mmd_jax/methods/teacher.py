@@ -17,6 +17,7 @@ import optax
 from mmd_jax import diffusion
 from mmd_jax.denoiser import DenoiserSpec
 from mmd_jax.microbatch import ALL, Rows, accumulate
+from mmd_jax.optim import make_optimizer  # noqa: F401 (public here too)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +25,6 @@ class TeacherHParams:
   loss_weight: str = 'v'
   label_dropout: float = 0.1
   ema_decay: float = 0.999
-  sigma_data: float = 0.5
   stratified_t: bool = True
   grad_accum_steps: int = 1   # micro-batches per step (microbatch.py)
 
@@ -40,28 +40,10 @@ class TeacherState:
   hparams: TeacherHParams = flax.struct.field(pytree_node=False)
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
-
-def make_optimizer(learning_rate: float, warmup_steps: int, total_steps: int,
-                   grad_clip: float, b1: float = 0.9, b2: float = 0.99,
-                   eps: float = 1e-8, decay: bool = False):
-  """Adam after global-norm clipping, with linear warm-up (then optional
-  linear decay to 0)."""
-  warmup_steps = max(int(warmup_steps), 1)
-  if decay:
-    lr = optax.join_schedules([
-        optax.linear_schedule(0.0, learning_rate, warmup_steps),
-        optax.linear_schedule(learning_rate, 0.0,
-                              max(total_steps - warmup_steps, 1))],
-                              [warmup_steps])
-  else:
-    lr = optax.join_schedules([
-        optax.linear_schedule(0.0, learning_rate, warmup_steps),
-        optax.constant_schedule(learning_rate)], [warmup_steps])
-  chain = []
-  if grad_clip and grad_clip > 0:
-    chain.append(optax.clip_by_global_norm(grad_clip))
-  chain.append(optax.adam(lr, b1=b1, b2=b2, eps=eps))
-  return optax.chain(*chain), lr
+  @property
+  def sampling_params(self):
+    """What samples are drawn with: the EMA when there is one."""
+    return self.ema_params if self.hparams.ema_decay > 0 else self.params
 
 
 def init(key, spec: DenoiserSpec, hparams: TeacherHParams,
@@ -96,7 +78,7 @@ def sample_t(key, batch: int, stratified: bool, rows: Rows = ALL):
 
 
 def diffusion_loss(spec: DenoiserSpec, params, x, labels, key,
-                   loss_weight: str, sigma_data: float, train: bool = True,
+                   loss_weight: str, train: bool = True,
                    stratified_t: bool = False, rows: Rows = ALL):
   """E_t,eps w(lam_t) ||x - x_hat(z_t)||^2 with t ~ U[0, 1]. Mean over dims.
   (Dropout masks, if any, are drawn per micro-batch.)"""
@@ -105,7 +87,7 @@ def diffusion_loss(spec: DenoiserSpec, params, x, labels, key,
   lam = spec.schedule(t)
   z = diffusion.diffuse(x, lam, rows.normal(k_eps, x.shape))
   x_hat = spec.x_hat(params, z, lam, labels, train=train, rng=k_drop)
-  w = diffusion.loss_weight(loss_weight, lam, sigma_data)
+  w = diffusion.loss_weight(loss_weight, lam, spec.sigma_data)
   mse = jnp.mean(jnp.square(x - x_hat).reshape(x.shape[0], -1), axis=-1)
   return jnp.mean(w * mse)
 
@@ -121,7 +103,7 @@ def step(state: TeacherState, batch, key):
                          rows)
     loss, grads = jax.value_and_grad(
         lambda p: diffusion_loss(spec, p, mb['x'], labels, k_loss,
-                                 hp.loss_weight, hp.sigma_data,
+                                 hp.loss_weight,
                                  stratified_t=hp.stratified_t,
                                  rows=rows))(state.params)
     return grads, loss
@@ -137,14 +119,27 @@ def step(state: TeacherState, batch, key):
                        opt_state=opt_state), metrics
 
 
-def sampling_params(state: TeacherState):
-  return state.ema_params if state.hparams.ema_decay > 0 else state.params
-
-
 def adam_second_moment(opt_state):
-  """The bias-corrected Adam nu (v-hat) from a teacher's optimiser state."""
+  """Adam's raw second moment nu and its update count, from a teacher's
+  optimiser state (`bias_corrected` turns them into v-hat)."""
   for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(
       x, optax.ScaleByAdamState)):
     if isinstance(s, optax.ScaleByAdamState):
       return s.nu, s.count
   raise ValueError('optimiser state holds no Adam second moment')
+
+
+def bias_corrected(nu, count, b2: float):
+  """Adam's v-hat = nu / (1 - b2^count)."""
+  correction = 1.0 - b2 ** jnp.maximum(count, 1).astype(jnp.float32)
+  return jax.tree.map(lambda v: v / correction, nu)
+
+
+def second_moment_update(spec: DenoiserSpec, hp: TeacherHParams, params, nu,
+                         batch, key, b2: float):
+  """nu <- b2 nu + (1 - b2) g^2 for one fresh teacher gradient g at fixed
+  params: Adam's second moment for a teacher imported without it."""
+  labels = batch.get('label') if spec.num_classes else None
+  g = jax.grad(lambda p: diffusion_loss(spec, p, batch['x'], labels, key,
+                                        hp.loss_weight))(params)
+  return jax.tree.map(lambda n, gi: b2 * n + (1 - b2) * gi * gi, nu, g)

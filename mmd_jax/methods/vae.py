@@ -1,4 +1,4 @@
-"""AEVB: a VAE trained with the SGVB estimator B (ALGORITHMS.md §5).
+"""AEVB: a VAE trained with the SGVB estimator B (docs/ALGORITHMS.md §5).
 
   L(x) = -KL(q(z|x) || N(0, I)) + 1/L sum_l log p(x | mu + sigma * eps_l)
 

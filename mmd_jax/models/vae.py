@@ -1,5 +1,5 @@
 """VAE networks: a Gaussian encoder q(z|x) and a Bernoulli or Gaussian
-decoder p(x|z), as MLPs (Kingma & Welling's, ALGORITHMS.md §5) or small
+decoder p(x|z), as MLPs (Kingma & Welling's, docs/ALGORITHMS.md §5) or small
 convnets for images. One module holds both; `encode` and `decode` are its
 methods, so `module.apply(params, x, method='encode')` reads either half.
 """

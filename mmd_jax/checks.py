@@ -1,0 +1,30 @@
+"""The one-line config error and the small validators every config check
+uses: the runner's (config_check.py) and each method's own `validate`."""
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+  """A bad config value. str() is the one line shown to the user."""
+
+
+def need(cond: bool, key: str, msg: str):
+  if not cond:
+    raise ConfigError(f'config.{key}: {msg}')
+
+
+def lookup(config, key: str):
+  v = config
+  for part in key.split('.'):
+    v = v[part]
+  return v
+
+
+def positive_int(config, key: str):
+  v = lookup(config, key)
+  need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, key,
+       f'must be an integer >= 1, got {v!r}')
+
+
+def one_of(config, key: str, known):
+  v = lookup(config, key)
+  need(v in known, key, f'unknown {v!r}; known: {tuple(known)}')

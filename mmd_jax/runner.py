@@ -1,0 +1,530 @@
+"""Runs a plan (plan.py): trains or restores each job in order, hands the
+artifacts each publishes to later jobs, and evaluates.
+
+It names no method: everything it knows about one comes through the
+registry and the interface of stages/base.py. A finished job (its
+stage.json records the final step) is skipped on a re-run, an unfinished
+one resumes from its latest checkpoint, and a provider's trained state is
+restored only when a later job first needs what it publishes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import zlib
+
+import jax
+import numpy as np
+from absl import logging
+
+from mmd_jax import config_check, parallel, plan as plan_lib, train
+from mmd_jax import stages as registry
+from mmd_jax.checks import ConfigError
+from mmd_jax.data import batches, load_dataset
+from mmd_jax.denoiser import spec_from_config
+from mmd_jax.evaluation import evaluate, plots
+from mmd_jax.space import IDENTITY
+from mmd_jax.stages.base import Context
+
+# Sampling steps of the preview picture of a many-step model.
+PREVIEW_STEPS = 64
+
+
+class WorkdirError(ValueError):
+  """The workdir lacks (or holds a damaged copy of) what the run needs."""
+
+
+def stage_key(seed: int, name: str):
+  """A stage's base key: the seed and the directory name only, so a stage
+  draws the same numbers whatever ran before it (crc32: distinct for
+  anagram names, unlike a sum of character codes)."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed),
+                            np.uint32(zlib.crc32(name.encode())))
+
+
+class Env:
+  """The run around the methods: config, workdir, mesh, the data, and the
+  space the diffusion models live in (identity until a published space
+  replaces it)."""
+
+  def __init__(self, config, workdir: str, mesh, data):
+    self.config, self.workdir, self.mesh, self.data = (config, workdir, mesh,
+                                                       data)
+    self.set_space(IDENTITY)
+
+  def set_space(self, space):
+    self.space = space
+    self.dataset = space.encode_dataset(self.data)
+    self.spec = spec_from_config(self.config, self.dataset)
+
+  def stream(self, dataset, batch_size: int, salt: int):
+    images = dataset.kind == 'images'
+    return batches.BatchStream(
+        dataset.train, batch_size, self.config.seed + salt,
+        jax.process_index(), jax.process_count(),
+        random_flip=images and self.config.data.random_flip, prefetch=images)
+
+  def context(self, method) -> Context:
+    if method.in_space:
+      dataset, spec = self.dataset, self.spec
+    else:
+      dataset, spec = self.data, spec_from_config(self.config, self.data)
+    return Context(self.workdir, self.mesh, self.data, dataset, spec,
+                   self.space, self.stream)
+
+  def stage_dir(self, job) -> str:
+    return job.stage_dir or os.path.join(self.workdir, job.name)
+
+
+# ----------------------------------------------------------------------------
+# stage.json
+
+
+def _read_meta(stage_dir: str):
+  path = os.path.join(stage_dir, 'stage.json')
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise WorkdirError(f'{path} is damaged ({e}); restore it or remove the '
+                       'directory') from None
+
+
+def _stage_meta(step, ctx) -> dict:
+  job = step.job
+  meta = {'method': job.method, 'k': job.steps, 'model': job.model,
+          'dataset': ctx.dataset.name,
+          'example_shape': list(ctx.dataset.example_shape),
+          'num_classes': ctx.dataset.num_classes if not step.method.in_space
+          else ctx.spec.num_classes}
+  if job.setting is not None:
+    meta['setting'] = job.setting
+  meta.update(job.meta)
+  return meta
+
+
+def _check_same(stage_dir: str, meta: dict, key_name: str = ''):
+  """A directory holds one setting: refuse to resume, skip or score one
+  trained with other hyperparameters. Settings compare on the keys both
+  record, so a field added or dropped since does not refuse old runs."""
+  old = _read_meta(stage_dir)
+  if old is None:
+    return
+  where = f'config.{key_name}: ' if key_name else ''
+  diffs = [(k, old[k], meta[k]) for k in ('method', 'k') if k in old
+           and old[k] != meta[k]]
+  old_set, new_set = old.get('setting'), meta.get('setting')
+  if isinstance(old_set, dict) and isinstance(new_set, dict):
+    diffs += [(k, old_set[k], new_set[k]) for k in new_set
+              if k in old_set and old_set[k] != new_set[k]]
+  diffs += [(k, old[k], v) for k, v in meta.items()
+            if k not in ('method', 'k', 'setting', 'model', 'dataset',
+                         'example_shape', 'num_classes') and k in old
+            and old[k] != v]
+  if diffs:
+    k, was, now = diffs[0]
+    raise ConfigError(f'{where}{stage_dir} was trained with {k}={was!r}, the '
+                      f'config now asks for {now!r}; use a new workdir or '
+                      'remove it')
+
+
+def _check_source(step, ctx):
+  """An imported stage directory must hold this method's results, trained
+  on data of this run's shape."""
+  job = step.job
+  old = _read_meta(job.stage_dir)
+  key = job.source_key
+  if old is None:
+    raise ConfigError(
+        f'config.{key}: {job.stage_dir} holds no {job.model} (no stage.json); '
+        f'train one with stage {job.method!r} or point {key} at one')
+  meta = _stage_meta(step, ctx)
+  have = old.get('example_shape'), old.get('num_classes', meta['num_classes'])
+  want = meta['example_shape'], meta['num_classes']
+  if tuple(have) != tuple(want):
+    raise ConfigError(
+        f'config.{key}: the {job.model} in {job.stage_dir} was trained on '
+        f"{old.get('dataset')} (example shape {have[0]}, {have[1]} classes); "
+        f"this run has {meta['dataset']} (example shape {want[0]}, {want[1]} "
+        'classes)')
+  _check_same(job.stage_dir, meta, key)
+
+
+def _save_config(config, stage_dir: str):
+  os.makedirs(stage_dir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(stage_dir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+
+# ----------------------------------------------------------------------------
+# Stages: build, restore.
+
+
+def _preview(env, step, ctx):
+  """The picture a stage leaves in its directory: the method's own, or
+  samples drawn as evaluation draws them (a many-step model at no more than
+  PREVIEW_STEPS of eval.teacher_steps)."""
+  custom = step.method.preview(step.job, step.cfg, ctx)
+  sampling = step.method.sampling(step.job, step.cfg, ctx)
+  if custom is not None or sampling is None:
+    return custom
+  k = sampling.steps or min(PREVIEW_STEPS, max(env.config.eval.teacher_steps))
+
+  def preview(state, path):
+    n = env.config.log.num_preview_samples
+    x, _ = evaluate.generate(
+        sampling.draw, state.sampling_params, jax.random.PRNGKey(0), n, k,
+        'ancestral', n, ctx.dataset.example_shape, ctx.spec.num_classes,
+        decode=ctx.space.decode)
+    real = env.data.train['x'][:2000] if env.data.kind == 'points' else None
+    plots.save_samples(x, path,
+                       f'{step.job.name}, {k} steps, step {int(state.step)}',
+                       real=real)
+  return preview
+
+
+def build_stage(env, step, artifacts: dict, ctx=None) -> train.Stage:
+  """The loop's Stage for a planned job, with `artifacts` (concrete to
+  train, abstract to restore or describe)."""
+  ctx = ctx or env.context(step.method)
+  b = step.method.build(step.job, step.cfg, ctx, artifacts)
+  frozen = b.frozen or None
+  return train.Stage(
+      name=step.job.name, stage_dir=env.stage_dir(step.job),
+      num_steps=step.job.num_steps, init=b.init, step=b.step,
+      rng=lambda s: s.rng, meta=_stage_meta(step, ctx),
+      preview=_preview(env, step, ctx), frozen=frozen,
+      frozen_fields=tuple(frozen or ()))
+
+
+def abstract_artifacts(env, plan, method) -> dict:
+  """The shapes of what `method` needs, from its providers: enough to
+  restore or describe it without training or reading them."""
+  out = {}
+  for a in method.needs:
+    p = registry.provider_of(a)
+    out[a] = p.artifact_shapes(plan.view_of(p), env.context(p))[a]
+  return out
+
+
+def restore(env, plan, step, checkpoint_step=None):
+  """The one restore path: a job's latest (or given) checkpoint, with its
+  frozen inputs left out (None)."""
+  ctx = env.context(step.method)
+  if step.job.stage_dir and step.job.source_key:
+    _check_source(step, ctx)
+  else:
+    _check_same(env.stage_dir(step.job), _stage_meta(step, ctx))
+  stage = build_stage(env, step, abstract_artifacts(env, plan, step.method),
+                      ctx)
+  stream = env.stream(ctx.dataset, step.job.batch_size, step.job.data_salt)
+  return train.restore_latest(stage, stream, env.mesh,
+                              stage_key(env.config.seed, step.job.name),
+                              checkpoint_step)
+
+
+class Artifacts:
+  """What jobs publish, by name. A provider's state is restored only when
+  a consumer first asks for one of its artifacts."""
+
+  def __init__(self):
+    self._values, self._pending = {}, {}
+
+  def offer(self, names, thunk):
+    for n in names:
+      self._values.pop(n, None)
+      self._pending[n] = thunk
+
+  def get(self, name):
+    if name not in self._values:
+      thunk = self._pending.get(name)
+      if thunk is None:
+        raise KeyError(f'no job of this run publishes {name!r}')
+      published = thunk()
+      for n, v in published.items():
+        if self._pending.get(n) is thunk:
+          self._values[n] = v
+          del self._pending[n]
+    return self._values[name]
+
+
+def _offer(env, plan, arts, step, state=None):
+  m = step.method
+  if not m.provides:
+    return
+
+  def publish():
+    s = state if state is not None else restore(env, plan, step)
+    return m.publish(step.job, step.cfg, env.context(m), s)
+  arts.offer(m.provides, publish)
+  if plan.latent and 'space' in m.provides:
+    env.set_space(arts.get('space'))
+
+
+# ----------------------------------------------------------------------------
+# Training.
+
+
+def prepare_workdir(config, workdir: str):
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+      tmp = os.path.join(workdir, 'config.json.tmp')
+      with open(tmp, 'w') as f:
+        f.write(config.to_json_best_effort(indent=2))
+      os.replace(tmp, os.path.join(workdir, 'config.json'))
+  except OSError as e:
+    raise WorkdirError(f'workdir {workdir} is not writable ({e.strerror or e})'
+                       ) from None
+
+
+def _log_data_shard(stream):
+  if jax.process_count() > 1:
+    idx = stream.local_indices(0)
+    logging.info('data: process %d of %d reads %d of the %d examples of each '
+                 'global batch; step 0 rows %s', jax.process_index(),
+                 jax.process_count(), len(idx), stream.global_batch,
+                 ','.join(map(str, idx[:8])))
+
+
+def _with_quality(env, step, ctx, stage, scorer: list):
+  """The stage, scored every eval.every_steps steps on eval.num_samples
+  samples (the paper's FID-50k every 5k steps): students and generators."""
+  e = env.config.eval
+  sampling = step.method.sampling(step.job, step.cfg, ctx)
+  if not e.every_steps or sampling is None or sampling.steps is None:
+    return stage
+
+  def quality(state):
+    if not scorer:
+      scorer.append(evaluate.Scorer(env.config, env.data, env.workdir))
+    samples, labels = evaluate.generate(
+        sampling.draw, state.sampling_params, jax.random.PRNGKey(e.seed),
+        e.num_samples, sampling.steps, 'ancestral', e.batch_size,
+        ctx.dataset.example_shape, ctx.spec.num_classes,
+        decode=ctx.space.decode, quantize=env.data.kind == 'images')
+    return scorer[0].score(samples, labels)
+
+  return dataclasses.replace(stage, quality=quality,
+                             quality_every=e.every_steps)
+
+
+def _import(env, plan, step, ctx):
+  """A job whose source is a file becomes its directory in the workdir: a
+  checkpoint at the final step (once; a later run reads it)."""
+  stage_dir = env.stage_dir(step.job)
+  job = step.job
+  old = _read_meta(stage_dir)
+  if old is not None:
+    if old.get('imported_from') == job.source and train.is_finished(
+        stage_dir, job.num_steps):
+      return
+    raise ConfigError(
+        f'config.{job.source_key}: {stage_dir} already holds a {job.model} '
+        f"({old.get('imported_from') or 'trained here'}); use a new workdir "
+        'to import one')
+  stage = build_stage(env, step, {a: None for a in step.method.needs}, ctx)
+  stream = env.stream(ctx.dataset, job.batch_size, job.data_salt)
+  state, _ = train.build_state(stage, stage_key(env.config.seed, job.name),
+                               stream, env.mesh)
+  state = step.method.import_state(job, step.cfg, ctx, state)
+  train.save_finished(stage, state, dict(stage.meta, imported_from=job.source))
+  _save_config(env.config, stage_dir)
+
+
+def _train(env, plan, arts, step, scorer):
+  """Trains one job (or skips it when finished); returns its state, or
+  None when it was skipped."""
+  ctx = env.context(step.method)
+  job = step.job
+  stage_dir = env.stage_dir(job)
+  _check_same(stage_dir, _stage_meta(step, ctx))
+  _save_config(env.config, stage_dir)
+  if train.is_finished(stage_dir, job.num_steps):
+    logging.info('%s: finished earlier, skipping', job.name)
+    return None
+  stage = build_stage(env, step, {a: arts.get(a) for a in step.method.needs},
+                      ctx)
+  stage = _with_quality(env, step, ctx, stage, scorer)
+  stream = env.stream(ctx.dataset, job.batch_size, job.data_salt)
+  _log_data_shard(stream)
+  c = env.config
+  return train.run(stage, stream, env.mesh, stage_key(c.seed, job.name),
+                   c.checkpoint, c.log, c.max_nonfinite_steps)
+
+
+def _preflight(env, plan):
+  """What can be checked before the workdir is written: batch sizes on the
+  mesh, and imported directories (in data space: a latent run's are
+  checked when its space exists)."""
+  for step in plan.steps:
+    job = step.job
+    parallel.check_batch(job.batch_size, env.mesh, job.batch_key,
+                         job.micro_batches)
+    if job.stage_dir and not (plan.latent and step.method.in_space):
+      _check_source(step, env.context(step.method))
+    if not step.train and not job.source and not os.path.isdir(
+        env.stage_dir(job)):
+      raise WorkdirError(
+          f'{env.stage_dir(job)} does not exist: a later stage needs its '
+          f"{' and '.join(step.method.provides)}; add {job.method!r} to "
+          f'config.stages or import one')
+
+
+def run(config, workdir: str):
+  plan = config_check.validate(config)
+  env = Env(config, workdir, parallel.make_mesh(config.mesh),
+            load_dataset(config.data))
+  _preflight(env, plan)
+  prepare_workdir(config, workdir)
+  logging.info('dataset %s: %d training examples of shape %s', env.data.name,
+               env.data.num_train, env.data.example_shape)
+  arts, scorer = Artifacts(), []
+  for i, item in enumerate(plan.items):
+    if item is plan_lib.EVALUATE:
+      _evaluate(env, plan, plan.items[:i])
+      continue
+    state = None
+    if item.train:
+      state = _train(env, plan, arts, item, scorer)
+    elif item.job.source and not item.job.stage_dir:
+      _import(env, plan, item, env.context(item.method))
+    elif item.job.stage_dir:
+      _check_source(item, env.context(item.method))
+    _offer(env, plan, arts, item, state)
+
+
+# ----------------------------------------------------------------------------
+# Evaluation.
+
+
+def _seconds_per_step(stage_dir):
+  meta = _read_meta(stage_dir)
+  return None if meta is None else meta.get('seconds_per_step')
+
+
+def _entries(env, step, ctx, sampling, params) -> list:
+  e = env.config.eval
+  job = step.job
+  common = dict(model=job.model, draw=sampling.draw, params=params,
+                shape=tuple(ctx.dataset.example_shape),
+                num_classes=ctx.spec.num_classes, decode=ctx.space.decode)
+  if sampling.steps is None:   # a many-step model: every asked-for sampler
+    return [evaluate.Entry(sampler=s, steps=k, draw_sampler=s,
+                           guidance=e.guidance, **common)
+            for s in e.samplers for k in e.teacher_steps]
+  return [evaluate.Entry(
+      sampler='student', steps=sampling.steps,
+      train_seconds_per_step=_seconds_per_step(env.stage_dir(job)),
+      setting=job.report_setting, **common)]
+
+
+def _evaluate(env, plan, items, checkpoint_step=None):
+  """Scores every job in `items` and writes the report."""
+  entries, rows, images = [], [], {}
+  for step in items:
+    if step is plan_lib.EVALUATE:
+      continue
+    ctx = env.context(step.method)
+    state = restore(env, plan, step, checkpoint_step)
+    r, im = step.method.report(step.job, step.cfg, ctx, state,
+                               env.config.eval.seed)
+    rows += r
+    images.update(im)
+    sampling = step.method.sampling(step.job, step.cfg, ctx)
+    if sampling is not None:
+      entries += _entries(env, step, ctx, sampling, state.sampling_params)
+  rep = evaluate.run(env.config, env.workdir, env.data, entries, rows, images)
+  logging.info('report written to %s', os.path.join(env.workdir, 'report.md'))
+  logging.info('reference (real vs real): %s', json.dumps(rep['reference']))
+  for r in rep['rows']:
+    logging.info('%-24s %-9s k=%-4d %s', r['model'], r['sampler'], r['steps'],
+                 json.dumps({k: round(v, 5) for k, v in r['metrics'].items()}))
+  return rep
+
+
+def _resolve_space(env, plan):
+  """A latent run's space, from its (trained) provider."""
+  if not plan.latent:
+    return
+  provider = registry.provider_of('space')
+  for step in plan.steps:
+    if step.method is provider:
+      state = restore(env, plan, step)
+      env.set_space(provider.publish(step.job, step.cfg,
+                                     env.context(provider), state)['space'])
+      return
+
+
+def evaluate_workdir(config, workdir: str, checkpoint_step: int | None = None):
+  """--mode=eval: scores the checkpoints (the latest, or `checkpoint_step`)
+  of every job of the plan that `workdir` holds; trains nothing, rewrites
+  the report."""
+  plan = config_check.validate(config)
+  if not os.path.isdir(workdir):
+    raise WorkdirError(f'--workdir {workdir} does not exist')
+  env = Env(config, workdir, parallel.make_mesh(config.mesh),
+            load_dataset(config.data))
+  missing = [s.job.name for s in plan.steps
+             if not s.job.source and not os.path.isdir(env.stage_dir(s.job))]
+  if missing:
+    raise WorkdirError(f'{workdir} has no stage {missing[0]!r} (config.stages '
+                       f'names it); train it first or drop it from the stages')
+  try:
+    _resolve_space(env, plan)
+    return _evaluate(env, plan, plan.steps, checkpoint_step)
+  except FileNotFoundError as e:
+    raise WorkdirError(str(e)) from None
+
+
+# ----------------------------------------------------------------------------
+# One stage directory (mmd_jax.sample, teacher export).
+
+
+def load_config(path: str):
+  """A run's config.json over today's defaults, so keys added since the run
+  read their defaults."""
+  import ml_collections
+
+  from configs import default
+  with open(path) as f:
+    stored = json.load(f)
+  config = default.get_base_config()
+  config.update(stored)
+  return ml_collections.ConfigDict(config)
+
+
+def open_stage(stage_dir: str):
+  """(env, plan, step, state) of an existing stage directory, restored with
+  the config it was trained with; a latent run's space comes with it."""
+  stage_dir = os.path.abspath(stage_dir)
+  meta = _read_meta(stage_dir)
+  cfg_path = os.path.join(stage_dir, 'config.json')
+  if meta is None or not os.path.exists(cfg_path):
+    raise WorkdirError(f'{stage_dir} is not a stage directory (no '
+                       'stage.json/config.json)')
+  try:
+    method = registry.get(meta.get('method', ''))
+  except KeyError:
+    raise WorkdirError(f'{stage_dir} holds method {meta.get("method")!r}, '
+                       f'which this version does not have; known: '
+                       f'{registry.names()}') from None
+  config = load_config(cfg_path)
+  workdir = os.path.dirname(stage_dir)
+  plan = plan_lib.make_plan(config)
+  cfg = plan.view_of(method)
+  job = dataclasses.replace(
+      method.job_for(cfg, os.path.basename(stage_dir), meta),
+      stage_dir=stage_dir, source='', source_key='')
+  step = plan_lib.Step(method, cfg, job, train=False)
+  env = Env(config, workdir, parallel.make_mesh(config.mesh),
+            load_dataset(config.data))
+  try:
+    _resolve_space(env, plan)
+    return env, plan, step, restore(env, plan, step)
+  except FileNotFoundError as e:
+    raise WorkdirError(str(e)) from None

@@ -1,0 +1,199 @@
+"""Every registered method through the interface the runner uses: jobs ->
+build -> a jitted, guarded step -> the restore shapes -> sampling -> an
+evaluation row. A method is covered here the moment it is registered; a
+deliberately broken one fails."""
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tiny
+from mmd_jax import guard, parallel, plan, runner, train
+from mmd_jax import stages as registry
+from mmd_jax.data import data_shape, load_dataset
+from mmd_jax.evaluation import evaluate
+from mmd_jax.stages import base
+
+# toy2d:tiny, with a small VAE and few IWAE samples for the VAE's row.
+OVERRIDES = {'vae.hidden': 16, 'vae.batch_size': 64, 'vae.iwae_samples': 10,
+             'eval.num_samples': 128, 'eval.batch_size': 128}
+
+
+def _finite(tree) -> bool:
+  return all(bool(np.all(np.isfinite(np.asarray(x))))
+             for x in jax.tree.leaves(tree)
+             if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact))
+
+
+def check_method(method, config, workdir):
+  """Raises AssertionError (or the method's own error) where `method` breaks
+  the contract of stages/base.py."""
+  data = load_dataset(config.data)
+  plan.validate_methods(config, [method.name], data_shape(config.data))
+  cfg = plan.view(config, method)
+  jobs = method.jobs(cfg)
+  assert jobs, f'{method.name}: no jobs'
+  names = [j.name for j in jobs]
+  assert len(set(names)) == len(names), f'{method.name}: repeated {names}'
+  for j in jobs:
+    assert j.method == method.name and j.num_steps >= 1 and j.batch_size >= 1
+  for a in method.needs:
+    assert registry.provider_of(a) is not None, f'nobody publishes {a!r}'
+
+  env = runner.Env(config, str(workdir), parallel.make_mesh(config.mesh),
+                   data)
+  ctx = env.context(method)
+  job = jobs[0]
+  step = plan.Step(method, cfg, job, train=True)
+  artifacts = {}
+  for a in method.needs:
+    p = registry.provider_of(a)
+    artifacts[a] = p.placeholder_artifacts(plan.view(config, p),
+                                           env.context(p))[a]
+  stage = runner.build_stage(env, step, artifacts, ctx)
+  stream = env.stream(ctx.dataset, job.batch_size, job.data_salt)
+  state, shardings = train.build_state(stage, jax.random.PRNGKey(0), stream,
+                                       env.mesh)
+  before = jax.tree.map(np.asarray, stage.strip(state))
+  step_fn = train.jit_step(stage, shardings, env.mesh)
+  counts = guard.init_counts()
+  key = jax.random.PRNGKey(1)
+  for i in range(3):   # step 0 may run at a warm-up rate of 0
+    state, metrics, counts = step_fn(
+        state, stream.global_batch_at(i, parallel.batch_sharding(env.mesh)),
+        key, counts)
+  assert int(counts['total']) == 0, f'{method.name}: non-finite steps'
+  assert 'loss' in metrics and _finite(metrics), metrics
+  assert int(state.step) == 3
+  after = jax.tree.map(np.asarray, stage.strip(state))
+  moved = [not np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(before), jax.tree.leaves(after))
+           if np.issubdtype(a.dtype, np.floating)]
+  assert any(moved), f'{method.name}: three steps changed nothing'
+
+  # Restoring and describing build the state from abstract artifacts: the
+  # providers' shapes must be what their placeholders are.
+  abstract = runner.abstract_artifacts(env, plan.Plan([], False, config),
+                                       method)
+  shapes = jax.eval_shape(
+      runner.build_stage(env, step, abstract, ctx).init, jax.random.PRNGKey(0),
+      stream.global_batch_at(0, parallel.batch_sharding(env.mesh)),
+      runner.build_stage(env, step, abstract, ctx).frozen)
+  assert [(s.shape, s.dtype) for s in jax.tree.leaves(shapes)] == [
+      (x.shape, x.dtype) for x in jax.tree.leaves(state)], (
+          f'{method.name}: the abstract state differs from the real one')
+
+  for a, value in method.publish(job, cfg, ctx, state).items():
+    assert a in method.provides, f'{method.name} publishes undeclared {a!r}'
+    assert value is not None
+  assert set(method.artifact_shapes(cfg, ctx)) == set(method.provides)
+
+  rows, _ = method.report(job, cfg, ctx, state, 0)
+  sampling = method.sampling(job, cfg, ctx)
+  assert rows or sampling is not None, f'{method.name}: nothing to report'
+  for r in rows:
+    assert {'model', 'sampler', 'steps', 'metrics'} <= set(r), r
+    assert r['metrics'] and _finite(r['metrics']), r
+  if sampling is not None:
+    assert sampling.steps is None or sampling.steps >= 1
+    steps = sampling.steps or 2
+    n = config.eval.num_samples
+    samples, labels = evaluate.generate(
+        sampling.draw, state.sampling_params, jax.random.PRNGKey(2), n, steps,
+        'ancestral', n, ctx.dataset.example_shape, ctx.spec.num_classes,
+        decode=ctx.space.decode)
+    assert samples.shape == (n,) + tuple(data.example_shape), samples.shape
+    assert _finite(samples)
+    row = evaluate.Scorer(config, data, str(workdir)).score(samples, labels)
+    assert row and _finite(row), row
+
+
+@pytest.mark.parametrize('name', registry.names())
+def test_every_registered_method_keeps_the_contract(name, tmp_path):
+  check_method(registry.get(name), tiny.config('toy2d', 'tiny', OVERRIDES),
+               tmp_path)
+
+
+def test_every_method_declares_sections_the_default_config_has():
+  from configs import default
+  c = default.get_base_config()
+  for m in registry.methods():
+    for s in m.sections:
+      assert s in c, f'{m.name} reads config.{s}, which default.py lacks'
+    assert m.name not in ('evaluate',), 'evaluate is the runner\'s stage'
+
+
+@flax.struct.dataclass
+class _DummyState:
+  step: jax.Array
+  rng: jax.Array
+  teacher_params: dict
+  student: dict
+
+  @property
+  def sampling_params(self):
+    return self.student
+
+
+class _Broken(base.Method):
+  """A method whose step returns a non-finite loss."""
+  name = 'broken_dummy'
+  sections = ('distill',)
+  needs = ('teacher_params',)
+  networks = ('student',)
+
+  def jobs(self, cfg):
+    d = cfg.distill
+    return [base.Job(self.name, f'{self.name}_k1', self.name, 1,
+                     d.num_train_steps, d.batch_size, 'distill.batch_size')]
+
+  def build(self, job, cfg, ctx, artifacts):
+    def init(key, batch, frozen):
+      t = frozen['teacher_params']
+      return _DummyState(jnp.zeros((), jnp.int32), key,
+                         jax.tree.map(jnp.copy, t), jax.tree.map(jnp.copy, t))
+
+    def step(state, batch, key):
+      return state.replace(step=state.step + 1), {'loss': jnp.full((), jnp.nan)}
+    return base.Build(init, step,
+                      {'teacher_params': artifacts['teacher_params']})
+
+  def sampling(self, job, cfg, ctx):
+    return base.Sampling(base.SpecSampler(ctx.spec), steps=1)
+
+
+class _ReadsTeacherSection(_Broken):
+  """Reads a key outside its sections."""
+  name = 'nosy_dummy'
+
+  def jobs(self, cfg):
+    assert cfg.teacher.batch_size > 0   # not one of its sections
+    return super().jobs(cfg)
+
+
+@pytest.mark.parametrize('method,error', [
+    (_Broken(), AssertionError),
+    (_ReadsTeacherSection(), plan.SectionError),
+])
+def test_a_broken_method_fails_the_contract(method, error, tmp_path):
+  registry.register(method)
+  try:
+    assert method.name in registry.names()
+    with pytest.raises(error):
+      check_method(method, tiny.config('toy2d', 'tiny', OVERRIDES), tmp_path)
+  finally:
+    registry.unregister(method.name)
+  assert method.name not in registry.names()
+
+
+def test_a_method_sees_only_its_sections_and_the_run_keys():
+  c = tiny.config('toy2d', 'tiny')
+  v = plan.view(c, registry.get('mm_alternating'))
+  assert v.distill.batch_size == c.distill.batch_size
+  assert v.seed == c.seed and v.grad_accum_steps == c.grad_accum_steps
+  for other in ('teacher', 'emd', 'vae', 'eval', 'model', 'data'):
+    with pytest.raises(plan.SectionError, match=f'config.{other}'):
+      getattr(v, other)
+    with pytest.raises(plan.SectionError):
+      v[other]
