@@ -84,7 +84,8 @@ def describe(config, workdir: str) -> dict:
   accum = config.grad_accum_steps
   out = {'config': {'data': env.data.name, 'model': config.model.name},
          'networks': networks,
-         'mesh': dict(zip(mesh.axis_names, (int(s) for s in mesh.devices.shape))),
+         'mesh': dict(zip(mesh.axis_names,
+                          (int(s) for s in mesh.devices.shape))),
          'devices': n_dev, 'backend': jax.default_backend(),
          'global_batch': int(trained[0].job.batch_size) if trained else 0,
          'grad_accum_steps': accum,

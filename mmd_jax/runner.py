@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from mmd_jax import config_check, parallel, plan as plan_lib, train
+from mmd_jax import config_check, parallel, plan as plan_lib, stage_meta, train
 from mmd_jax import stages as registry
 from mmd_jax.checks import ConfigError
 from mmd_jax.data import batches, load_dataset
@@ -31,8 +31,8 @@ from mmd_jax.stages.base import Context
 PREVIEW_STEPS = 64
 
 
-class WorkdirError(ValueError):
-  """The workdir lacks (or holds a damaged copy of) what the run needs."""
+# The runner's one-line error, raised here and in stage_meta.
+WorkdirError = stage_meta.WorkdirError
 
 
 def stage_key(seed: int, name: str):
@@ -78,89 +78,6 @@ class Env:
 
 
 # ----------------------------------------------------------------------------
-# stage.json
-
-
-def _read_meta(stage_dir: str):
-  path = os.path.join(stage_dir, 'stage.json')
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise WorkdirError(f'{path} is damaged ({e}); restore it or remove the '
-                       'directory') from None
-
-
-def _stage_meta(step, ctx) -> dict:
-  job = step.job
-  meta = {'method': job.method, 'k': job.steps, 'model': job.model,
-          'dataset': ctx.dataset.name,
-          'example_shape': list(ctx.dataset.example_shape),
-          'num_classes': ctx.dataset.num_classes if not step.method.in_space
-          else ctx.spec.num_classes}
-  if job.setting is not None:
-    meta['setting'] = job.setting
-  meta.update(job.meta)
-  return meta
-
-
-def _check_same(stage_dir: str, meta: dict, key_name: str = ''):
-  """A directory holds one setting: refuse to resume, skip or score one
-  trained with other hyperparameters. Settings compare on the keys both
-  record, so a field added or dropped since does not refuse old runs."""
-  old = _read_meta(stage_dir)
-  if old is None:
-    return
-  where = f'config.{key_name}: ' if key_name else ''
-  diffs = [(k, old[k], meta[k]) for k in ('method', 'k') if k in old
-           and old[k] != meta[k]]
-  old_set, new_set = old.get('setting'), meta.get('setting')
-  if isinstance(old_set, dict) and isinstance(new_set, dict):
-    diffs += [(k, old_set[k], new_set[k]) for k in new_set
-              if k in old_set and old_set[k] != new_set[k]]
-  diffs += [(k, old[k], v) for k, v in meta.items()
-            if k not in ('method', 'k', 'setting', 'model', 'dataset',
-                         'example_shape', 'num_classes') and k in old
-            and old[k] != v]
-  if diffs:
-    k, was, now = diffs[0]
-    raise ConfigError(f'{where}{stage_dir} was trained with {k}={was!r}, the '
-                      f'config now asks for {now!r}; use a new workdir or '
-                      'remove it')
-
-
-def _check_source(step, ctx):
-  """An imported stage directory must hold this method's results, trained
-  on data of this run's shape."""
-  job = step.job
-  old = _read_meta(job.stage_dir)
-  key = job.source_key
-  if old is None:
-    raise ConfigError(
-        f'config.{key}: {job.stage_dir} holds no {job.model} (no stage.json); '
-        f'train one with stage {job.method!r} or point {key} at one')
-  meta = _stage_meta(step, ctx)
-  have = old.get('example_shape'), old.get('num_classes', meta['num_classes'])
-  want = meta['example_shape'], meta['num_classes']
-  if tuple(have) != tuple(want):
-    raise ConfigError(
-        f'config.{key}: the {job.model} in {job.stage_dir} was trained on '
-        f"{old.get('dataset')} (example shape {have[0]}, {have[1]} classes); "
-        f"this run has {meta['dataset']} (example shape {want[0]}, {want[1]} "
-        'classes)')
-  _check_same(job.stage_dir, meta, key)
-
-
-def _save_config(config, stage_dir: str):
-  os.makedirs(stage_dir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(stage_dir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
-
-
-# ----------------------------------------------------------------------------
 # Stages: build, restore.
 
 
@@ -196,7 +113,7 @@ def build_stage(env, step, artifacts: dict, ctx=None) -> train.Stage:
   return train.Stage(
       name=step.job.name, stage_dir=env.stage_dir(step.job),
       num_steps=step.job.num_steps, init=b.init, step=b.step,
-      rng=lambda s: s.rng, meta=_stage_meta(step, ctx),
+      rng=lambda s: s.rng, meta=stage_meta.build(step, ctx),
       preview=_preview(env, step, ctx), frozen=frozen,
       frozen_fields=tuple(frozen or ()))
 
@@ -216,9 +133,9 @@ def restore(env, plan, step, checkpoint_step=None):
   frozen inputs left out (None)."""
   ctx = env.context(step.method)
   if step.job.stage_dir and step.job.source_key:
-    _check_source(step, ctx)
+    stage_meta.check_source(step, ctx)
   else:
-    _check_same(env.stage_dir(step.job), _stage_meta(step, ctx))
+    stage_meta.check_same(env.stage_dir(step.job), stage_meta.build(step, ctx))
   stage = build_stage(env, step, abstract_artifacts(env, plan, step.method),
                       ctx)
   stream = env.stream(ctx.dataset, step.job.batch_size, step.job.data_salt)
@@ -318,7 +235,7 @@ def _import(env, plan, step, ctx):
   checkpoint at the final step (once; a later run reads it)."""
   stage_dir = env.stage_dir(step.job)
   job = step.job
-  old = _read_meta(stage_dir)
+  old = stage_meta.read(stage_dir)
   if old is not None:
     if old.get('imported_from') == job.source and train.is_finished(
         stage_dir, job.num_steps):
@@ -333,7 +250,7 @@ def _import(env, plan, step, ctx):
                                stream, env.mesh)
   state = step.method.import_state(job, step.cfg, ctx, state)
   train.save_finished(stage, state, dict(stage.meta, imported_from=job.source))
-  _save_config(env.config, stage_dir)
+  stage_meta.save_config(env.config, stage_dir)
 
 
 def _train(env, plan, arts, step, scorer):
@@ -342,8 +259,8 @@ def _train(env, plan, arts, step, scorer):
   ctx = env.context(step.method)
   job = step.job
   stage_dir = env.stage_dir(job)
-  _check_same(stage_dir, _stage_meta(step, ctx))
-  _save_config(env.config, stage_dir)
+  stage_meta.check_same(stage_dir, stage_meta.build(step, ctx))
+  stage_meta.save_config(env.config, stage_dir)
   if train.is_finished(stage_dir, job.num_steps):
     logging.info('%s: finished earlier, skipping', job.name)
     return None
@@ -366,7 +283,7 @@ def _preflight(env, plan):
     parallel.check_batch(job.batch_size, env.mesh, job.batch_key,
                          job.micro_batches)
     if job.stage_dir and not (plan.latent and step.method.in_space):
-      _check_source(step, env.context(step.method))
+      stage_meta.check_source(step, env.context(step.method))
     if not step.train and not job.source and not os.path.isdir(
         env.stage_dir(job)):
       raise WorkdirError(
@@ -394,7 +311,7 @@ def run(config, workdir: str):
     elif item.job.source and not item.job.stage_dir:
       _import(env, plan, item, env.context(item.method))
     elif item.job.stage_dir:
-      _check_source(item, env.context(item.method))
+      stage_meta.check_source(item, env.context(item.method))
     _offer(env, plan, arts, item, state)
 
 
@@ -403,7 +320,7 @@ def run(config, workdir: str):
 
 
 def _seconds_per_step(stage_dir):
-  meta = _read_meta(stage_dir)
+  meta = stage_meta.read(stage_dir)
   return None if meta is None else meta.get('seconds_per_step')
 
 
@@ -502,7 +419,7 @@ def open_stage(stage_dir: str):
   """(env, plan, step, state) of an existing stage directory, restored with
   the config it was trained with; a latent run's space comes with it."""
   stage_dir = os.path.abspath(stage_dir)
-  meta = _read_meta(stage_dir)
+  meta = stage_meta.read(stage_dir)
   cfg_path = os.path.join(stage_dir, 'config.json')
   if meta is None or not os.path.exists(cfg_path):
     raise WorkdirError(f'{stage_dir} is not a stage directory (no '

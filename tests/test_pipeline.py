@@ -204,7 +204,9 @@ def test_emd_stages_end_to_end(tmp_path):
     assert json.load(open(w / d / 'stage.json'))['finished_step'] == 6
     assert (w / d / 'frozen').is_dir()
   md = open(w / 'report.md').read()
-  assert 'EMD settings' in md and sweep in md and 'train s/step' in md
+  assert '## Settings: diff_instruct, emd' in md and sweep in md
+  assert '| model | langevin_steps | parameterization |' in md
+  assert 'train s/step' in md
   for f in ('samples_emd_k1.png', 'samples_diff_instruct_k1.png',
             'samples_emd_K=2_x_cancel_ge=0.5_gz=0.1_k1.png'):
     assert (w / f).exists() and f in md, f

@@ -94,7 +94,8 @@ def test_runner_evaluation_and_command_lines_name_no_method():
   names = [n for n in registry.names() if n != 'teacher']
   assert {'mm_alternating', 'mm_parameter', 'diff_instruct', 'emd',
           'vae'} <= set(names)
-  for rel in ('runner.py', 'plan.py', 'evaluation/evaluate.py', 'sample.py',
+  for rel in ('runner.py', 'plan.py', 'stage_meta.py', 'evaluation/evaluate.py',
+              'sample.py',
               'bench.py', 'describe.py', 'config_check.py'):
     src = open(os.path.join(PKG, rel)).read()
     for n in names:

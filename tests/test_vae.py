@@ -168,6 +168,8 @@ def test_vae_stage_end_to_end(tmp_path):
   assert m['log_likelihood'] >= m['elbo']
   assert rows[0]['setting']['split'] == 'test'
   assert rows[0]['setting']['num_examples'] == 360
+  md = open(os.path.join(w, 'report.md')).read()
+  assert '## Settings: vae' in md and '| model | latent_dim | arch |' in md
   for f in ('vae_manifold.png', 'samples_vae.png', 'vae/samples.png',
             'vae/manifold.png', 'report.md'):
     assert os.path.exists(os.path.join(w, f)), f

@@ -49,43 +49,34 @@ def render_markdown(report: dict, images: dict) -> str:
         [_fmt(r['metrics'].get(m, '')) for m in metrics] +
         ([_fmt(r.get('train_seconds_per_step', ''))] if cost else [])) + ' |')
   lines.append('')
-  lines += _settings_table(report['rows'], metrics)
+  lines += _settings_tables(report['rows'])
   for title, path in images.items():
     lines += [f'## {title}', '', f'![{title}]({path})', '']
   return '\n'.join(lines)
 
 
-def _settings_table(rows, metrics) -> list:
-  """One-step generators side by side with their EMD settings."""
-  gen = [r for r in rows if 'langevin_steps' in r.get('setting', {})]
-  out = _vae_table(rows)
-  if not gen:
-    return out
-  header = ['model', 'K', 'chain', 'cancellation', 'gamma_eps', 'gamma_z',
-            'train s/step'] + metrics
-  out += ['## One-step generators: EMD settings', '',
-         '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-  for r in gen:
-    st = r['setting']
-    chain = '(eps, z)' if st['parameterization'] == 'eps' else '(x_t, z)'
-    out.append('| ' + ' | '.join(
-        [r['model'], str(st['langevin_steps']), chain,
-         st['noise_cancellation'], _fmt(st['gamma_eps']), _fmt(st['gamma_z']),
-         _fmt(r.get('train_seconds_per_step', ''))] +
-        [_fmt(r['metrics'].get(m, '')) for m in metrics]) + ' |')
-  return out + ['']
-
-
-def _vae_table(rows) -> list:
-  vaes = [r for r in rows if r['model'] == 'vae']
-  if not vaes:
-    return []
-  out = ['## VAE (nats per datapoint, held-out data)', '',
-         '| latent | arch | likelihood | split | ELBO | IWAE log-likelihood '
-         '| K |', '|---|---|---|---|---|---|---|']
-  for r in vaes:
-    st, m = r['setting'], r['metrics']
-    out.append(f"| {st['latent_dim']} | {st['arch']} | {st['likelihood']} | "
-               f"{st['split']} ({st['num_examples']}) | {_fmt(m['elbo'])} | "
-               f"{_fmt(m['log_likelihood'])} | {st['iwae_samples']} |")
-  return out + ['']
+def _settings_tables(rows) -> list:
+  """The rows that carry a `setting` (a sweep's generators, a VAE), side by
+  side with it: one table per set of setting keys, with the metrics those
+  rows have. Nothing here knows a method."""
+  groups = {}
+  for r in rows:
+    if r.get('setting'):
+      groups.setdefault(tuple(r['setting']), []).append(r)
+  out = []
+  for keys, group in groups.items():
+    metrics = []
+    for r in group:
+      metrics += [m for m in r['metrics'] if m not in metrics]
+    cost = any('train_seconds_per_step' in r for r in group)
+    header = ['model', *keys] + (['train s/step'] if cost else []) + metrics
+    models = sorted({r['model'].split('[')[0] for r in group})
+    out += [f"## Settings: {', '.join(models)}", '',
+            '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    for r in group:
+      out.append('| ' + ' | '.join(
+          [r['model']] + [_fmt(r['setting'][k]) for k in keys] +
+          ([_fmt(r.get('train_seconds_per_step', ''))] if cost else []) +
+          [_fmt(r['metrics'].get(m, '')) for m in metrics]) + ' |')
+    out.append('')
+  return out

@@ -59,7 +59,8 @@ class Job:
 class Build:
   """The parts of a loop `Stage` that only the method knows."""
   init: Callable[[Any, Any, Any], Any]    # (key, batch, frozen) -> state
-  step: Callable[[Any, Any, Any], Any]    # (state, batch, key) -> (state, metrics)
+  # (state, batch, key) -> (state, metrics)
+  step: Callable[[Any, Any, Any], Any]
   # Read-only state fields (teacher params, a preconditioner): passed to
   # `init` as jit arguments, saved once per directory, not checkpointed.
   frozen: Optional[dict] = None
@@ -107,7 +108,8 @@ class Context:
   dataset: Any
   spec: Any                        # denoiser.DenoiserSpec on `dataset`
   space: Any                       # .decode(samples) -> data space
-  stream: Callable[[Any, int, int], Any]   # (dataset, batch, salt) -> BatchStream
+  # (dataset, global batch, seed salt) -> data.batches.BatchStream
+  stream: Callable[[Any, int, int], Any]
 
 
 class Method:
