@@ -94,9 +94,9 @@ def test_runner_evaluation_and_command_lines_name_no_method():
   names = [n for n in registry.names() if n != 'teacher']
   assert {'mm_alternating', 'mm_parameter', 'diff_instruct', 'emd',
           'vae'} <= set(names)
-  for rel in ('runner.py', 'plan.py', 'stage_meta.py', 'evaluation/evaluate.py',
-              'sample.py',
-              'bench.py', 'describe.py', 'config_check.py'):
+  for rel in ('runner.py', 'plan.py', 'stage_meta.py', 'config_check.py',
+              'evaluation/evaluate.py', 'sample.py', 'bench.py',
+              'describe.py'):
     src = open(os.path.join(PKG, rel)).read()
     for n in names:
       assert not re.search(rf'\b{n}\b', src), f'{rel} names {n!r}'
