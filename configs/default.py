@@ -61,7 +61,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.teacher.sigma_data = 0.5
   c.teacher.label_dropout = 0.1  # CFG training (conditional models only)
   c.teacher.stratified_t = True  # low-discrepancy t per batch (VDM)
-  c.teacher.checkpoint = ''      # train here when empty
+  # Train here when empty; else a teacher stage directory, a .npz/.msgpack
+  # parameter file of config.model's network, or a diffusers UNet2DModel
+  # directory (config.json + diffusion_pytorch_model.safetensors).
+  c.teacher.checkpoint = ''
+  # A diffusers teacher: how it was trained (auto: from a
+  # scheduler_config.json beside it, else DDPM's defaults), and what it
+  # predicts (auto: the scheduler's, else epsilon; edm: sample).
+  c.teacher.noise_schedule = 'auto'   # auto | ddpm | edm
+  c.teacher.prediction_type = 'auto'  # auto | epsilon | v_prediction | sample
 
   c.distill = ml_collections.ConfigDict()
   c.distill.num_train_steps = 4000

@@ -8,8 +8,11 @@ override away: --config.model.name=unet.
 Variants: (none) teacher then evaluate; mm adds moment-matching students
 (alternating and parameter-space) at k in {1, 2, 4, 8}; emd adds one-step
 generators (Diff-Instruct and EMD); vae trains a VAE alone and reports its
-ELBO and IWAE log-likelihood on the test split; tiny, tiny_mm, tiny_emd and
-tiny_vae are seconds-long versions for tests.
+ELBO and IWAE log-likelihood on the test split; diffusers distils a teacher
+trained elsewhere (give --config.teacher.checkpoint=DIR/unet, e.g. from
+tools/diffusers_digits.py) into an 8-step mm_alternating student and an EMD
+generator; tiny, tiny_mm, tiny_emd and tiny_vae are seconds-long versions
+for tests.
 """
 from configs import default
 
@@ -39,6 +42,10 @@ def get_config(arg=None):
   if arg in ('emd', 'tiny_emd'):
     c.stages = ('teacher', 'diff_instruct', 'emd', 'evaluate')
     c.eval.teacher_steps = (1, 2, 4, 8, 256)
+  if arg == 'diffusers':
+    c.stages = ('teacher', 'mm_alternating', 'emd', 'evaluate')
+    c.distill.sampling_steps = (8,)
+    c.eval.teacher_steps = (1, 8, 256)
   if arg in ('vae', 'tiny_vae'):
     # AEVB alone: W/vae, then ELBO and IWAE rows on the test split.
     # Latent size: --config.vae.latent_dim=2 (manifold picture) or 10.
@@ -49,10 +56,10 @@ def get_config(arg=None):
     c.vae.latent_dim = 2
   if arg in ('tiny', 'tiny_mm', 'tiny_emd'):
     shrink(c)
-  if arg not in (None, '', 'mm', 'emd', 'vae', 'tiny', 'tiny_mm', 'tiny_emd',
-                 'tiny_vae'):
-    raise ValueError(f'unknown digits config variant {arg!r} '
-                     '(mm, emd, vae, tiny, tiny_mm, tiny_emd, tiny_vae)')
+  if arg not in (None, '', 'mm', 'emd', 'vae', 'diffusers', 'tiny',
+                 'tiny_mm', 'tiny_emd', 'tiny_vae'):
+    raise ValueError(f'unknown digits config variant {arg!r} (mm, emd, vae, '
+                     'diffusers, tiny, tiny_mm, tiny_emd, tiny_vae)')
   return c
 
 

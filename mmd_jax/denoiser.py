@@ -46,16 +46,23 @@ class DenoiserSpec:
     return sampling.SAMPLERS[sampler](key, den, self.schedule, shape, k)
 
 
-def spec_from_config(config, dataset) -> DenoiserSpec:
+def spec_from_config(config, dataset, network=None) -> DenoiserSpec:
   """The run's denoiser on `dataset` (a Dataset or DataShape): the network
-  of `config.model`, the schedule of `config.diffusion`, and the data scale
-  `teacher.sigma_data` (a teacher key for compatibility: every method that
-  reads the denoiser reads it from here)."""
+  of `config.model` (or `network`, a `stages.base.Network` that a method
+  brings), the schedule of `config.diffusion` (or the network's), and the
+  data scale `teacher.sigma_data` (a teacher key for compatibility: every
+  method that reads the denoiser reads it from here)."""
   from mmd_jax.models import build_model
+  schedule = diffusion.schedule_from_config(config.diffusion)
+  if network is not None:
+    num_classes = dataset.num_classes if network.conditional else 0
+    return DenoiserSpec(
+        module=network.module, schedule=network.schedule or schedule,
+        parameterization=network.parameterization, num_classes=num_classes,
+        sigma_data=float(config.teacher.sigma_data))
   num_classes = dataset.num_classes if config.model.conditional else 0
   return DenoiserSpec(
-      module=build_model(config.model, num_classes),
-      schedule=diffusion.schedule_from_config(config.diffusion),
+      module=build_model(config.model, num_classes), schedule=schedule,
       parameterization=config.model.parameterization,
       num_classes=num_classes, sigma_data=float(config.teacher.sigma_data))
 

@@ -69,7 +69,7 @@ def describe(config, workdir: str) -> dict:
         config.stages)
   plan = config_check.validate(config)
   env = runner.Env(config, workdir, parallel.make_mesh(config.mesh),
-                   data_shape(config.data))
+                   data_shape(config.data), plan)
   mesh = env.mesh
   if plan.latent:   # the space's shape, without a trained autoencoder
     provider = registry.provider_of('space')

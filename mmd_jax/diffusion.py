@@ -47,6 +47,41 @@ def edm_logsnr(t, sigma_min=0.002, sigma_max=80.0, rho=7.0):
   return -2.0 * jnp.log(sigma)
 
 
+DDPM_BETA_SCHEDULES = ('linear', 'scaled_linear', 'squaredcos_cap_v2')
+
+
+def ddpm_logsnr_table(beta_schedule: str = 'linear', beta_start: float = 1e-4,
+                      beta_end: float = 0.02, num_timesteps: int = 1000):
+  """lam_n = log(abar_n / (1 - abar_n)), n = 0..T-1, of a discrete DDPM
+  schedule (diffusers' DDPMScheduler betas; abar_n = prod_{i<=n} (1 -
+  beta_i)). Decreasing in n."""
+  import numpy as np
+  n = num_timesteps
+  if beta_schedule == 'linear':
+    betas = np.linspace(beta_start, beta_end, n, dtype=np.float64)
+  elif beta_schedule == 'scaled_linear':
+    betas = np.linspace(beta_start**0.5, beta_end**0.5, n,
+                        dtype=np.float64)**2
+  elif beta_schedule == 'squaredcos_cap_v2':
+    f = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2)**2
+    betas = np.array([min(1 - f((i + 1) / n) / f(i / n), 0.999)
+                      for i in range(n)])
+  else:
+    raise ValueError(f'unknown DDPM beta schedule {beta_schedule!r}; known: '
+                     f'{DDPM_BETA_SCHEDULES}')
+  abar = np.cumprod(1.0 - betas)
+  return np.log(abar) - np.log1p(-abar)
+
+
+def ddpm_logsnr(t, table):
+  """A discrete schedule read at continuous t: the log-SNR interpolated
+  linearly between the steps, step n sitting at t = n / (T - 1)."""
+  t = jnp.asarray(t, jnp.float32)
+  pos = jnp.clip(t, 0.0, 1.0) * (len(table) - 1)
+  return jnp.interp(pos, jnp.arange(len(table), dtype=jnp.float32),
+                    jnp.asarray(table, jnp.float32))
+
+
 @dataclasses.dataclass(frozen=True)
 class Schedule:
   """A named t -> log-SNR map. Hashable, so it can be a static jit argument."""
@@ -58,6 +93,11 @@ class Schedule:
   sigma_min: float = 0.002
   sigma_max: float = 80.0
   rho: float = 7.0
+  # 'ddpm': an imported discrete teacher's betas (diffusers' names).
+  beta_schedule: str = 'linear'
+  beta_start: float = 1e-4
+  beta_end: float = 0.02
+  num_timesteps: int = 1000
 
   def __call__(self, t) -> Array:
     if self.name == 'cosine':
@@ -70,7 +110,15 @@ class Schedule:
     if self.name == 'shifted_edm':  # EDM spacing, simple diffusion's shift
       return (edm_logsnr(t, self.sigma_min, self.sigma_max, self.rho)
               + 2.0 * math.log(self.base_resolution / self.resolution))
+    if self.name == 'ddpm':
+      return ddpm_logsnr(t, self.logsnr_table())
     raise ValueError(f'unknown schedule {self.name!r}')
+
+
+  def logsnr_table(self):
+    """The discrete log-SNRs of a 'ddpm' schedule, n = 0..T-1."""
+    return ddpm_logsnr_table(self.beta_schedule, self.beta_start,
+                             self.beta_end, self.num_timesteps)
 
 
 SCHEDULES = ('cosine', 'shifted_cosine', 'edm', 'shifted_edm')

@@ -76,6 +76,7 @@ def main(argv):
   _init_distributed(jax)
   from mmd_jax import config_check, param_files, parallel, runner, train
   from mmd_jax.data import DataError
+  from mmd_jax.models import diffusers_unet
   logging.info('JAX %s: %d processes, %d devices (%s)', jax.__version__,
                jax.process_count(), jax.device_count(), jax.default_backend())
   try:
@@ -94,8 +95,8 @@ def main(argv):
     print(f'pre-empted: {e}', file=sys.stderr)
     sys.exit(143)
   except (config_check.ConfigError, DataError, parallel.MeshError,
-          param_files.TeacherImportError, train.NonFiniteError,
-          runner.WorkdirError) as e:
+          param_files.TeacherImportError, diffusers_unet.DiffusersImportError,
+          train.NonFiniteError, runner.WorkdirError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 

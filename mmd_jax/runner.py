@@ -44,19 +44,21 @@ def stage_key(seed: int, name: str):
 
 
 class Env:
-  """The run around the methods: config, workdir, mesh, the data, and the
-  space the diffusion models live in (identity until a published space
-  replaces it)."""
+  """The run around the methods: config, workdir, mesh, the data, the
+  network (config.model's, or one a planned method brings), and the space
+  the diffusion models live in (identity until a published space replaces
+  it)."""
 
-  def __init__(self, config, workdir: str, mesh, data):
+  def __init__(self, config, workdir: str, mesh, data, plan=None):
     self.config, self.workdir, self.mesh, self.data = (config, workdir, mesh,
                                                        data)
+    self.network = network_of(plan, data, workdir) if plan else None
     self.set_space(IDENTITY)
 
   def set_space(self, space):
     self.space = space
     self.dataset = space.encode_dataset(self.data)
-    self.spec = spec_from_config(self.config, self.dataset)
+    self.spec = spec_from_config(self.config, self.dataset, self.network)
 
   def stream(self, dataset, batch_size: int, salt: int):
     images = dataset.kind == 'images'
@@ -75,6 +77,13 @@ class Env:
 
   def stage_dir(self, job) -> str:
     return job.stage_dir or os.path.join(self.workdir, job.name)
+
+
+def network_of(plan, data, workdir: str):
+  """The network a planned method brings (an imported teacher), if any."""
+  found = [n for n in (s.method.network(s.cfg, data, workdir)
+                       for s in plan.steps) if n is not None]
+  return found[0] if found else None
 
 
 # ----------------------------------------------------------------------------
@@ -295,7 +304,7 @@ def _preflight(env, plan):
 def run(config, workdir: str):
   plan = config_check.validate(config)
   env = Env(config, workdir, parallel.make_mesh(config.mesh),
-            load_dataset(config.data))
+            load_dataset(config.data), plan)
   _preflight(env, plan)
   prepare_workdir(config, workdir)
   logging.info('dataset %s: %d training examples of shape %s', env.data.name,
@@ -385,7 +394,7 @@ def evaluate_workdir(config, workdir: str, checkpoint_step: int | None = None):
   if not os.path.isdir(workdir):
     raise WorkdirError(f'--workdir {workdir} does not exist')
   env = Env(config, workdir, parallel.make_mesh(config.mesh),
-            load_dataset(config.data))
+            load_dataset(config.data), plan)
   missing = [s.job.name for s in plan.steps
              if not s.job.source and not os.path.isdir(env.stage_dir(s.job))]
   if missing:
@@ -439,7 +448,7 @@ def open_stage(stage_dir: str):
       stage_dir=stage_dir, source='', source_key='')
   step = plan_lib.Step(method, cfg, job, train=False)
   env = Env(config, workdir, parallel.make_mesh(config.mesh),
-            load_dataset(config.data))
+            load_dataset(config.data), plan)
   try:
     _resolve_space(env, plan)
     return env, plan, step, restore(env, plan, step)

@@ -73,3 +73,145 @@ def test_wrong_inputs_fail_in_one_line_naming_the_problem(tmp_path):
     du.from_pretrained(str(d))
   with pytest.raises(du.DiffusersImportError, match='has no config.json'):
     du.from_pretrained(str(tmp_path))
+
+
+def test_ddpm_teacher_read_at_its_own_log_snr_is_the_network():
+  """At the log-SNR of step n the denoiser feeds the network step n: its
+  eps output is diffusers' output at that timestep, and x follows from
+  z = sqrt(abar) x + sqrt(1 - abar) eps."""
+  from mmd_jax import diffusers_import
+  d = os.path.join(FIXTURES, 'ddpm_blocks')
+  module, param, conditional, sched = diffusers_import.network(
+      d, 'auto', 'auto', 0.5)
+  assert param == 'eps' and not conditional and sched.name == 'ddpm'
+  params = diffusers_import.load_params(d)
+  ref = np.load(os.path.join(d, 'reference.npz'))
+  table = sched.logsnr_table()
+  lam = table[ref['timestep']].astype(np.float32)
+  out = jax.jit(module.apply)(params, ref['sample'], lam)
+  np.testing.assert_allclose(out, ref['output'], rtol=1e-4, atol=2e-4)
+  # The schedule runs from step 0 at t = 0 to step T-1 at t = 1.
+  np.testing.assert_allclose([sched(0.0), sched(1.0)], table[[0, -1]],
+                             rtol=1e-6)
+  # Between steps the network gets a fractional step: halfway in log-SNR
+  # between steps 317 and 318 it is fed 317.5.
+  mid = np.float32(0.5 * (table[317] + table[318]))
+  probe = module.bind(params)
+  half = probe.net(ref['sample'][:1], np.float32(317.5))
+  np.testing.assert_allclose(probe(ref['sample'][:1], np.full(1, mid)), half,
+                             rtol=1e-4, atol=1e-5)
+
+
+def test_edm_preconditioning_in_closed_form():
+  from mmd_jax.models import imported
+  d = os.path.join(FIXTURES, 'resnet_scale_shift_classes')
+  unet_module, unet_params = du.from_pretrained(d)
+  edm = imported.EDMDenoiser(unet_module, sigma_data=0.5)
+  params = {'params': {'net': unet_params['params']}}
+  ref = np.load(os.path.join(d, 'reference.npz'))
+  z, labels = ref['sample'], ref['class_labels']
+  lam = np.array([-4.0, 0.0, 6.0], np.float32)
+  out = edm.apply(params, z, lam, labels)
+  sigma = np.exp(-lam / 2).reshape(-1, 1, 1, 1)
+  alpha = np.sqrt(1 / (1 + sigma ** 2))
+  x = z / alpha
+  c_in = 1 / np.sqrt(sigma ** 2 + 0.25)
+  f = unet_module.apply(unet_params, x * c_in,
+                        0.25 * np.log(sigma.reshape(-1)), labels)
+  want = 0.25 / (sigma ** 2 + 0.25) * x + sigma * 0.5 / np.sqrt(
+      sigma ** 2 + 0.25) * np.asarray(f)
+  np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_diffusers_teacher_is_imported_distilled_and_sampled(tmp_path):
+  """teacher.checkpoint=<diffusers dir>: W/teacher holds the imported
+  weights (and a copy of the model's config), the students are copies of
+  the imported network, and everything samples."""
+  import tiny
+  from mmd_jax import sample
+  d = os.path.join(FIXTURES, 'ddpm_blocks')
+  w = tmp_path / 'w'
+  tiny.run('digits', 'tiny_mm', w, {'teacher.checkpoint': d,
+                                    'stages': ('teacher', 'mm_alternating',
+                                               'evaluate')})
+  meta = json.load(open(w / 'teacher' / 'stage.json'))
+  assert meta['imported_from'] == d
+  assert json.load(open(w / 'teacher' / 'diffusers' / 'import.json'))[
+      'schedule'] == 'ddpm'
+  rep = json.load(open(w / 'report.json'))
+  assert {(r['model'], r['steps']) for r in rep['rows']} >= {
+      ('teacher', 2), ('mm_alternating', 2)}
+  for r in rep['rows']:
+    assert np.isfinite(r['metrics']['fd'])
+  # The imported teacher samples what the network itself denoises.
+  s, labels, k = sample.draw(str(w / 'teacher'), 4, 8)
+  assert s.shape == (8, 8, 8, 1) and labels is None and k == 4
+  s, _, _ = sample.draw(str(w / 'mm_alternating_k2'), None, 8)
+  assert np.all(np.isfinite(s))
+  # The workdir reads its teacher without the source directory.
+  src = tmp_path / 'src'
+  shutil.copytree(d, src)
+  w2 = tmp_path / 'w2'
+  tiny.run('digits', 'tiny_mm', w2, {'teacher.checkpoint': str(src),
+                                     'stages': ('teacher',)})
+  shutil.rmtree(src)
+  a, _, _ = sample.draw(str(w2 / 'teacher'), 4, 8, seed=1)
+  b, _, _ = sample.draw(str(w / 'teacher'), 4, 8, seed=1)
+  np.testing.assert_array_equal(a, b)
+
+
+def test_a_diffusers_teacher_that_does_not_fit_the_data_is_refused(tmp_path):
+  import tiny
+  from mmd_jax.checks import ConfigError
+  d = os.path.join(FIXTURES, 'resnet_scale_shift_classes')   # 3 channels
+  with pytest.raises(ConfigError, match='config.teacher.checkpoint: the '
+                     'model takes'):
+    tiny.run('digits', 'tiny', tmp_path / 'w', {'teacher.checkpoint': d})
+  assert not (tmp_path / 'w').exists()
+  bad = _copy(tmp_path)
+  os.remove(bad / du.WEIGHTS_FILE)
+  with pytest.raises(ConfigError, match='has no diffusion_pytorch_model'):
+    tiny.run('digits', 'tiny', tmp_path / 'w', {'teacher.checkpoint':
+                                                str(bad)})
+
+
+def test_schedule_and_prediction_come_from_the_scheduler_config(tmp_path):
+  """Read beside the model or in a pipeline's ../scheduler/; the oldest
+  configs name the step count 'timesteps'; an EDM scheduler makes the
+  teacher an EDM denoiser with its own sigma_data and noise input."""
+  from mmd_jax import diffusers_import as di
+  from mmd_jax.models import imported
+  pipe = tmp_path / 'pipe'
+  unet = _copy(pipe, 'ddpm_blocks')
+  assert di.settings(str(unet)) == {
+      'schedule': 'ddpm', 'prediction_type': 'epsilon',
+      'beta_schedule': 'linear', 'beta_start': 1e-4, 'beta_end': 0.02,
+      'num_train_timesteps': 1000}
+  (pipe / 'scheduler').mkdir()
+  json.dump({'_class_name': 'GaussianDDPMScheduler', 'beta_end': 0.012,
+             'beta_schedule': 'scaled_linear', 'beta_start': 0.00085,
+             'timesteps': 500, 'prediction_type': 'v_prediction'},
+            open(pipe / 'scheduler' / 'scheduler_config.json', 'w'))
+  s = di.settings(str(unet))
+  assert (s['beta_schedule'], s['num_train_timesteps'],
+          s['prediction_type']) == ('scaled_linear', 500, 'v_prediction')
+  module, param, _, sched = di.network(str(unet), 'auto', 'auto', 0.5)
+  assert param == 'v' and sched.num_timesteps == 500
+  assert di.settings(str(unet), prediction_type='epsilon')[
+      'prediction_type'] == 'epsilon'
+  json.dump({'_class_name': 'KarrasEDMScheduler', 'precondition_type':
+             'cm_edm', 'prediction_type': 'sample', 'sigma_data': 0.25,
+             'sigma_max': 80.0, 'sigma_min': 0.002},
+            open(pipe / 'scheduler' / 'scheduler_config.json', 'w'))
+  module, param, _, sched = di.network(str(unet), 'auto', 'auto', 0.5)
+  assert isinstance(module, imported.EDMDenoiser) and param == 'x'
+  assert sched is None and module.sigma_data == 0.25
+  assert module.noise_scale == 250.0
+  json.dump({'_class_name': 'KarrasEDMScheduler', 'precondition_type':
+             'mystery', 'sigma_max': 80.0},
+            open(pipe / 'scheduler' / 'scheduler_config.json', 'w'))
+  from mmd_jax.checks import ConfigError
+  from mmd_jax.data import DataShape
+  with pytest.raises(ConfigError, match="precondition_type 'mystery'"):
+    di.check(str(unet), 'auto', 'auto', DataShape('d', 'digits', (8, 8, 1),
+                                                  10))

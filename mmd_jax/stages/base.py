@@ -93,6 +93,18 @@ class SpecSampler:
                             guidance=guidance, sampler=sampler)
 
 
+@dataclasses.dataclass(frozen=True)
+class Network:
+  """The run's denoiser when a method defines it rather than config.model
+  (a teacher imported from another framework): the module, how to read
+  its output, whether it takes class labels, and the schedule it was
+  trained on (None: config.diffusion's)."""
+  module: Any
+  parameterization: str
+  conditional: bool
+  schedule: Any = None
+
+
 @dataclasses.dataclass
 class Context:
   """What a method sees of the run besides its config view.
@@ -126,6 +138,11 @@ class Method:
   def validate(self, cfg, data) -> None:
     """One-line ConfigErrors for bad values of its sections. `data` is the
     run's `DataShape`."""
+
+  def network(self, cfg, data, workdir: str) -> Optional[Network]:
+    """The run's network, when this method brings one (an imported
+    teacher); None: the one config.model describes."""
+    return None
 
   def jobs(self, cfg) -> list:
     raise NotImplementedError

@@ -1,11 +1,14 @@
 """The teacher: a many-step diffusion model (methods/teacher.py).
 
-Trained in W/teacher, or imported from `teacher.checkpoint`: an mmd_jax
-teacher stage directory (read where it is), or a parameter file
-(param_files.py) written into W/teacher as a checkpoint at the final step,
-with a fresh optimiser. Publishes 'teacher_params' (the EMA when used) and
-'teacher_second_moment' (Adam's v-hat, estimated from fresh gradients when
-the teacher has no Adam state, as an imported one has not).
+Trained in W/teacher, or imported from `teacher.checkpoint`:
+- an mmd_jax teacher stage directory, read where it is;
+- a parameter file of config.model's network (param_files.py);
+- a diffusers UNet2DModel directory (diffusers_import.py), which also
+  becomes the run's network: students and generators are copies of it.
+A file or a diffusers model is written into W/teacher as a checkpoint at
+the final step, with a fresh optimiser. Publishes 'teacher_params' (the EMA
+when used) and 'teacher_second_moment' (Adam's v-hat, estimated from fresh
+gradients when the teacher has no Adam state, as an imported one has not).
 """
 from __future__ import annotations
 
@@ -16,8 +19,8 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from mmd_jax import diffusion, param_files, parallel
-from mmd_jax.checks import need, positive_int
+from mmd_jax import diffusers_import, diffusion, param_files, parallel
+from mmd_jax.checks import need, one_of, positive_int
 from mmd_jax.methods import teacher
 from mmd_jax.stages import base, register
 
@@ -46,13 +49,19 @@ class Teacher(base.Method):
     need(0.0 <= t.label_dropout < 1.0, 'teacher.label_dropout',
          'must be in [0, 1)')
     need(t.sigma_data > 0, 'teacher.sigma_data', 'must be > 0')
+    one_of(cfg, 'teacher.noise_schedule', diffusers_import.SCHEDULES)
+    one_of(cfg, 'teacher.prediction_type',
+           ('auto',) + tuple(diffusers_import.PREDICTIONS))
     if t.checkpoint:
       need(os.path.exists(t.checkpoint), 'teacher.checkpoint',
            f'{t.checkpoint!r} does not exist')
       need(os.path.isdir(t.checkpoint) or t.checkpoint.endswith(
           param_files.PARAM_FILE_SUFFIXES), 'teacher.checkpoint',
-           f'{t.checkpoint!r} is neither a teacher stage directory nor a '
-           '.npz/.msgpack parameter file')
+           f'{t.checkpoint!r} is neither a teacher stage directory, a '
+           'diffusers model directory nor a .npz/.msgpack parameter file')
+      if diffusers_import.is_diffusers_dir(t.checkpoint):
+        diffusers_import.check(t.checkpoint, t.noise_schedule,
+                               t.prediction_type, data)
     n = cfg.grad_accum_steps
     need(t.batch_size % n == 0, 'grad_accum_steps',
          f'{n} does not divide teacher.batch_size={t.batch_size}')
@@ -60,13 +69,34 @@ class Teacher(base.Method):
   def jobs(self, cfg):
     t = cfg.teacher
     ckpt = os.path.abspath(t.checkpoint) if t.checkpoint else ''
+    # Read in place: a teacher stage directory. Imported: a file or a
+    # diffusers model.
+    in_place = os.path.isdir(ckpt) and not diffusers_import.is_diffusers_dir(
+        ckpt)
     return [base.Job(
         method=self.name, name='teacher', model='teacher', steps=None,
         num_steps=t.num_train_steps, batch_size=t.batch_size,
         batch_key='teacher.batch_size', data_salt=0,
         micro_batches=cfg.grad_accum_steps, source=ckpt,
-        source_key='teacher.checkpoint',
-        stage_dir=ckpt if os.path.isdir(ckpt) else '')]
+        source_key='teacher.checkpoint', stage_dir=ckpt if in_place else '')]
+
+  def _diffusers_dir(self, cfg, workdir: str):
+    """The diffusers model this run's teacher is: the copy an import left in
+    W/teacher, or teacher.checkpoint; None for mmd_jax's own networks."""
+    copy = os.path.join(workdir, 'teacher', diffusers_import.COPY_DIR)
+    if os.path.isfile(os.path.join(copy, 'import.json')):
+      return copy
+    ckpt = cfg.teacher.checkpoint
+    return ckpt if ckpt and diffusers_import.is_diffusers_dir(ckpt) else None
+
+  def network(self, cfg, data, workdir):
+    src = self._diffusers_dir(cfg, workdir)
+    if src is None:
+      return None
+    t = cfg.teacher
+    module, param, conditional, schedule = diffusers_import.network(
+        src, t.noise_schedule, t.prediction_type, t.sigma_data)
+    return base.Network(module, param, conditional, schedule)
 
   def _hparams(self, cfg):
     t = cfg.teacher
@@ -89,7 +119,15 @@ class Teacher(base.Method):
     return base.Sampling(base.SpecSampler(ctx.spec), steps=None)
 
   def import_state(self, job, cfg, ctx, state):
-    params = param_files.load_params(job.source, _abstract_params(ctx))
+    if os.path.isdir(job.source):   # a diffusers model
+      params = diffusers_import.load_params(job.source)
+      t = cfg.teacher
+      if jax.process_index() == 0:
+        diffusers_import.keep_copy(job.source,
+                                   os.path.join(ctx.workdir, job.name),
+                                   t.noise_schedule, t.prediction_type)
+    else:
+      params = param_files.load_params(job.source, _abstract_params(ctx))
     params = jax.tree.map(lambda p, old: jax.device_put(p, old.sharding),
                           params, state.params)
     logging.info('teacher imported from %s', job.source)
