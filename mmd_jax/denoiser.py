@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from mmd_jax import diffusion, sampling
+from mmd_jax.checks import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,6 +21,10 @@ class DenoiserSpec:
   # The data's scale as the losses assume it (EDM's sigma_data): the 'edm'
   # weights and latent spaces' normalisation read it here.
   sigma_data: float = 0.5
+  # False for a network with no unconditional input (an imported model
+  # trained without label dropout): guidance is then refused, not run on
+  # an untrained or out-of-range label embedding.
+  has_null_label: bool = True
 
   @property
   def null_label(self) -> int:
@@ -37,6 +42,12 @@ class DenoiserSpec:
     return diffusion.x_from_output(self.parameterization, z, out, lam)
 
   def denoiser(self, params, labels=None, guidance: float = 0.0):
+    if guidance and labels is not None and not self.has_null_label:
+      raise ConfigError(
+          f'classifier-free guidance {guidance} (distill.guidance, '
+          f'eval.guidance or --guidance) needs an unconditional input, and '
+          f'this teacher embeds only the data\'s {self.num_classes} classes '
+          f'(no null label); set the guidance to 0')
     return sampling.make_denoiser(self.module, params, self.parameterization,
                                   labels, self.null_label, guidance)
 
@@ -59,7 +70,8 @@ def spec_from_config(config, dataset, network=None) -> DenoiserSpec:
     return DenoiserSpec(
         module=network.module, schedule=network.schedule or schedule,
         parameterization=network.parameterization, num_classes=num_classes,
-        sigma_data=float(config.teacher.sigma_data))
+        sigma_data=float(config.teacher.sigma_data),
+        has_null_label=network.null_label)
   num_classes = dataset.num_classes if config.model.conditional else 0
   return DenoiserSpec(
       module=build_model(config.model, num_classes), schedule=schedule,

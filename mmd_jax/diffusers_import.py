@@ -158,6 +158,15 @@ def network(model_dir: str, noise_schedule: str, prediction_type: str,
           PREDICTIONS[s['prediction_type']], conditional, sched)
 
 
+def has_null_label(model_dir: str, num_classes: int) -> bool:
+  """Whether the model embeds a label past the data's classes. Label
+  index `num_classes` is our unconditional input; a diffusers model
+  trained without label dropout has no such row (and a 'timestep' class
+  embedding none that was trained)."""
+  c = du.read_config(model_dir)
+  return c.num_class_embeds is not None and c.num_class_embeds > num_classes
+
+
 def load_params(model_dir: str):
   """The weights as the denoiser module's params ({'params': {'net':
   ...}})."""

@@ -215,3 +215,37 @@ def test_schedule_and_prediction_come_from_the_scheduler_config(tmp_path):
   with pytest.raises(ConfigError, match="precondition_type 'mystery'"):
     di.check(str(unet), 'auto', 'auto', DataShape('d', 'digits', (8, 8, 1),
                                                   10))
+
+
+def test_guidance_is_refused_for_a_teacher_without_a_null_label():
+  """Label index num_classes is our unconditional input. A diffusers model
+  that embeds exactly the data's classes has no such row (JAX would read
+  out of range), and a 'timestep' class embedding never trained one."""
+  import types
+  import jax.numpy as jnp
+  from mmd_jax import denoiser
+  from mmd_jax import diffusers_import as di
+  from mmd_jax.checks import ConfigError
+  from mmd_jax.stages import base
+  import tiny
+  cls = os.path.join(FIXTURES, 'resnet_scale_shift_classes')  # 10 embeds
+  assert not di.has_null_label(cls, 10)
+  assert di.has_null_label(cls, 9)
+  assert not di.has_null_label(os.path.join(FIXTURES, 'attn_resnet_resampling'),
+                               10)
+  module, param, conditional, sched = di.network(cls, 'auto', 'auto', 0.5)
+  net = base.Network(module, param, conditional, sched,
+                     null_label=di.has_null_label(cls, 10))
+  spec = denoiser.spec_from_config(tiny.config('digits', 'tiny'),
+                                   types.SimpleNamespace(num_classes=10), net)
+  assert spec.num_classes == 10 and not spec.has_null_label
+  params = di.load_params(cls)
+  z, lam, labels = jnp.zeros((2, 8, 8, 3)), jnp.zeros((2,)), jnp.arange(2)
+  assert np.all(np.isfinite(spec.denoiser(params, labels, 0.0)(z, lam)))
+  with pytest.raises(ConfigError, match='no null label') as e:
+    spec.denoiser(params, labels, 1.5)
+  assert '\n' not in str(e.value)
+  # Our own networks keep their null label.
+  own = denoiser.spec_from_config(tiny.config('digits', 'tiny'),
+                                  types.SimpleNamespace(num_classes=10))
+  assert own.has_null_label

@@ -98,11 +98,14 @@ class Network:
   """The run's denoiser when a method defines it rather than config.model
   (a teacher imported from another framework): the module, how to read
   its output, whether it takes class labels, and the schedule it was
-  trained on (None: config.diffusion's)."""
+  trained on (None: config.diffusion's). `null_label`: whether it embeds a
+  label past the data's classes, the unconditional input that
+  classifier-free guidance needs."""
   module: Any
   parameterization: str
   conditional: bool
   schedule: Any = None
+  null_label: bool = True
 
 
 @dataclasses.dataclass

@@ -96,7 +96,9 @@ class Teacher(base.Method):
     t = cfg.teacher
     module, param, conditional, schedule = diffusers_import.network(
         src, t.noise_schedule, t.prediction_type, t.sigma_data)
-    return base.Network(module, param, conditional, schedule)
+    return base.Network(module, param, conditional, schedule,
+                        null_label=diffusers_import.has_null_label(
+                            src, data.num_classes))
 
   def _hparams(self, cfg):
     t = cfg.teacher
