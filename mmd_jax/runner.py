@@ -20,7 +20,7 @@ from absl import logging
 
 from mmd_jax import config_check, parallel, plan as plan_lib, stage_meta, train
 from mmd_jax import stages as registry
-from mmd_jax.checks import ConfigError
+from mmd_jax.checks import ConfigError, need
 from mmd_jax.data import batches, load_dataset
 from mmd_jax.denoiser import spec_from_config
 from mmd_jax.evaluation import evaluate, plots
@@ -53,6 +53,12 @@ class Env:
     self.config, self.workdir, self.mesh, self.data = (config, workdir, mesh,
                                                        data)
     self.network = network_of(plan, data, workdir) if plan else None
+    # Before any training: evaluation would only meet it at the end.
+    need(not (self.network and not self.network.null_label and
+              config.eval.guidance), 'eval.guidance',
+         'this teacher has no null label (its class embedding covers only '
+         'the data\'s classes), so classifier-free guidance cannot run; set '
+         'it to 0')
     self.set_space(IDENTITY)
 
   def set_space(self, space):

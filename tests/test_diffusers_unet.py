@@ -249,3 +249,16 @@ def test_guidance_is_refused_for_a_teacher_without_a_null_label():
   own = denoiser.spec_from_config(tiny.config('digits', 'tiny'),
                                   types.SimpleNamespace(num_classes=10))
   assert own.has_null_label
+
+
+def test_a_run_refuses_eval_guidance_without_a_null_label_before_training(
+    tmp_path):
+  import tiny
+  from mmd_jax.checks import ConfigError
+  unet = os.path.join(os.path.dirname(FIXTURES), '..', '..', 'tools',
+                      'diffusers_digits_teacher', 'unet')  # 10 classes
+  with pytest.raises(ConfigError, match='config.eval.guidance: this teacher '
+                     'has no null label'):
+    tiny.run('digits', 'tiny_mm', tmp_path / 'w',
+             {'teacher.checkpoint': unet, 'eval.guidance': 1.0})
+  assert not (tmp_path / 'w' / 'teacher').exists()
