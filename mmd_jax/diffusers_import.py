@@ -147,14 +147,14 @@ def network(model_dir: str, noise_schedule: str, prediction_type: str,
   s = settings(model_dir, noise_schedule, prediction_type)
   conditional = c.num_class_embeds is not None or bool(c.class_embed_type)
   if s['schedule'] == 'edm':
-    return (imported.EDMDenoiser(
+    edm = imported.EDMDenoiser(
         unet, s.get('sigma_data') or sigma_data,
-        EDM_NOISE_SCALES[s.get('precondition_type', 'edm')]), 'x',
-            conditional, None)
+        EDM_NOISE_SCALES[s.get('precondition_type', 'edm')], conditional)
+    return edm, 'x', conditional, None
   sched = diffusion.Schedule(
       'ddpm', beta_schedule=s['beta_schedule'], beta_start=s['beta_start'],
       beta_end=s['beta_end'], num_timesteps=s['num_train_timesteps'])
-  return (imported.DDPMDenoiser(unet, sched),
+  return (imported.DDPMDenoiser(unet, sched, conditional),
           PREDICTIONS[s['prediction_type']], conditional, sched)
 
 

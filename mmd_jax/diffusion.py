@@ -8,11 +8,13 @@ so `alpha^2 = sigmoid(lam)` and `sigma^2 = sigmoid(-lam)`. Time `t` runs from
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -50,12 +52,13 @@ def edm_logsnr(t, sigma_min=0.002, sigma_max=80.0, rho=7.0):
 DDPM_BETA_SCHEDULES = ('linear', 'scaled_linear', 'squaredcos_cap_v2')
 
 
+@functools.lru_cache(maxsize=8)
 def ddpm_logsnr_table(beta_schedule: str = 'linear', beta_start: float = 1e-4,
                       beta_end: float = 0.02, num_timesteps: int = 1000):
   """lam_n = log(abar_n / (1 - abar_n)), n = 0..T-1, of a discrete DDPM
   schedule (diffusers' DDPMScheduler betas; abar_n = prod_{i<=n} (1 -
-  beta_i)). Decreasing in n."""
-  import numpy as np
+  beta_i)). Decreasing in n. Cached (every trace of the schedule reads it),
+  so read-only."""
   n = num_timesteps
   if beta_schedule == 'linear':
     betas = np.linspace(beta_start, beta_end, n, dtype=np.float64)
@@ -70,7 +73,9 @@ def ddpm_logsnr_table(beta_schedule: str = 'linear', beta_start: float = 1e-4,
     raise ValueError(f'unknown DDPM beta schedule {beta_schedule!r}; known: '
                      f'{DDPM_BETA_SCHEDULES}')
   abar = np.cumprod(1.0 - betas)
-  return np.log(abar) - np.log1p(-abar)
+  table = np.log(abar) - np.log1p(-abar)
+  table.flags.writeable = False
+  return table
 
 
 def ddpm_logsnr(t, table):

@@ -106,7 +106,7 @@ def test_edm_preconditioning_in_closed_form():
   from mmd_jax.models import imported
   d = os.path.join(FIXTURES, 'resnet_scale_shift_classes')
   unet_module, unet_params = du.from_pretrained(d)
-  edm = imported.EDMDenoiser(unet_module, sigma_data=0.5)
+  edm = imported.EDMDenoiser(unet_module, sigma_data=0.5, conditional=True)
   params = {'params': {'net': unet_params['params']}}
   ref = np.load(os.path.join(d, 'reference.npz'))
   z, labels = ref['sample'], ref['class_labels']

@@ -19,32 +19,25 @@ import jax.numpy as jnp
 from mmd_jax import diffusion
 
 
-def _labels(net, labels):
-  """Labels for a class-conditional network; an unconditional one gets
-  none (the run's data may still have labels)."""
-  cfg = getattr(net, 'cfg', None)
-  if cfg is None:
-    return labels
-  return labels if cfg.num_class_embeds is not None or \
-      cfg.class_embed_type else None
-
-
 class DDPMDenoiser(nn.Module):
   net: nn.Module                   # (sample, timestep, labels, train)
   schedule: diffusion.Schedule     # the 'ddpm' schedule the net was trained on
+  # An unconditional net gets no labels, though the run's data may have them.
+  conditional: bool = False
 
   def __call__(self, z, lam, labels=None, train: bool = False):
     table = jnp.asarray(self.schedule.logsnr_table(), jnp.float32)
     steps = jnp.arange(len(table), dtype=jnp.float32)
     # The table decreases in n; interp wants increasing abscissae.
     n = jnp.interp(lam.astype(jnp.float32), table[::-1], steps[::-1])
-    return self.net(z, n, _labels(self.net, labels), train)
+    return self.net(z, n, labels if self.conditional else None, train)
 
 
 class EDMDenoiser(nn.Module):
   net: nn.Module
   sigma_data: float = 0.5
   noise_scale: float = 0.25
+  conditional: bool = False
 
   def __call__(self, z, lam, labels=None, train: bool = False):
     shape = (-1,) + (1,) * (z.ndim - 1)
@@ -56,5 +49,5 @@ class EDMDenoiser(nn.Module):
     c_skip = sd2 / (s2 + sd2)
     c_out = sigma * self.sigma_data / jnp.sqrt(s2 + sd2)
     f = self.net(x * c_in.reshape(shape), self.noise_scale * jnp.log(sigma),
-                 _labels(self.net, labels), train)
+                 labels if self.conditional else None, train)
     return c_skip.reshape(shape) * x + c_out.reshape(shape) * f
