@@ -86,6 +86,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   # s ~ U[0, 1-1/k] ('grid') or U[0, 1] ('full'); 'auto': full at k = 1 only,
   # where the grid range is s = 0 and the gradient vanishes.
   c.distill.s_range = 'auto'
+  # k = 1: the student as a one-step generator, the network read at log-SNR
+  # k1_logsnr on pure noise (EMD's form, lambda* = 0), t = 1 and s over
+  # [0, 1]. False: the network at t = 1 (log-SNR logsnr_min), where it has
+  # learned to ignore its input and the students stay collapsed.
+  c.distill.k1_generator = True
+  c.distill.k1_logsnr = 0.0
   c.distill.guidance = 0.0         # CFG weight inside the teacher only
   c.distill.precond_eps = 1e-8     # Lambda = 1 / (sqrt(v_hat) + eps)
   c.distill.precond_estimate_steps = 100  # when the teacher has no Adam state
@@ -156,6 +162,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.samplers = ('ancestral',)  # ancestral | ddim
   c.eval.guidance = 0.0          # CFG weight for conditional teachers
   c.eval.seed = 1
+  # Repeat sampling with this many independent seeds: report rows hold the
+  # mean (metrics) and the standard deviation (metrics_std) over them.
+  c.eval.num_seeds = 1
   c.eval.mmd_bandwidths = (0.1, 0.3, 1.0)
   c.eval.classifier_steps = 2000  # digits classifier training steps
   c.eval.pr_k = 3                 # k-NN precision/recall

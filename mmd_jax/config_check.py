@@ -74,6 +74,7 @@ def validate(config) -> plan_lib.Plan:
   e = config.eval
   _positive_int(config, 'eval.num_samples')
   _positive_int(config, 'eval.batch_size')
+  _positive_int(config, 'eval.num_seeds')
   for k in e.teacher_steps:
     _need(isinstance(k, int) and k >= 1, 'eval.teacher_steps',
           f'every k must be an integer >= 1, got {k!r}')

@@ -166,7 +166,22 @@ def make_plan(config, data=None) -> Plan:
     m, in_stages = o
     for job in m.jobs(views[m.name]):
       items.append(Step(m, views[m.name], job, in_stages and not job.source))
+  _check_parents(items)
   return Plan(items, latent, config)
+
+
+def _check_parents(items):
+  seen = set()
+  for item in items:
+    if item is EVALUATE:
+      continue
+    parent = item.job.parent
+    if parent and parent not in seen:
+      raise ConfigError(
+          f'stages: {item.job.name!r} starts from {parent!r}, which no earlier '
+          f'job of the run trains or restores ({item.job.method} must list '
+          'its jobs in order)')
+    seen.add(item.job.name)
 
 
 def validate_methods(config, names, data):

@@ -18,7 +18,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from mmd_jax import config_check, parallel, plan as plan_lib, stage_meta, train
+from mmd_jax import config_check, costs, parallel, plan as plan_lib, stage_meta
+from mmd_jax import train
 from mmd_jax import stages as registry
 from mmd_jax.checks import ConfigError, need
 from mmd_jax.data import batches, load_dataset
@@ -268,7 +269,20 @@ def _import(env, plan, step, ctx):
   stage_meta.save_config(env.config, stage_dir)
 
 
-def _train(env, plan, arts, step, scorer):
+def _parent_artifacts(env, plan, step, states) -> dict:
+  """{'parent_params': ...} of a job that starts from an earlier one: the
+  state trained in this run, else the parent's checkpoint."""
+  name = step.job.parent
+  if not name:
+    return {}
+  state = states.get(name)
+  if state is None:
+    parent = next(s for s in plan.steps if s.job.name == name)
+    state = restore(env, plan, parent)
+  return {'parent_params': state.sampling_params}
+
+
+def _train(env, plan, arts, step, scorer, states=None):
   """Trains one job (or skips it when finished); returns its state, or
   None when it was skipped."""
   ctx = env.context(step.method)
@@ -279,8 +293,9 @@ def _train(env, plan, arts, step, scorer):
   if train.is_finished(stage_dir, job.num_steps):
     logging.info('%s: finished earlier, skipping', job.name)
     return None
-  stage = build_stage(env, step, {a: arts.get(a) for a in step.method.needs},
-                      ctx)
+  artifacts = {a: arts.get(a) for a in step.method.needs}
+  artifacts.update(_parent_artifacts(env, plan, step, states or {}))
+  stage = build_stage(env, step, artifacts, ctx)
   stage = _with_quality(env, step, ctx, stage, scorer)
   stream = env.stream(ctx.dataset, job.batch_size, job.data_salt)
   _log_data_shard(stream)
@@ -315,14 +330,17 @@ def run(config, workdir: str):
   prepare_workdir(config, workdir)
   logging.info('dataset %s: %d training examples of shape %s', env.data.name,
                env.data.num_train, env.data.example_shape)
-  arts, scorer = Artifacts(), []
+  arts, scorer, states = Artifacts(), [], {}
+  parents = {s.job.parent for s in plan.steps if s.job.parent}
   for i, item in enumerate(plan.items):
     if item is plan_lib.EVALUATE:
       _evaluate(env, plan, plan.items[:i])
       continue
     state = None
     if item.train:
-      state = _train(env, plan, arts, item, scorer)
+      state = _train(env, plan, arts, item, scorer, states)
+      if item.job.name in parents:
+        states[item.job.name] = state
     elif item.job.source and not item.job.stage_dir:
       _import(env, plan, item, env.context(item.method))
     elif item.job.stage_dir:
@@ -339,7 +357,7 @@ def _seconds_per_step(stage_dir):
   return None if meta is None else meta.get('seconds_per_step')
 
 
-def _entries(env, step, ctx, sampling, params) -> list:
+def _entries(env, plan, step, ctx, sampling, params) -> list:
   e = env.config.eval
   job = step.job
   common = dict(model=job.model, draw=sampling.draw, params=params,
@@ -352,6 +370,8 @@ def _entries(env, step, ctx, sampling, params) -> list:
   return [evaluate.Entry(
       sampler='student', steps=sampling.steps,
       train_seconds_per_step=_seconds_per_step(env.stage_dir(job)),
+      cost=costs.job_cost(job, {s.job.name: s.job for s in plan.steps},
+                          lambda j: stage_meta.read(env.stage_dir(j))),
       setting=job.report_setting, **common)]
 
 
@@ -369,7 +389,8 @@ def _evaluate(env, plan, items, checkpoint_step=None):
     images.update(im)
     sampling = step.method.sampling(step.job, step.cfg, ctx)
     if sampling is not None:
-      entries += _entries(env, step, ctx, sampling, state.sampling_params)
+      entries += _entries(env, plan, step, ctx, sampling,
+                          state.sampling_params)
   rep = evaluate.run(env.config, env.workdir, env.data, entries, rows, images)
   logging.info('report written to %s', os.path.join(env.workdir, 'report.md'))
   logging.info('reference (real vs real): %s', json.dumps(rep['reference']))

@@ -179,6 +179,7 @@ def run(stage: Stage, stream, mesh, seed_key, checkpoint_cfg, log_cfg,
 
   # A host copy: the state (and its rng buffer) is donated to each step.
   key = np.asarray(jax.device_get(stage.rng(state)))
+  wall0 = time.time()
   with SigtermFlag() as sigterm:
     state, window_costs = _loop(stage, stream, ckpt, step_fn, state, key,
                                 counts, start, batch_sh, progress, writer, tb,
@@ -194,6 +195,10 @@ def run(stage: Stage, stream, mesh, seed_key, checkpoint_cfg, log_cfg,
     if window_costs:
       steady = window_costs[1:] or window_costs
       meta['seconds_per_step'] = float(np.median(steady))
+    # Training wall time, compile included; steps run before a resume are
+    # counted at the steady rate (their process's wall time is not kept).
+    meta['train_seconds'] = float(time.time() - wall0 + start * meta.get(
+        'seconds_per_step', 0.0))
     _write_json(os.path.join(stage.stage_dir, 'stage.json'), meta)
   return state
 

@@ -269,3 +269,34 @@ def test_alternating_learning_rate_follows_the_global_step():
   assert float(m['learning_rate']) == 0.0
   for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(st.student_params)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_one_step_generator_form_reads_the_student_at_the_fixed_logsnr():
+  """k = 1: the student sees pure noise (t = 1) at log-SNR k1_logsnr, in
+  training and in sampling; k1_generator=False keeps the t = 1 form."""
+  spec = _spec()
+  x = jax.random.normal(jax.random.PRNGKey(0), (64, 2)) + 3.0
+  params = _random_params(spec, jax.random.PRNGKey(1), x)
+  hp = mm.MMHParams(k=1, k1_logsnr=-2.0)
+  key = jax.random.PRNGKey(2)
+  d = mm._draw(key, spec, params, x, None, hp)
+  eps = jax.random.normal(jax.random.split(key, 3)[1], x.shape)
+  np.testing.assert_array_equal(d.z_t, eps)   # no data in z_t
+  np.testing.assert_allclose(
+      d.x_tilde, spec.x_hat(params, eps, jnp.full((64,), -2.0)), rtol=1e-6)
+  np.testing.assert_allclose(d.lam_t, SCHED(1.0) * np.ones(64), rtol=1e-6)
+  # The old form diffuses the data to t <= 1 and reads the net there.
+  d_old = mm._draw(key, spec, params, x, None,
+                   mm.MMHParams(k=1, k1_generator=False))
+  assert float(jnp.abs(d_old.z_t - eps).max()) > 1e-4
+  assert float(d_old.lam_t.max()) > float(SCHED(1.0)) + 0.1
+
+  k_s = jax.random.PRNGKey(3)
+  z1 = jax.random.normal(jax.random.split(k_s)[0], (64, 2))
+  np.testing.assert_allclose(
+      mm.student_sample(spec, params, k_s, (64, 2), 1, hp=hp),
+      spec.x_hat(params, z1, jnp.full((64,), -2.0)), rtol=1e-6)
+  np.testing.assert_array_equal(
+      mm.student_sample(spec, params, k_s, (64, 2), 1,
+                        hp=mm.MMHParams(k=1, k1_generator=False)),
+      spec.sample(params, k_s, (64, 2), 1))

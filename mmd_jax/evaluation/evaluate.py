@@ -70,6 +70,24 @@ def generate(draw, params, key, n: int, steps: int, sampler: str,
   return np.concatenate(out)[:n], labels_all
 
 
+def seed_keys(seed: int, num_seeds: int) -> list:
+  """Evaluation keys: the first is PRNGKey(seed) (one seed scores as it
+  always has), the others independent of it."""
+  base = jax.random.PRNGKey(seed)
+  return [base] + [jax.random.fold_in(base, i) for i in range(1, num_seeds)]
+
+
+def mean_and_std(per_seed: list) -> tuple:
+  """(mean of each metric, sample standard deviation or None for one
+  seed) over a list of metric dicts."""
+  names = [m for m in per_seed[0] if all(m in d for d in per_seed)]
+  vals = {m: np.array([float(d[m]) for d in per_seed]) for m in names}
+  mean = {m: float(v.mean()) for m, v in vals.items()}
+  if len(per_seed) < 2:
+    return mean, None
+  return mean, {m: float(v.std(ddof=1)) for m, v in vals.items()}
+
+
 class Scorer:
   """Scores samples against the real reference set, per dataset kind."""
 
@@ -199,6 +217,7 @@ class Entry:
   decode: object = None             # to data space
   train_seconds_per_step: float | None = None
   setting: dict | None = None       # hyperparameters shown beside the row
+  cost: dict | None = None          # costs.job_cost of a trained student
 
 
 def run(config, workdir: str, dataset, entries, extra_rows=(),
@@ -210,37 +229,51 @@ def run(config, workdir: str, dataset, entries, extra_rows=(),
   os.makedirs(out_dir, exist_ok=True)
   scorer = Scorer(config, dataset, workdir)
   rows, images, panels = list(extra_rows), dict(extra_images or {}), {}
-  # Common random numbers: every model and every k starts from the same
-  # noise, so differences between rows are paired comparisons rather than
-  # differences between seeds. On toy2d the initial noise decides most
-  # samples' modes, and unpaired seeds moved the 4000-sample ED by +-0.0008.
-  key = jax.random.PRNGKey(config.eval.seed)
+  # Common random numbers: within one seed every model and every k starts
+  # from the same noise, so differences between rows are paired comparisons
+  # rather than differences between seeds. On toy2d the initial noise
+  # decides most samples' modes, and unpaired seeds moved the 4000-sample ED
+  # by +-0.0008. Seeds past the first repeat the whole set with independent
+  # noise: rows report the mean and the standard deviation over seeds.
+  keys = seed_keys(config.eval.seed, config.eval.get('num_seeds', 1))
   for e in entries:
-    t0 = time.time()
-    samples, labels = generate(
-        e.draw, e.params, key, config.eval.num_samples, e.steps,
-        e.draw_sampler, config.eval.batch_size, e.shape, e.num_classes,
-        e.guidance, decode=e.decode, quantize=dataset.kind == 'images')
-    gen_s = time.time() - t0
-    metrics = scorer.score(samples, labels)
-    logging.info('evaluate %s %s k=%d: %s (%.1fs to sample)', e.model,
-                 e.sampler, e.steps,
-                 {m: round(v, 5) for m, v in metrics.items()}, gen_s)
+    per_seed, gen_s = [], []
+    for i, key in enumerate(keys):
+      t0 = time.time()
+      samples, labels = generate(
+          e.draw, e.params, key, config.eval.num_samples, e.steps,
+          e.draw_sampler, config.eval.batch_size, e.shape, e.num_classes,
+          e.guidance, decode=e.decode, quantize=dataset.kind == 'images')
+      gen_s.append(time.time() - t0)
+      per_seed.append(scorer.score(samples, labels))
+      if i == 0:
+        first = samples
+    metrics, std = mean_and_std(per_seed)
+    logging.info('evaluate %s %s k=%d: %s (%.1fs to sample, %d seed%s)',
+                 e.model, e.sampler, e.steps,
+                 {m: round(v, 5) for m, v in metrics.items()}, sum(gen_s),
+                 len(keys), 's' if len(keys) > 1 else '')
     row = {'model': e.model, 'sampler': e.sampler, 'steps': int(e.steps),
-           'metrics': metrics, 'sample_seconds': round(gen_s, 3)}
+           'metrics': metrics, 'sample_seconds': round(gen_s[0], 3)}
+    if std is not None:
+      row['metrics_std'] = std
+      row['num_seeds'] = len(keys)
     if e.train_seconds_per_step is not None:
       row['train_seconds_per_step'] = round(e.train_seconds_per_step, 5)
+    if e.cost is not None:
+      row['cost'] = e.cost
     if e.setting is not None:
       row['setting'] = e.setting
     rows.append(row)
-    # One picture per model: a many-step model's across its step counts
-    # (one per sampler), a student's (or generator's) at its own k.
+    # One picture per model (the first seed's samples): a many-step model's
+    # across its step counts (one per sampler), a student's (or
+    # generator's) at its own k.
     if e.sampler == 'student':
       stem, title = f'{e.model}_k{e.steps}', f'{e.model} samples (k={e.steps})'
     else:
       stem, title = f'{e.model}_{e.sampler}', f'{e.model} samples ({e.sampler})'
     panels.setdefault((stem, title), []).append(
-        (f'{e.model} {e.sampler} k={e.steps}', samples[:1000]))
+        (f'{e.model} {e.sampler} k={e.steps}', first[:1000]))
   for (stem, title), pan in panels.items():
     fname = 'samples_' + re.sub(r'[^A-Za-z0-9.=-]+', '_', stem).strip('_') + '.png'
     if jax.process_index() == 0:
@@ -254,6 +287,11 @@ def run(config, workdir: str, dataset, entries, extra_rows=(),
   if jax.process_index() == 0:
     plots.quality_vs_steps(rows, metric, scorer.reference.get(metric),
                            os.path.join(workdir, 'quality_vs_steps.png'))
-    images = {f'{metric} vs sampling steps': 'quality_vs_steps.png', **images}
-    report.write_report(workdir, rep, images)
+    pictures = {f'{metric} vs sampling steps': 'quality_vs_steps.png'}
+    if plots.leaderboard(rows, metric, scorer.reference.get(metric),
+                         os.path.join(workdir, 'leaderboard.png')):
+      pictures[f'leaderboard: {metric} of the students against k'] = (
+          'leaderboard.png')
+    images = {**pictures, **images}
+    report.write_report(workdir, rep, images, metric)
   return rep

@@ -71,22 +71,58 @@ def save_panel(panels, path: str, real=None):
   plt.close(fig)
 
 
-def quality_vs_steps(rows, metric: str, reference: float | None, path: str):
-  """One line per (model, sampler) over sampling steps; log-log axes."""
-  fig, ax = plt.subplots(figsize=(6, 4))
+def _groups(rows, metric, keep=lambda r: True):
+  """{'model (sampler)': [(k, mean, std)]} sorted by k; std 0 without seeds."""
   groups = {}
   for r in rows:
-    if metric in r['metrics']:
+    if metric in r['metrics'] and keep(r):
       groups.setdefault(f"{r['model']} ({r['sampler']})", []).append(
-          (r['steps'], r['metrics'][metric]))
-  for name, pts in sorted(groups.items()):
-    pts.sort()
-    xs, ys = zip(*pts)
-    ax.plot(xs, ys, marker='o', label=name)
+          (r['steps'], r['metrics'][metric],
+           r.get('metrics_std', {}).get(metric, 0.0)))
+  return {name: sorted(pts) for name, pts in sorted(groups.items())}
+
+
+def quality_vs_steps(rows, metric: str, reference: float | None, path: str):
+  """One line per (model, sampler) over sampling steps, with error bars of
+  one standard deviation over evaluation seeds; log-log axes."""
+  fig, ax = plt.subplots(figsize=(6, 4))
+  groups = _groups(rows, metric)
+  for name, pts in groups.items():
+    xs, ys, es = zip(*pts)
+    ax.errorbar(xs, ys, yerr=es, marker='o', capsize=3, label=name)
+  _finish(ax, fig, groups, metric, reference, path)
+
+
+def leaderboard(rows, metric: str, reference: float | None, path: str
+                ) -> bool:
+  """The students' metric against k, one line per method with seed error
+  bars, and each many-step model's sampler over the same k as dashed
+  references. False (no picture) without student rows."""
+  student = lambda r: r['sampler'] == 'student'
+  methods = _groups(rows, metric, student)
+  if not methods:
+    return False
+  ks = {k for pts in methods.values() for k, _, _ in pts}
+  refs = _groups(rows, metric, lambda r: not student(r) and r['steps'] <= max(
+      ks))
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for name, pts in methods.items():
+    xs, ys, es = zip(*pts)
+    ax.errorbar(xs, ys, yerr=es, marker='o', capsize=3,
+                label=name.replace(' (student)', ''))
+  for name, pts in refs.items():
+    xs, ys, es = zip(*pts)
+    ax.errorbar(xs, ys, yerr=es, ls='--', color='gray', marker='.',
+                capsize=2, alpha=0.8, label=name)
+  _finish(ax, fig, {**methods, **refs}, metric, reference, path)
+  return True
+
+
+def _finish(ax, fig, groups, metric, reference, path):
   if reference is not None:
-    ax.axhline(reference, color='gray', ls='--', label='real vs real')
+    ax.axhline(reference, color='black', ls=':', label='real vs real')
   ax.set_xscale('log', base=2)
-  if all(y > 0 for pts in groups.values() for _, y in pts):
+  if all(y > 0 for pts in groups.values() for _, y, _ in pts):
     ax.set_yscale('log')
   ax.set_xlabel('sampling steps')
   ax.set_ylabel(metric)

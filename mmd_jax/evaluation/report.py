@@ -7,13 +7,14 @@ import os
 PRIMARY_METRIC = {'points': 'energy_distance', 'digits': 'fd', 'images': 'fid'}
 
 
-def write_report(workdir: str, report: dict, images: dict):
+def write_report(workdir: str, report: dict, images: dict,
+                 metric: str | None = None):
   tmp = os.path.join(workdir, 'report.json.tmp')
   with open(tmp, 'w') as f:
     json.dump(report, f, indent=2)
   os.replace(tmp, os.path.join(workdir, 'report.json'))
   with open(os.path.join(workdir, 'report.md'), 'w') as f:
-    f.write(render_markdown(report, images))
+    f.write(render_markdown(report, images, metric))
 
 
 def _fmt(v):
@@ -22,7 +23,71 @@ def _fmt(v):
   return str(v)
 
 
-def render_markdown(report: dict, images: dict) -> str:
+def _cell(row, m):
+  """'mean ± std' when the row has seeds, else the value ('' if absent)."""
+  if m not in row['metrics']:
+    return ''
+  std = row.get('metrics_std', {}).get(m)
+  v = _fmt(row['metrics'][m])
+  return v if std is None else f'{v} ± {std:.2g}'
+
+
+def _count(n):
+  for unit, size in (('G', 1e9), ('M', 1e6), ('k', 1e3)):
+    if n >= size:
+      return f'{n / size:.3g}{unit}'
+  return str(n)
+
+
+def _cost_cell(cost):
+  if not cost:
+    return ''
+  s = cost.get('train_seconds')
+  return (f"{_count(cost['train_examples'])} ex, "
+          f"{_count(cost['teacher_evals'])} teacher evals"
+          + ('' if s is None else f', {s:.0f} s'))
+
+
+def leaderboard(rows, metric: str) -> list:
+  """Markdown lines: the students' `metric` (mean ± std) by method and k,
+  the many-step models' samplers at the same k for reference, and what
+  each student cost. Empty without student rows."""
+  students = [r for r in rows if r['sampler'] == 'student'
+              and metric in r['metrics']]
+  if not students:
+    return []
+  ks = sorted({r['steps'] for r in students})
+  methods = list(dict.fromkeys(r['model'] for r in students))
+  cell = {(r['model'], r['steps']): r for r in students}
+  refs = {}
+  for r in rows:
+    if r['sampler'] != 'student' and r['steps'] in ks and metric in r[
+        'metrics']:
+      refs.setdefault(f"{r['model']} ({r['sampler']}, reference)",
+                      {})[r['steps']] = r
+  head = ['method'] + [f'k={k}' for k in ks]
+  out = [f'## Leaderboard: {metric} (mean ± std over seeds)', '',
+         '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for m in methods:
+    out.append('| ' + ' | '.join([m] + [
+        _cell(cell[(m, k)], metric) if (m, k) in cell else ''
+        for k in ks]) + ' |')
+  for name, by_k in refs.items():
+    out.append('| ' + ' | '.join([name] + [
+        _cell(by_k[k], metric) if k in by_k else '' for k in ks]) + ' |')
+  if any('cost' in r for r in students):
+    out += ['', '### Training cost (examples, teacher network evaluations, '
+            'wall time; a job that starts from another includes its cost)',
+            '', '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for m in methods:
+      out.append('| ' + ' | '.join([m] + [
+          _cost_cell(cell[(m, k)].get('cost')) if (m, k) in cell else ''
+          for k in ks]) + ' |')
+  return out + ['']
+
+
+def render_markdown(report: dict, images: dict, metric: str | None = None
+                    ) -> str:
   metrics = []
   for r in report['rows']:
     for m in r['metrics']:
@@ -46,9 +111,11 @@ def render_markdown(report: dict, images: dict) -> str:
   for r in report['rows']:
     lines.append('| ' + ' | '.join(
         [r['model'], r['sampler'], str(r['steps'])] +
-        [_fmt(r['metrics'].get(m, '')) for m in metrics] +
+        [_cell(r, m) for m in metrics] +
         ([_fmt(r.get('train_seconds_per_step', ''))] if cost else [])) + ' |')
   lines.append('')
+  if metric:
+    lines += leaderboard(report['rows'], metric)
   lines += _settings_tables(report['rows'])
   for title, path in images.items():
     lines += [f'## {title}', '', f'![{title}]({path})', '']
@@ -77,6 +144,6 @@ def _settings_tables(rows) -> list:
       out.append('| ' + ' | '.join(
           [r['model']] + [_fmt(r['setting'][k]) for k in keys] +
           ([_fmt(r.get('train_seconds_per_step', ''))] if cost else []) +
-          [_fmt(r['metrics'].get(m, '')) for m in metrics]) + ' |')
+          [_cell(r, m) for m in metrics]) + ' |')
     out.append('')
   return out

@@ -39,6 +39,15 @@ class MMHParams:
   guidance: float = 0.0         # CFG weight, used only inside the teacher
   s_range: str = 'auto'         # grid: s in [0, 1-1/k]; full: s in [0, 1]
   grad_accum_steps: int = 1     # micro-batches per step (microbatch.py)
+  # k = 1 only: the student is EMD's generator form, the network read at
+  # log-SNR k1_logsnr on pure noise (t = 1, s over [0, 1]); False: the
+  # network at t = 1 (log-SNR lambda_min), which barely reads its input.
+  k1_generator: bool = True
+  k1_logsnr: float = 0.0
+
+  @property
+  def generator(self) -> bool:
+    return self.k == 1 and self.k1_generator
 
 
 def mm_optimizer(learning_rate, warmup_steps, total_steps, grad_clip=1.0):
@@ -127,16 +136,29 @@ class _Draw:
 def _draw(key, spec, student_params, x, labels, hp: MMHParams,
           rows: Rows = ALL, net=None):
   """With `net(params, z, lam)` given, `student_vjp` is its VJP in all three
-  arguments (returning three cotangents); else in the params only."""
+  arguments (returning three cotangents); else in the params only.
+
+  The one-step generator form (hp.generator) reads the student at the fixed
+  log-SNR hp.k1_logsnr on pure noise z_1 (t = 1: no data in z_t), s over
+  the full range.
+  """
   k_time, k_eps, k_renoise = jax.random.split(key, 3)
   s, t = sample_times(k_time, x.shape[0], hp.k, hp.s_range, rows)
+  if hp.generator:
+    t = jnp.ones_like(t)
   lam_s, lam_t = spec.schedule(s), spec.schedule(t)
-  z_t = diffusion.diffuse(x, lam_t, rows.normal(k_eps, x.shape))
+  noise = rows.normal(k_eps, x.shape)
+  if hp.generator:
+    z_t = noise
+    lam_net = jnp.full_like(lam_t, hp.k1_logsnr)
+  else:
+    z_t = diffusion.diffuse(x, lam_t, noise)
+    lam_net = lam_t
   if net is None:
-    x_tilde, vjp = jax.vjp(lambda p: spec.x_hat(p, z_t, lam_t, labels),
+    x_tilde, vjp = jax.vjp(lambda p: spec.x_hat(p, z_t, lam_net, labels),
                            student_params)
   else:
-    x_tilde, vjp = jax.vjp(net, student_params, z_t, lam_t)
+    x_tilde, vjp = jax.vjp(net, student_params, z_t, lam_net)
   z_s = _renoise(k_renoise, hp, z_t, x_tilde, lam_t, lam_s, rows)
   return _Draw(lam_s, z_s, x_tilde, vjp, labels, z_t, lam_t)
 
@@ -152,6 +174,18 @@ def _pick_vjp(pred, vjp_true, vjp_false):
     raise ValueError('the two VJPs do not have matching residuals')
   return jax.tree.unflatten(treedef, [jnp.where(pred, a, b) for a, b
                                       in zip(leaves_t, leaves_f)])
+
+
+def student_sample(spec, params, key, shape, k: int, labels=None,
+                   hp: MMHParams | None = None, sampler: str = 'ancestral'):
+  """A k-step student's samples: Algorithm 1 (or DDIM), or for the
+  one-step generator form one network call at hp.k1_logsnr on z_1, drawn
+  as the samplers draw it (same key, same noise)."""
+  if hp is not None and k == 1 and hp.generator:
+    z = jax.random.normal(jax.random.split(key)[0], shape, jnp.float32)
+    lam = jnp.full((shape[0],), hp.k1_logsnr, jnp.float32)
+    return spec.x_hat(params, z, lam, labels)
+  return spec.sample(params, key, shape, k, labels=labels, sampler=sampler)
 
 
 # ----------------------------------------------------------------------------

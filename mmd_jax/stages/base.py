@@ -53,6 +53,14 @@ class Job:
   source_key: str = ''         # the config key that names `source`
   stage_dir: str = ''
   options: tuple = ()          # method-private, e.g. EMD's overrides
+  # An earlier job of the plan this one starts from (a progressive
+  # distillation round from the previous round's student): its build gets
+  # the parent's sampling parameters as artifacts['parent_params'], and its
+  # report cost includes the parent's.
+  parent: str = ''
+  # Teacher network evaluations per training example (a VJP or JVP counts
+  # as two): the report row's cost.teacher_evals.
+  teacher_evals_per_example: float = 0.0
 
 
 @dataclasses.dataclass
@@ -151,8 +159,9 @@ class Method:
     raise NotImplementedError
 
   def build(self, job: Job, cfg, ctx: Context, artifacts: dict) -> Build:
-    """`artifacts` holds `needs`; values are abstract (ShapeDtypeStruct
-    trees) when the state is only restored or described."""
+    """`artifacts` holds `needs` (and 'parent_params' when the job has a
+    parent and is trained); values are abstract (ShapeDtypeStruct trees)
+    when the state is only restored or described."""
     raise NotImplementedError
 
   def sampling(self, job: Job, cfg, ctx: Context) -> Optional[Sampling]:

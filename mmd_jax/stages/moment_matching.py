@@ -29,6 +29,10 @@ class _MomentMatching(base.Method):
       one_of(cfg, f'distill.{key}', mm.WEIGHTINGS)
     one_of(cfg, 'distill.renoise', mm.RENOISE)
     one_of(cfg, 'distill.s_range', mm.S_RANGES)
+    need(isinstance(d.k1_generator, bool), 'distill.k1_generator',
+         f'must be True or False, got {d.k1_generator!r}')
+    need(abs(d.k1_logsnr) <= 20, 'distill.k1_logsnr',
+         f'must be a log-SNR in [-20, 20], got {d.k1_logsnr}')
     n = cfg.grad_accum_steps
     need(d.batch_size % n == 0, 'grad_accum_steps',
          f'{n} does not divide distill.batch_size={d.batch_size}')
@@ -38,7 +42,9 @@ class _MomentMatching(base.Method):
     return mm.MMHParams(
         k=k, weighting=d.weighting_small_k if k <= 2 else d.weighting,
         renoise=d.renoise, guidance=d.guidance, s_range=d.s_range,
-        grad_accum_steps=cfg.grad_accum_steps)
+        grad_accum_steps=cfg.grad_accum_steps,
+        k1_generator=d.get('k1_generator', False),
+        k1_logsnr=d.get('k1_logsnr', 0.0))
 
   def jobs(self, cfg):
     d = cfg.distill
@@ -48,12 +54,16 @@ class _MomentMatching(base.Method):
       # How the batch is split is not part of the setting.
       setting = {key: v for key, v in dataclasses.asdict(hp).items()
                  if key != 'grad_accum_steps'}
+      if k != 1:   # the generator form applies at k = 1 only
+        setting = {key: v for key, v in setting.items()
+                   if not key.startswith('k1_')}
       out.append(base.Job(
           method=self.name, name=f'{self.name}_k{k}', model=self.name,
           steps=k, num_steps=d.num_train_steps, batch_size=d.batch_size,
           batch_key='distill.batch_size', data_salt=1,
           micro_batches=cfg.grad_accum_steps, setting=setting,
-          meta={'weighting': hp.weighting, 'renoise': hp.renoise}))
+          meta={'weighting': hp.weighting, 'renoise': hp.renoise},
+          teacher_evals_per_example=self.teacher_evals(hp)))
     return out
 
   def _optimizer(self, cfg):
@@ -62,12 +72,31 @@ class _MomentMatching(base.Method):
                            d.grad_clip)
 
   def sampling(self, job, cfg, ctx):
-    return base.Sampling(base.SpecSampler(ctx.spec), steps=job.steps)
+    return base.Sampling(StudentSampler(ctx.spec, self.hparams(cfg, job.steps)),
+                         steps=job.steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentSampler:
+  """Algorithm 1 (or DDIM) with the student, or at k = 1 in the generator
+  form one network call at distill.k1_logsnr."""
+  spec: object
+  hp: mm.MMHParams
+
+  def __call__(self, params, key, shape, labels, steps, sampler='ancestral',
+               guidance=0.0):
+    del guidance   # students are sampled unguided
+    hp = self.hp if steps == self.hp.k else None
+    return mm.student_sample(self.spec, params, key, shape, steps, labels, hp,
+                             sampler)
 
 
 class Alternating(_MomentMatching):
   name = 'mm_alternating'
   networks = ('student', 'auxiliary')
+
+  def teacher_evals(self, hp):
+    return 2.0 if hp.guidance else 1.0   # the teacher at z_s (CFG: twice)
 
   def build(self, job, cfg, ctx, artifacts):
     hp, tx, spec = self.hparams(cfg, job.steps), self._optimizer(cfg), ctx.spec
@@ -83,6 +112,11 @@ class Parameter(_MomentMatching):
   name = 'mm_parameter'
   needs = ('teacher_params', 'teacher_second_moment')
   networks = ('student',)
+
+  def teacher_evals(self, hp):
+    # A VJP on batch B, a JVP on batch A: two passes per example (three
+    # with CFG, whose guided forward comes on top).
+    return 3.0 if hp.guidance else 2.0
 
   def validate(self, cfg, data):
     super().validate(cfg, data)
