@@ -96,6 +96,22 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.distill.precond_eps = 1e-8     # Lambda = 1 / (sqrt(v_hat) + eps)
   c.distill.precond_estimate_steps = 100  # when the teacher has no Adam state
 
+  # Progressive distillation (docs/ALGORITHMS.md §4b): rounds halve the
+  # teacher's DDIM steps from start_steps down to the smallest k of
+  # distill.sampling_steps (16 -> 8, 4, 2, 1), each student starting from
+  # its teacher; it reads distill.{sampling_steps, batch_size,
+  # num_train_steps, guidance}. [paper]: Adam, the rate annealed linearly to
+  # 0 in every round, x-space loss with the truncated-SNR weight, equal
+  # updates per round.
+  c.progressive = ml_collections.ConfigDict()
+  c.progressive.start_steps = 16
+  # 0: distill.num_train_steps split evenly over the rounds, so the whole
+  # chain costs what one moment-matching student costs (matched budget).
+  c.progressive.steps_per_round = 0
+  c.progressive.learning_rate = 1e-4
+  c.progressive.warmup_steps = 0
+  c.progressive.grad_clip = 1.0
+
   # EM distillation (docs/ALGORITHMS.md §4): the `emd` and `diff_instruct`
   # stages train one-step generators with distill.{num_train_steps,
   # batch_size, warmup_steps, grad_clip, guidance}; their own settings live
