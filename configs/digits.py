@@ -12,9 +12,11 @@ ELBO and IWAE log-likelihood on the test split; diffusers distils a teacher
 trained elsewhere (give --config.teacher.checkpoint=DIR/unet, e.g. from
 tools/diffusers_digits.py) into an 8-step mm_alternating student and an EMD
 generator; tiny, tiny_mm, tiny_emd and tiny_vae are seconds-long versions
-for tests.
+for tests; leaderboard compares every few-step method on one teacher and
+one budget (configs/toy2d.py's leaderboard).
 """
 from configs import default
+from configs import toy2d
 
 
 def get_config(arg=None):
@@ -50,6 +52,8 @@ def get_config(arg=None):
     c.distill.batch_size = 128
     c.emd.langevin_steps = 4
     c.eval.teacher_steps = (1, 8, 256)
+  if arg == 'leaderboard':
+    toy2d.leaderboard(c)
   if arg in ('vae', 'tiny_vae'):
     # AEVB alone: W/vae, then ELBO and IWAE rows on the test split.
     # Latent size: --config.vae.latent_dim=2 (manifold picture) or 10.
@@ -60,10 +64,11 @@ def get_config(arg=None):
     c.vae.latent_dim = 2
   if arg in ('tiny', 'tiny_mm', 'tiny_emd'):
     shrink(c)
-  if arg not in (None, '', 'mm', 'emd', 'vae', 'diffusers', 'tiny',
-                 'tiny_mm', 'tiny_emd', 'tiny_vae'):
+  if arg not in (None, '', 'mm', 'emd', 'vae', 'diffusers', 'leaderboard',
+                 'tiny', 'tiny_mm', 'tiny_emd', 'tiny_vae'):
     raise ValueError(f'unknown digits config variant {arg!r} (mm, emd, vae, '
-                     'diffusers, tiny, tiny_mm, tiny_emd, tiny_vae)')
+                     'diffusers, leaderboard, tiny, tiny_mm, tiny_emd, '
+                     'tiny_vae)')
   return c
 
 

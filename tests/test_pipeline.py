@@ -153,9 +153,43 @@ def test_bad_config_is_one_line_naming_the_key(name, arg, overrides, message,
 
 
 def test_moment_matching_stages_end_to_end(tmp_path):
+  """Both MM algorithms, progressive rounds 8 -> 4 -> 2 and consistency, on
+  one teacher, scored over 2 evaluation seeds: rows with mean, std and
+  cost; the leaderboard table and picture."""
   w = tmp_path / 'mm'
-  tiny.run('toy2d', 'tiny_mm', w, {'eval.every_steps': 4})
+  tiny.run('toy2d', 'tiny_mm', w, {
+      'eval.every_steps': 4, 'eval.num_seeds': 2,
+      'progressive.start_steps': 8,
+      'stages': ('teacher', 'mm_alternating', 'mm_parameter', 'progressive',
+                 'consistency', 'evaluate')})
   rep = json.load(open(w / 'report.json'))
+  students = {(r['model'], r['steps']): r for r in rep['rows']
+              if r['sampler'] == 'student'}
+  assert set(students) == {('mm_alternating', 2), ('mm_parameter', 2),
+                           ('progressive', 4), ('progressive', 2),
+                           ('consistency', 2)}
+  for r in rep['rows']:
+    assert r['num_seeds'] == 2 and set(r['metrics_std']) == set(r['metrics'])
+    assert r['metrics_std']['energy_distance'] > 0
+  # Cost: examples and teacher evaluations per the jobs' sizes (6 steps of
+  # 64; progressive's 6 steps split over its 2 rounds, the k=2 round
+  # including the k=4 round that it starts from).
+  cost = lambda m, k: students[(m, k)]['cost']
+  assert cost('mm_alternating', 2)['train_examples'] == 6 * 64
+  assert cost('mm_alternating', 2)['teacher_evals'] == 6 * 64
+  assert cost('mm_parameter', 2)['teacher_evals'] == 2 * 6 * 64
+  assert cost('progressive', 4)['train_examples'] == 3 * 64
+  assert cost('progressive', 2)['train_examples'] == 6 * 64
+  assert cost('progressive', 2)['teacher_evals'] == 2 * 6 * 64
+  assert cost('consistency', 2)['teacher_evals'] == 2 * 6 * 64   # Heun
+  assert cost('progressive', 2)['train_seconds'] > cost(
+      'progressive', 4)['train_seconds'] > 0
+  assert json.load(open(w / 'progressive_k4' / 'stage.json'))[
+      'setting']['teacher_steps'] == 8
+  md = open(w / 'report.md').read()
+  assert '## Leaderboard: energy_distance (mean ± std over seeds)' in md
+  assert '| method | k=2 | k=4 |' in md and 'leaderboard.png' in md
+  assert (w / 'leaderboard.png').exists()
   # Periodic quality during distillation: step 4 of 6 (the end is the
   # evaluate stage's job).
   q = [json.loads(l) for l in open(w / 'mm_alternating_k2' / 'quality.jsonl')]
