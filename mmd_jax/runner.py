@@ -271,11 +271,12 @@ def _import(env, plan, step, ctx):
 
 def _parent_artifacts(env, plan, step, states) -> dict:
   """{'parent_params': ...} of a job that starts from an earlier one: the
-  state trained in this run, else the parent's checkpoint."""
+  state trained in this run (released once used: a round's state is a
+  whole model), else the parent's checkpoint."""
   name = step.job.parent
   if not name:
     return {}
-  state = states.get(name)
+  state = states.pop(name, None)
   if state is None:
     parent = next(s for s in plan.steps if s.job.name == name)
     state = restore(env, plan, parent)

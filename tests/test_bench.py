@@ -59,7 +59,8 @@ def test_bench_writes_the_contract():
   assert res['peak_matmul_flops'] > 0
   # Every benched method of the registry, EMD named with its K.
   assert set(res['steps']) == {'teacher', 'mm_alternating', 'mm_parameter',
-                               'diff_instruct', 'emd_K2'}
+                               'diff_instruct', 'emd_K2', 'progressive',
+                               'consistency'}
   for name, s in res['steps'].items():
     for key in ('step_time_s', 'flops_per_step', 'achieved_flops', 'mfu',
                 'peak_memory_bytes'):
@@ -70,12 +71,16 @@ def test_bench_writes_the_contract():
                                      res['peak_matmul_flops'])
   assert res['steps']['teacher']['relative_to_teacher'] == 1.0
   # A distillation step does more work than a teacher step.
-  for name in ('mm_alternating', 'mm_parameter', 'diff_instruct', 'emd_K2'):
+  for name in ('mm_alternating', 'mm_parameter', 'diff_instruct', 'emd_K2',
+               'progressive', 'consistency'):
     assert (res['steps'][name]['flops_per_step'] >
             res['steps']['teacher']['flops_per_step'])
+  # Progressive's rounds from 16 DDIM steps down to k = 2: 8, 4, 2.
   assert set(res['sampling']) == {'teacher_k2', 'teacher_k8',
                                   'mm_alternating_k2', 'mm_parameter_k2',
-                                  'diff_instruct_k1', 'emd_k1'}
+                                  'diff_instruct_k1', 'emd_k1',
+                                  'progressive_k8', 'progressive_k4',
+                                  'progressive_k2', 'consistency_k2'}
   assert all(s['samples_per_s'] > 0 for s in res['sampling'].values())
   # The table names every step function.
   table = bench.format_table(res)
