@@ -134,7 +134,11 @@ class _OneStep(base.Method):
         micro_batches=cfg.grad_accum_steps, setting=setting,
         meta={'logsnr_generator': hp.logsnr_generator},
         report_setting={k: setting[k] for k in DESCRIBED_KEYS},
-        options=tuple(overrides))
+        options=tuple(overrides),
+        # The E-step evaluates the teacher once per Langevin step (the
+        # Diff-Instruct path once).
+        teacher_evals_per_example=max(hp.langevin_steps, 1) * (
+            2.0 if hp.guidance else 1.0))
 
   def build(self, job, cfg, ctx, artifacts):
     d, e = cfg.distill, cfg.emd
