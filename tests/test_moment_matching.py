@@ -228,7 +228,8 @@ def test_preconditioner_bias_correction():
 
 
 @pytest.mark.parametrize('k,s_range,s_max', [(8, 'grid', 7 / 8), (8, 'auto', 7 / 8),
-                                             (1, 'auto', 1.0), (4, 'full', 1.0)])
+                                             (1, 'auto', 1.0), (1, 'grid', 1.0),
+                                             (4, 'full', 1.0)])
 def test_sample_times(k, s_range, s_max):
   s, t = mm.sample_times(jax.random.PRNGKey(0), 20_000, k, s_range)
   assert float(s.min()) >= 0.0 and float(s.max()) <= s_max

@@ -203,7 +203,7 @@ def test_moment_matching_stages_end_to_end(tmp_path):
     meta = json.load(open(stage / 'stage.json'))
     assert meta['k'] == 2 and meta['finished_step'] == 6
     assert meta['weighting'] == 'flat'  # k <= 2
-    assert meta['setting']['s_range'] == 'auto'
+    assert meta['setting']['s_range'] == 'full'
     assert (stage / 'frozen').is_dir()  # teacher (and Lambda) saved once
   recs = [json.loads(l) for l in open(w / 'mm_parameter_k2' / 'metrics.jsonl')]
   assert all('monitor' in r and 'loss' in r for r in recs)

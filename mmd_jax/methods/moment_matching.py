@@ -37,7 +37,7 @@ class MMHParams:
   weighting: str = 'v'          # w(s): v | edm | flat | snr | dmd
   renoise: str = 'conditional'  # q(z_s|z_t, x~) (paper) or marginal q(z_s|x~)
   guidance: float = 0.0         # CFG weight, used only inside the teacher
-  s_range: str = 'auto'         # grid: s in [0, 1-1/k]; full: s in [0, 1]
+  s_range: str = 'full'         # full: s in [0, 1]; grid: s in [0, 1-1/k]
   grad_accum_steps: int = 1     # micro-batches per step (microbatch.py)
   # k = 1 only: the student is EMD's generator form, the network read at
   # log-SNR k1_logsnr on pure noise (t = 1, s over [0, 1]); False: the
@@ -71,16 +71,18 @@ S_RANGES = ('auto', 'grid', 'full')
 
 def sample_times(key, batch: int, k: int, s_range: str = 'grid',
                  rows: Rows = ALL):
-  """delta ~ U[0, 1/k], t = min(s + delta, 1), with s ~ U[0, 1 - 1/k]
-  ('grid', docs/ALGORITHMS.md §2) or s ~ U[0, 1] ('full').
+  """delta ~ U[0, 1/k], t = min(s + delta, 1), with s ~ U[0, 1] ('full',
+  the default, as both public reimplementations draw it: the clip puts
+  part of the batch at t = 1, where sampling starts) or s ~ U[0, 1 - 1/k]
+  ('grid': the clip never binds; 'auto' is the old default, grid for
+  k >= 2). docs/ALGORITHMS.md §2 has the measurements behind the default.
 
-  'auto' is 'full' at k = 1 only: there the grid range is the single point
-  s = 0, where z_s = x~ and both denoisers return x~, so the gradient
-  vanishes (measured: grad norm 3e-6 on toy2d). The full range makes k = 1
-  the VSD/DMD special case that §2's equivalence note describes.
+  k = 1 always draws the full range: there the grid range is the single
+  point s = 0, where z_s = x~ and both denoisers return x~, so the gradient
+  vanishes (measured: grad norm 3e-6 on toy2d).
   """
   k_s, k_d = jax.random.split(key)
-  full = s_range == 'full' or (s_range == 'auto' and k == 1)
+  full = s_range == 'full' or k == 1
   s = rows.uniform(k_s, (batch,)) * (1.0 if full else 1.0 - 1.0 / k)
   t = jnp.minimum(s + rows.uniform(k_d, (batch,)) / k, 1.0)
   return s, t

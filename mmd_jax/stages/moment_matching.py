@@ -57,6 +57,8 @@ class _MomentMatching(base.Method):
       if k != 1:   # the generator form applies at k = 1 only
         setting = {key: v for key, v in setting.items()
                    if not key.startswith('k1_')}
+      else:        # k = 1 always draws s over [0, 1]
+        setting.pop('s_range')
       out.append(base.Job(
           method=self.name, name=f'{self.name}_k{k}', model=self.name,
           steps=k, num_steps=d.num_train_steps, batch_size=d.batch_size,
