@@ -130,7 +130,7 @@ def test_parameter_step_uses_its_surrogate():
   d_a = mm._draw(k_a, spec, theta, xa, None, hp)
   d_b = mm._draw(k_b, spec, theta, xb, None, hp)
   w_a, j_nu, monitor = mm.parameter_losses(spec, theta, precond, d_a, d_b, hp)
-  s, t = mm.sample_times(jax.random.split(k_a, 3)[0], 4, hp.k)
+  s, t = mm.sample_times(jax.random.split(k_a, 3)[0], 4, hp.k, hp.s_range)
   z_t = diffusion.diffuse(xa, SCHED(t), jax.random.normal(
       jax.random.split(k_a, 3)[1], xa.shape))
   want = jax.grad(lambda p: -jnp.mean(w_a * jnp.mean(
@@ -188,7 +188,7 @@ def test_alternating_step_separates_phi_and_eta():
   diff = (spec.x_hat(s1.aux_params, d.z_s, d.lam_s) -
           spec.x_hat(theta, d.z_s, d.lam_s))
   k = jax.random.fold_in(key, s1.step)
-  s, t = mm.sample_times(jax.random.split(k, 3)[0], 8, hp.k)
+  s, t = mm.sample_times(jax.random.split(k, 3)[0], 8, hp.k, hp.s_range)
   z_t = diffusion.diffuse(x, SCHED(t), jax.random.normal(
       jax.random.split(k, 3)[1], x.shape))
   w = diffusion.loss_weight('v', SCHED(s))

@@ -69,7 +69,7 @@ def mm_optimizer(learning_rate, warmup_steps, total_steps, grad_clip=1.0):
 S_RANGES = ('auto', 'grid', 'full')
 
 
-def sample_times(key, batch: int, k: int, s_range: str = 'grid',
+def sample_times(key, batch: int, k: int, s_range: str = 'full',
                  rows: Rows = ALL):
   """delta ~ U[0, 1/k], t = min(s + delta, 1), with s ~ U[0, 1] ('full',
   the default, as both public reimplementations draw it: the clip puts
