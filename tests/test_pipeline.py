@@ -153,21 +153,20 @@ def test_bad_config_is_one_line_naming_the_key(name, arg, overrides, message,
 
 
 def test_moment_matching_stages_end_to_end(tmp_path):
-  """Both MM algorithms, progressive rounds 8 -> 4 -> 2 and consistency, on
-  one teacher, scored over 2 evaluation seeds: rows with mean, std and
+  """Both MM algorithms and progressive rounds 8 -> 4 -> 2 on one teacher
+  (consistency: the contract test), scored over 2 evaluation seeds: rows with mean, std and
   cost; the leaderboard table and picture."""
   w = tmp_path / 'mm'
   tiny.run('toy2d', 'tiny_mm', w, {
       'eval.every_steps': 4, 'eval.num_seeds': 2,
       'progressive.start_steps': 8,
       'stages': ('teacher', 'mm_alternating', 'mm_parameter', 'progressive',
-                 'consistency', 'evaluate')})
+                 'evaluate')})
   rep = json.load(open(w / 'report.json'))
   students = {(r['model'], r['steps']): r for r in rep['rows']
               if r['sampler'] == 'student'}
   assert set(students) == {('mm_alternating', 2), ('mm_parameter', 2),
-                           ('progressive', 4), ('progressive', 2),
-                           ('consistency', 2)}
+                           ('progressive', 4), ('progressive', 2)}
   for r in rep['rows']:
     assert r['num_seeds'] == 2 and set(r['metrics_std']) == set(r['metrics'])
     assert r['metrics_std']['energy_distance'] > 0
@@ -181,7 +180,6 @@ def test_moment_matching_stages_end_to_end(tmp_path):
   assert cost('progressive', 4)['train_examples'] == 3 * 64
   assert cost('progressive', 2)['train_examples'] == 6 * 64
   assert cost('progressive', 2)['teacher_evals'] == 2 * 6 * 64
-  assert cost('consistency', 2)['teacher_evals'] == 2 * 6 * 64   # Heun
   assert cost('progressive', 2)['train_seconds'] > cost(
       'progressive', 4)['train_seconds'] > 0
   assert json.load(open(w / 'progressive_k4' / 'stage.json'))[
