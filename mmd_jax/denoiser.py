@@ -51,6 +51,14 @@ class DenoiserSpec:
     return sampling.make_denoiser(self.module, params, self.parameterization,
                                   labels, self.null_label, guidance)
 
+  def sample_at_logsnr(self, params, key, shape, logsnr: float,
+                       labels=None):
+    """A one-step generator's samples: the x-prediction at a fixed log-SNR
+    on z drawn exactly as the samplers draw z_1 (same key, same noise)."""
+    z = jax.random.normal(jax.random.split(key)[0], shape, jnp.float32)
+    lam = jnp.full((shape[0],), logsnr, jnp.float32)
+    return self.x_hat(params, z, lam, labels)
+
   def sample(self, params, key, shape, k: int, labels=None,
              guidance: float = 0.0, sampler: str = 'ancestral'):
     den = self.denoiser(params, labels, guidance)

@@ -180,6 +180,12 @@ def eps_from_x(z, x, lam):
   return (z - alpha * x) / sigma
 
 
+def ddim_step(z_t, x_hat, lam_t, lam_s):
+  """Deterministic DDIM: z_s = alpha_s x_hat + sigma_s eps_hat."""
+  alpha_s, sigma_s = alpha_sigma(_bcast(lam_s, z_t))
+  return alpha_s * x_hat + sigma_s * eps_from_x(z_t, x_hat, lam_t)
+
+
 def v_from_eps(z, eps, lam):
   return v_from_x(z, x_from_eps(z, eps, lam), lam)
 

@@ -84,6 +84,10 @@ class Plan:
   def steps(self) -> list:
     return [i for i in self.items if i is not EVALUATE]
 
+  @property
+  def jobs_by_name(self) -> dict:
+    return {s.job.name: s.job for s in self.steps}
+
   def view_of(self, method: Method) -> SectionView:
     return view(self.config, method)
 

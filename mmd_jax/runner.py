@@ -371,7 +371,7 @@ def _entries(env, plan, step, ctx, sampling, params) -> list:
   return [evaluate.Entry(
       sampler='student', steps=sampling.steps,
       train_seconds_per_step=_seconds_per_step(env.stage_dir(job)),
-      cost=costs.job_cost(job, {s.job.name: s.job for s in plan.steps},
+      cost=costs.job_cost(job, plan.jobs_by_name,
                           lambda j: stage_meta.read(env.stage_dir(j))),
       setting=job.report_setting, **common)]
 

@@ -55,9 +55,7 @@ def ddim_sample(key, denoise: Denoiser, schedule, shape, k: int):
     z, _ = carry
     lam_t, lam_s = _grid(schedule, i, k, shape[0])
     x_hat = denoise(z, lam_t)
-    eps_hat = diffusion.eps_from_x(z, x_hat, lam_t)
-    alpha_s, sigma_s = diffusion.alpha_sigma(diffusion._bcast(lam_s, z))
-    return (alpha_s * x_hat + sigma_s * eps_hat, x_hat), None
+    return (diffusion.ddim_step(z, x_hat, lam_t, lam_s), x_hat), None
 
   (_, x_hat), _ = jax.lax.scan(body, (z, jnp.zeros(shape, jnp.float32)),
                                jnp.arange(k))

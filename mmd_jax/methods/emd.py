@@ -110,11 +110,8 @@ def generator(spec: DenoiserSpec, params, z, labels, logsnr: float):
 
 def generator_sample(spec: DenoiserSpec, params, key, shape, logsnr: float,
                      labels=None):
-  """One network call. z is drawn exactly as the samplers draw z_1, so a
-  generator and a teacher given the same key start from the same noise."""
-  init_key, _ = jax.random.split(key)
-  z = jax.random.normal(init_key, shape, jnp.float32)
-  return generator(spec, params, z, labels, logsnr)
+  """One network call on z drawn as the samplers draw z_1."""
+  return spec.sample_at_logsnr(params, key, shape, logsnr, labels)
 
 
 # ----------------------------------------------------------------------------

@@ -184,9 +184,7 @@ def student_sample(spec, params, key, shape, k: int, labels=None,
   one-step generator form one network call at hp.k1_logsnr on z_1, drawn
   as the samplers draw it (same key, same noise)."""
   if hp is not None and k == 1 and hp.generator:
-    z = jax.random.normal(jax.random.split(key)[0], shape, jnp.float32)
-    lam = jnp.full((shape[0],), hp.k1_logsnr, jnp.float32)
-    return spec.x_hat(params, z, lam, labels)
+    return spec.sample_at_logsnr(params, key, shape, hp.k1_logsnr, labels)
   return spec.sample(params, key, shape, k, labels=labels, sampler=sampler)
 
 

@@ -60,13 +60,6 @@ def init(key, teacher_params, spec: DenoiserSpec, hp: PDHParams,
                  spec=spec, hparams=hp, tx=tx)
 
 
-def ddim_step(z_t, x_hat, lam_t, lam_s):
-  """z_s = alpha_s x_hat + sigma_s eps_hat (deterministic DDIM)."""
-  eps = diffusion.eps_from_x(z_t, x_hat, lam_t)
-  alpha_s, sigma_s = diffusion.alpha_sigma(diffusion._bcast(lam_s, z_t))
-  return alpha_s * x_hat + sigma_s * eps
-
-
 def target(teacher, z_t, t, k: int, schedule):
   """The x the student must predict at (z_t, t): two DDIM steps of
   `teacher(z, lam)` from t to t - 1/(2k) to t - 1/k land on z'', and the
@@ -80,8 +73,8 @@ def target(teacher, z_t, t, k: int, schedule):
   lam_t = schedule(t)
   lam_1 = schedule(t - 1.0 / n)
   lam_2 = schedule(t - 2.0 / n)
-  z_1 = ddim_step(z_t, teacher(z_t, lam_t), lam_t, lam_1)
-  z_2 = ddim_step(z_1, teacher(z_1, lam_1), lam_1, lam_2)
+  z_1 = diffusion.ddim_step(z_t, teacher(z_t, lam_t), lam_t, lam_1)
+  z_2 = diffusion.ddim_step(z_1, teacher(z_1, lam_1), lam_1, lam_2)
   b = lambda a: diffusion._bcast(a, z_t)
   alpha_t, sigma_t = diffusion.alpha_sigma(b(lam_t))
   alpha_2, sigma_2 = diffusion.alpha_sigma(b(lam_2))
