@@ -108,10 +108,12 @@ def get_image_config(dataset: str, arg, model: dict, resolution: int,
                    transformer_width=16, transformer_depth=1, num_heads=2,
                    dtype='float32')
     c.teacher.num_train_steps = 2
-    c.teacher.batch_size = 8
+    # 64: divisible by 8 simulated devices x 4 micro-batches x MM's two
+    # halves, so --mode=describe can show a pod layout on a laptop.
+    c.teacher.batch_size = 64
     c.teacher.warmup_steps = 1
     c.distill.num_train_steps = 2
-    c.distill.batch_size = 8
+    c.distill.batch_size = 64
     c.distill.warmup_steps = 1
     c.distill.sampling_steps = (2,)
     c.emd.langevin_steps = 2

@@ -83,7 +83,7 @@ def _placeholders(env, plan_cfg, method, cache: dict) -> dict:
 
 def bench_step(stage, batch, mesh, num_steps: int, warmup: int) -> dict:
   import jax
-  from mmd_jax import guard, parallel, train
+  from mmd_jax import collectives, guard, parallel, train
   key = jax.random.PRNGKey(0)
   abstract = jax.eval_shape(stage.init, key, batch, stage.frozen)
   shardings = parallel.state_sharding(mesh, abstract)
@@ -116,7 +116,8 @@ def bench_step(stage, batch, mesh, num_steps: int, warmup: int) -> dict:
   return {'step_time_s': t, 'step_time_pipelined_s': pipelined,
           'step_time_min_s': min(times), 'compile_s': compile_s,
           'flops_per_step': flops, 'achieved_flops': flops / t,
-          'peak_memory_bytes': memory_bytes(compiled)}
+          'peak_memory_bytes': memory_bytes(compiled),
+          'collectives': collectives.count(compiled.as_text())}
 
 
 def synthetic_batch(ds, batch_size: int, mesh):

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from mmd_jax import config_check, parallel, runner
+from mmd_jax import collectives, config_check, parallel, runner
 from mmd_jax import stages as registry
 from mmd_jax.data import DataShape, data_shape
 from mmd_jax.plan import EVALUATE
@@ -39,16 +39,19 @@ def _stage_cost(stage, batch, mesh) -> dict:
   abstract = jax.eval_shape(stage.init, key, batch, stage.frozen)
   shardings = parallel.state_sharding(mesh, abstract)
   t0 = time.time()
-  compiled = jax.jit(
-      stage.step, in_shardings=(shardings, parallel.batch_sharding(mesh),
-                                parallel.replicated(mesh)),
-      donate_argnums=0).lower(abstract, batch, key).compile()
+  compiled = parallel.jit(
+      stage.step, mesh, in_shardings=(shardings,
+                                      parallel.batch_sharding(mesh),
+                                      parallel.replicated(mesh)),
+      out_shardings=None, donate_argnums=0).lower(abstract, batch,
+                                                  key).compile()
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):  # older JAX: one dict per module
     cost = cost[0] if cost else {}
   mem = compiled.memory_analysis()
   out = {'flops_per_step': float(cost.get('flops', float('nan'))),
-         'compile_seconds': round(time.time() - t0, 1)}
+         'compile_seconds': round(time.time() - t0, 1),
+         'collectives': collectives.count(compiled.as_text())}
   if mem is not None:
     parts = {k: int(getattr(mem, f'{k}_size_in_bytes', 0))
              for k in ('argument', 'output', 'alias', 'temp')}
@@ -128,4 +131,7 @@ def format_summary(d: dict) -> str:
         f"{s['flops_per_step'] / 1e12:10.2f} TFLOP/step "
         f"{s['flops_per_example'] / 1e9:9.2f} GFLOP/example  "
         + (f'{mem / 2**30:8.2f} GiB/device' if mem is not None else ''))
+    if 'collectives' in s:
+      lines.append(' ' * 28 + 'collectives: '
+                   + collectives.format_counts(s['collectives']))
   return '\n'.join(lines)

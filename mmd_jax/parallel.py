@@ -1,6 +1,8 @@
 """The one place that decides sharding. Step code never names a device."""
 from __future__ import annotations
 
+import contextvars
+import functools
 import math
 
 import jax
@@ -53,26 +55,72 @@ def replicated(mesh: Mesh) -> NamedSharding:
 FSDP_MIN_SIZE = 1024
 
 
-def leaf_sharding(mesh: Mesh, shape) -> NamedSharding:
+def fsdp_dim(mesh: Mesh, shape) -> int | None:
   """FSDP: the largest dimension that the `fsdp` axis divides is sharded
-  over it (parameters, EMA and optimiser moments alike); everything else,
-  and everything when fsdp = 1, is replicated. XLA inserts the all-gathers
-  and reduce-scatters, so step code stays unaware of devices."""
+  over it (parameters, EMA, optimiser moments and gradients alike); small
+  leaves, and everything when fsdp = 1, are replicated (None)."""
   n = mesh.shape['fsdp']
   if n == 1 or math.prod(shape) < FSDP_MIN_SIZE:
-    return replicated(mesh)
+    return None
   dims = [d for d in sorted(range(len(shape)), key=lambda d: -shape[d])
           if shape[d] % n == 0]
-  if not dims:
-    return replicated(mesh)
+  return dims[0] if dims else None
+
+
+def leaf_spec(mesh: Mesh, shape) -> P:
+  dim = fsdp_dim(mesh, shape)
+  if dim is None:
+    return P()
   spec = [None] * len(shape)
-  spec[dims[0]] = 'fsdp'
-  return NamedSharding(mesh, P(*spec))
+  spec[dim] = 'fsdp'
+  return P(*spec)
+
+
+def leaf_sharding(mesh: Mesh, shape) -> NamedSharding:
+  """The sharding of one state leaf (see `fsdp_dim`). Outside the gradient
+  computation XLA inserts the collectives; inside it `microbatch` does."""
+  return NamedSharding(mesh, leaf_spec(mesh, shape))
 
 
 def state_sharding(mesh: Mesh, state):
   """Shardings for a stage state (concrete or abstract), leaf by leaf."""
   return jax.tree.map(lambda x: leaf_sharding(mesh, tuple(x.shape)), state)
+
+
+# The mesh of the step being traced: set by `jit` while it traces, read by
+# `microbatch.accumulate`, which runs the per-example work of a step under
+# shard_map with one explicit gradient reduction. Steps stay unaware of it.
+_STEP_MESH = contextvars.ContextVar('mmd_jax_step_mesh', default=None)
+
+
+def step_mesh() -> Mesh | None:
+  return _STEP_MESH.get()
+
+
+def under_mesh(fn, mesh: Mesh):
+  """`fn` with `mesh` as the step mesh while it is traced."""
+  @functools.wraps(fn)
+  def traced(*args, **kwargs):
+    token = _STEP_MESH.set(mesh)
+    try:
+      return fn(*args, **kwargs)
+    finally:
+      _STEP_MESH.reset(token)
+  return traced
+
+
+def jit(fn, mesh: Mesh, in_shardings, out_shardings, donate_argnums=()):
+  """`jax.jit` of a step over `mesh`: every way the project compiles a step
+  (the loop, bench, describe, tests) goes through here."""
+  return jax.jit(under_mesh(fn, mesh), in_shardings=in_shardings,
+                 out_shardings=out_shardings, donate_argnums=donate_argnums)
+
+
+def device_index(mesh: Mesh) -> jax.Array:
+  """Inside shard_map over `mesh`: this device's block of a batch sharded
+  with `batch_sharding` (data-major, as P(('data', 'fsdp')) lays rows)."""
+  return (jax.lax.axis_index('data') * mesh.shape['fsdp']
+          + jax.lax.axis_index('fsdp'))
 
 
 def check_batch(global_batch: int, mesh: Mesh, key: str,

@@ -115,9 +115,10 @@ def jit_step(stage: Stage, shardings, mesh, max_nonfinite_steps: int = 10):
   """
   batch_sh = parallel.batch_sharding(mesh)
   rep = parallel.replicated(mesh)
-  return jax.jit(guard.wrap(stage.step, max_nonfinite_steps),
-                 in_shardings=(shardings, batch_sh, rep, rep),
-                 out_shardings=(shardings, rep, rep), donate_argnums=(0,))
+  return parallel.jit(guard.wrap(stage.step, max_nonfinite_steps), mesh,
+                      in_shardings=(shardings, batch_sh, rep, rep),
+                      out_shardings=(shardings, rep, rep),
+                      donate_argnums=(0,))
 
 
 def is_finished(stage_dir: str, num_steps: int) -> bool:

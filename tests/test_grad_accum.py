@@ -54,11 +54,20 @@ def _run(step, state, n_steps=1):
 
 def test_rows_draw_the_unsplit_noise():
   key = jax.random.PRNGKey(0)
-  full = jax.random.normal(key, (12, 3))
+  full = microbatch.ALL.normal(key, (12, 3))
+  assert abs(float(jnp.std(microbatch.ALL.normal(key, (4000, 2)))) - 1) < .05
   parts = [microbatch.Rows(i, 4).normal(key, (3, 3)) for i in range(4)]
   for i, p in enumerate(parts):
     np.testing.assert_array_equal(p, full[i::4])
-  np.testing.assert_array_equal(microbatch.ALL.normal(key, (12, 3)), full)
+  # Split over 2 devices (blocks of 6 rows) and 3 micro-batches each.
+  for d in range(2):
+    for i in range(3):
+      rows = microbatch.Rows(i, 3, d, 2)
+      np.testing.assert_array_equal(rows.normal(key, (2, 3)),
+                                    full[6 * d:6 * d + 6][i::3])
+      assert rows.here(12) == 2
+  assert len({int(microbatch.Rows(i, 3, d, 2).key(key)[-1])
+              for i in range(3) for d in range(2)}) == 6
   pos, total = microbatch.Rows(2, 4).positions(3)
   np.testing.assert_array_equal(pos, [2, 6, 10])
   assert total == 12

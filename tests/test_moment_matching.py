@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from mmd_jax import diffusion
+from mmd_jax import diffusion, microbatch
 from mmd_jax.denoiser import DenoiserSpec
 from mmd_jax.methods import moment_matching as mm
 from mmd_jax.models.mlp import ResMLP
@@ -131,13 +131,14 @@ def test_parameter_step_uses_its_surrogate():
   d_b = mm._draw(k_b, spec, theta, xb, None, hp)
   w_a, j_nu, monitor = mm.parameter_losses(spec, theta, precond, d_a, d_b, hp)
   s, t = mm.sample_times(jax.random.split(k_a, 3)[0], 4, hp.k, hp.s_range)
-  z_t = diffusion.diffuse(xa, SCHED(t), jax.random.normal(
+  z_t = diffusion.diffuse(xa, SCHED(t), microbatch.ALL.normal(
       jax.random.split(k_a, 3)[1], xa.shape))
   want = jax.grad(lambda p: -jnp.mean(w_a * jnp.mean(
       spec.x_hat(p, z_t, SCHED(t)) * j_nu, axis=-1)))(theta)
   for a, b in zip(jax.tree.leaves(step_grad), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
-  np.testing.assert_allclose(metrics['monitor'], monitor, rtol=1e-5)
+  # float32, summed in another order inside the jitted step.
+  np.testing.assert_allclose(metrics['monitor'], monitor, rtol=1e-4)
   for a, b in zip(jax.tree.leaves(new.teacher_params), jax.tree.leaves(theta)):
     np.testing.assert_array_equal(a, b)
 
@@ -189,7 +190,7 @@ def test_alternating_step_separates_phi_and_eta():
           spec.x_hat(theta, d.z_s, d.lam_s))
   k = jax.random.fold_in(key, s1.step)
   s, t = mm.sample_times(jax.random.split(k, 3)[0], 8, hp.k, hp.s_range)
-  z_t = diffusion.diffuse(x, SCHED(t), jax.random.normal(
+  z_t = diffusion.diffuse(x, SCHED(t), microbatch.ALL.normal(
       jax.random.split(k, 3)[1], x.shape))
   w = diffusion.loss_weight('v', SCHED(s))
   g_eta = jax.grad(lambda p: jnp.mean(w * jnp.mean(
@@ -281,7 +282,7 @@ def test_one_step_generator_form_reads_the_student_at_the_fixed_logsnr():
   hp = mm.MMHParams(k=1, k1_logsnr=-2.0)
   key = jax.random.PRNGKey(2)
   d = mm._draw(key, spec, params, x, None, hp)
-  eps = jax.random.normal(jax.random.split(key, 3)[1], x.shape)
+  eps = microbatch.ALL.normal(jax.random.split(key, 3)[1], x.shape)
   np.testing.assert_array_equal(d.z_t, eps)   # no data in z_t
   np.testing.assert_allclose(
       d.x_tilde, spec.x_hat(params, eps, jnp.full((64,), -2.0)), rtol=1e-6)

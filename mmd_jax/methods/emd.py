@@ -282,17 +282,17 @@ def score_update(spec, hp: EMDHParams, score_params, score_opt, score_tx,
                  generator_params, labels, key, shape, global_step=0):
   """`score_updates` DSM steps of psi on fresh generator samples, each at
   the learning rate of `global_step` (a global-step optimiser) rather than
-  its own update count."""
+  its own update count. Each update needs the reduced gradient of the one
+  before, so they are unrolled: one reduction per update, none in a loop."""
   n = hp.grad_accum_steps
-  micro_shape = (shape[0] // n,) + tuple(shape[1:])
   lab_batch = {} if labels is None else {'label': labels}
-
-  def one(carry, k):
-    psi, opt = carry
+  psi, opt, losses = score_params, score_opt, []
+  for k in jax.random.split(key, hp.score_updates):
     k_z, k_loss = jax.random.split(k)
 
-    def grads_of(mb, rows):
+    def grads_of(mb, rows, psi=psi, k_z=k_z, k_loss=k_loss):
       lab = mb.get('label')
+      micro_shape = (rows.here(shape[0]),) + tuple(shape[1:])
       x0 = sg(generator(spec, generator_params,
                         rows.normal(k_z, micro_shape, jnp.float32), lab,
                         hp.logsnr_generator))
@@ -304,12 +304,8 @@ def score_update(spec, hp: EMDHParams, score_params, score_opt, score_tx,
 
     grad, loss = accumulate(grads_of, lab_batch, n)
     psi, opt, _ = optim.update(score_tx, grad, opt, psi, global_step)
-    return (psi, opt), loss
-
-  (psi, opt), losses = loops.scan(
-      one, (score_params, score_opt),
-      jax.random.split(key, hp.score_updates))
-  return psi, opt, jnp.mean(losses)
+    losses.append(loss)
+  return psi, opt, jnp.mean(jnp.stack(losses))
 
 
 def step(state: EMDState, batch, key):

@@ -81,12 +81,13 @@ def diffusion_loss(spec: DenoiserSpec, params, x, labels, key,
                    loss_weight: str, train: bool = True,
                    stratified_t: bool = False, rows: Rows = ALL):
   """E_t,eps w(lam_t) ||x - x_hat(z_t)||^2 with t ~ U[0, 1]. Mean over dims.
-  (Dropout masks, if any, are drawn per micro-batch.)"""
+  (Dropout masks, if any, are drawn per micro-batch and device.)"""
   k_t, k_eps, k_drop = jax.random.split(key, 3)
   t = sample_t(k_t, x.shape[0], stratified_t, rows)
   lam = spec.schedule(t)
   z = diffusion.diffuse(x, lam, rows.normal(k_eps, x.shape))
-  x_hat = spec.x_hat(params, z, lam, labels, train=train, rng=k_drop)
+  x_hat = spec.x_hat(params, z, lam, labels, train=train,
+                     rng=rows.key(k_drop))
   w = diffusion.loss_weight(loss_weight, lam, spec.sigma_data)
   mse = jnp.mean(jnp.square(x - x_hat).reshape(x.shape[0], -1), axis=-1)
   return jnp.mean(w * mse)

@@ -25,11 +25,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mmd_jax.microbatch import ALL, Rows, accumulate
+
 
 @dataclasses.dataclass(frozen=True)
 class VAEHParams:
   num_samples: int = 1         # L, samples of z per datapoint in training
   likelihood: str = 'bernoulli'
+  grad_accum_steps: int = 1    # micro-batches per step (microbatch.py)
 
 
 @flax.struct.dataclass
@@ -78,7 +81,7 @@ def _log_normal(z, mean, log_var):
 
 
 def elbo_parts(module, params, x, key, num_samples: int = 1,
-               likelihood: str = 'bernoulli'):
+               likelihood: str = 'bernoulli', rows: Rows = ALL):
   """Estimator B's two terms per row: the reconstruction term averaged over
   `num_samples` reparameterised draws z = mean + std * eps, and the KL in
   closed form. The ELBO is their difference."""
@@ -86,7 +89,7 @@ def elbo_parts(module, params, x, key, num_samples: int = 1,
   std = jnp.exp(0.5 * log_var)
 
   def one(k):
-    z = mean + std * jax.random.normal(k, mean.shape, mean.dtype)
+    z = mean + std * rows.normal(k, mean.shape, mean.dtype)
     loc, log_scale = module.apply(params, z, method='decode')
     return log_likelihood(likelihood, x, loc, log_scale)
 
@@ -140,18 +143,26 @@ def init(key, module, hparams: VAEHParams, tx, batch) -> VAEState:
                   hparams=hparams, tx=tx)
 
 
-def loss_fn(module, params, x, key, hp: VAEHParams):
+def loss_fn(module, params, x, key, hp: VAEHParams, rows: Rows = ALL):
   """-ELBO per datapoint averaged over the batch (nats), and the parts."""
-  rec, kl = elbo_parts(module, params, x, key, hp.num_samples, hp.likelihood)
+  rec, kl = elbo_parts(module, params, x, key, hp.num_samples, hp.likelihood,
+                       rows)
   bound = jnp.mean(rec - kl)
   return -bound, {'elbo': bound, 'kl': jnp.mean(kl)}
 
 
 def step(state: VAEState, batch, key):
   key = jax.random.fold_in(key, state.step)
-  (loss, parts), grads = jax.value_and_grad(
-      lambda p: loss_fn(state.module, p, batch['x'], key, state.hparams),
-      has_aux=True)(state.params)
+
+  def grads_of(mb, rows):
+    (loss, parts), grads = jax.value_and_grad(
+        lambda p: loss_fn(state.module, p, mb['x'], key, state.hparams,
+                          rows), has_aux=True)(state.params)
+    return grads, dict(parts, loss=loss)
+
+  grads, parts = accumulate(grads_of, {'x': batch['x']},
+                            state.hparams.grad_accum_steps)
+  loss = parts.pop('loss')
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(parts, loss=loss, grad_norm=optax.tree.norm(grads))

@@ -89,6 +89,9 @@ class VAE(base.Method):
          'conv needs image data; use mlp for points')
     need(v.iwae_samples % min(100, v.iwae_samples) == 0, 'vae.iwae_samples',
          f'must be below 100 or a multiple of 100, got {v.iwae_samples}')
+    need(v.batch_size % cfg.grad_accum_steps == 0, 'grad_accum_steps',
+         f'vae.batch_size={v.batch_size} is not divisible into '
+         f'{cfg.grad_accum_steps} micro-batches')
     ckpt = self._checkpoint(cfg)
     if ckpt:
       need(os.path.isdir(ckpt), 'latent.vae_checkpoint',
@@ -105,12 +108,14 @@ class VAE(base.Method):
         method=self.name, name='vae', model='vae', steps=None,
         num_steps=v.num_train_steps, batch_size=v.batch_size,
         batch_key='vae.batch_size', data_salt=3, setting=setting(cfg),
+        micro_batches=cfg.grad_accum_steps,
         source=ckpt, source_key='latent.vae_checkpoint', stage_dir=ckpt)]
 
   def build(self, job, cfg, ctx, artifacts):
     v = cfg.vae
     module = module_for(cfg, ctx.data)
-    hp = vae.VAEHParams(num_samples=v.num_samples, likelihood=v.likelihood)
+    hp = vae.VAEHParams(num_samples=v.num_samples, likelihood=v.likelihood,
+                        grad_accum_steps=cfg.grad_accum_steps)
     tx = (optax.adagrad(v.learning_rate) if v.optimizer == 'adagrad'
           else optax.adam(v.learning_rate))
     return base.Build(
