@@ -230,6 +230,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Split every stage's global batch into this many micro-batches inside the
   # jitted step (lax.scan): the same update with 1/n of the activations.
   c.grad_accum_steps = 1
+  # Matmul precision inside the steps (jax.default_matmul_precision):
+  # default (bf16 passes for f32 on TPU), high (bf16_3x) or highest (f32).
+  c.matmul_precision = 'default'
   # A step with a non-finite loss, gradient or state changes nothing; this
   # many in a row stop the run.
   c.max_nonfinite_steps = 10

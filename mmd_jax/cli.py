@@ -12,6 +12,9 @@ def parse_flags(argv):
     return flags.FLAGS(argv)
   except flags.Error as e:
     print(f'error: {e}', file=sys.stderr)
+  except SyntaxError as e:   # in the --config file itself
+    print(f'error: {e.filename}:{e.lineno}: {e.msg} (config file syntax)',
+          file=sys.stderr)
   except (KeyError, AttributeError, TypeError, ValueError) as e:
     bad = [a for a in argv[1:] if a.startswith('--config.')]
     print(f'error: bad config override {" ".join(bad)}: '

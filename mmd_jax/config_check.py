@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import os
 
-from mmd_jax import diffusion
+from mmd_jax import diffusion, parallel
 from mmd_jax import plan as plan_lib
 from mmd_jax.checks import ConfigError, need as _need
-from mmd_jax.checks import positive_int as _positive_int
+from mmd_jax.checks import one_of, positive_int as _positive_int
 from mmd_jax.data import DATASETS, data_shape
 from mmd_jax.data.images import IMAGE_DATASETS
 from mmd_jax.data.toy2d import TOY2D_NAMES
@@ -67,6 +67,7 @@ def validate(config) -> plan_lib.Plan:
         'must be >= 0')
   _positive_int(config, 'log.every_steps')
   _positive_int(config, 'grad_accum_steps')
+  one_of(config, 'matmul_precision', parallel.PRECISIONS)
   _positive_int(config, 'max_nonfinite_steps')
   for axis in config.mesh.keys():
     _need(axis in ('data', 'fsdp'), 'mesh', f'unknown mesh axis {axis!r}')

@@ -43,8 +43,8 @@ def _stage_cost(stage, batch, mesh) -> dict:
       stage.step, mesh, in_shardings=(shardings,
                                       parallel.batch_sharding(mesh),
                                       parallel.replicated(mesh)),
-      out_shardings=None, donate_argnums=0).lower(abstract, batch,
-                                                  key).compile()
+      out_shardings=None, donate_argnums=0,
+      precision=stage.matmul_precision).lower(abstract, batch, key).compile()
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):  # older JAX: one dict per module
     cost = cost[0] if cost else {}

@@ -97,22 +97,29 @@ def step_mesh() -> Mesh | None:
   return _STEP_MESH.get()
 
 
-def under_mesh(fn, mesh: Mesh):
-  """`fn` with `mesh` as the step mesh while it is traced."""
+PRECISIONS = ('default', 'high', 'highest')
+
+
+def under_mesh(fn, mesh: Mesh, precision: str = 'default'):
+  """`fn` with `mesh` as the step mesh, and `precision` as the default
+  matmul precision, while it is traced."""
   @functools.wraps(fn)
   def traced(*args, **kwargs):
     token = _STEP_MESH.set(mesh)
     try:
-      return fn(*args, **kwargs)
+      with jax.default_matmul_precision(
+          None if precision == 'default' else precision):
+        return fn(*args, **kwargs)
     finally:
       _STEP_MESH.reset(token)
   return traced
 
 
-def jit(fn, mesh: Mesh, in_shardings, out_shardings, donate_argnums=()):
+def jit(fn, mesh: Mesh, in_shardings, out_shardings, donate_argnums=(),
+        precision: str = 'default'):
   """`jax.jit` of a step over `mesh`: every way the project compiles a step
   (the loop, bench, describe, tests) goes through here."""
-  return jax.jit(under_mesh(fn, mesh), in_shardings=in_shardings,
+  return jax.jit(under_mesh(fn, mesh, precision), in_shardings=in_shardings,
                  out_shardings=out_shardings, donate_argnums=donate_argnums)
 
 

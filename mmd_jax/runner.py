@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 
 from mmd_jax import config_check, costs, parallel, plan as plan_lib, stage_meta
-from mmd_jax import train
+from mmd_jax import train, workdir_lock
 from mmd_jax import stages as registry
 from mmd_jax.checks import ConfigError, need
 from mmd_jax.data import batches, load_dataset
@@ -131,7 +131,8 @@ def build_stage(env, step, artifacts: dict, ctx=None) -> train.Stage:
       num_steps=step.job.num_steps, init=b.init, step=b.step,
       rng=lambda s: s.rng, meta=stage_meta.build(step, ctx),
       preview=_preview(env, step, ctx), frozen=frozen,
-      frozen_fields=tuple(frozen or ()))
+      frozen_fields=tuple(frozen or ()),
+      matmul_precision=env.config.matmul_precision)
 
 
 def abstract_artifacts(env, plan, method) -> dict:
@@ -328,7 +329,12 @@ def run(config, workdir: str):
   env = Env(config, workdir, parallel.make_mesh(config.mesh),
             load_dataset(config.data), plan)
   _preflight(env, plan)
-  prepare_workdir(config, workdir)
+  with workdir_lock.holding(workdir):
+    prepare_workdir(config, workdir)
+    _run_plan(env, plan)
+
+
+def _run_plan(env, plan):
   logging.info('dataset %s: %d training examples of shape %s', env.data.name,
                env.data.num_train, env.data.example_shape)
   arts, scorer, states = Artifacts(), [], {}
@@ -429,8 +435,9 @@ def evaluate_workdir(config, workdir: str, checkpoint_step: int | None = None):
     raise WorkdirError(f'{workdir} has no stage {missing[0]!r} (config.stages '
                        f'names it); train it first or drop it from the stages')
   try:
-    _resolve_space(env, plan)
-    return _evaluate(env, plan, plan.steps, checkpoint_step)
+    with workdir_lock.holding(workdir):
+      _resolve_space(env, plan)
+      return _evaluate(env, plan, plan.steps, checkpoint_step)
   except FileNotFoundError as e:
     raise WorkdirError(str(e)) from None
 
@@ -445,8 +452,12 @@ def load_config(path: str):
   import ml_collections
 
   from configs import default
-  with open(path) as f:
-    stored = json.load(f)
+  try:
+    with open(path) as f:
+      stored = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise WorkdirError(f'{path} is damaged ({e}); restore it from a copy, or '
+                       'pass --config with the settings the run used') from None
   config = default.get_base_config()
   config.update(stored)
   return ml_collections.ConfigDict(config)

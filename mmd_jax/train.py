@@ -18,7 +18,7 @@ from clu import metric_writers, periodic_actions
 from clu.metric_writers import interface as writer_interface
 
 from mmd_jax import checkpoint as ckpt_lib
-from mmd_jax import guard, parallel
+from mmd_jax import guard, parallel, stage_meta
 from mmd_jax.preemption import Preempted, SigtermFlag
 from mmd_jax.timing import fmt_duration
 
@@ -87,6 +87,7 @@ class Stage:
   # logged under eval/ every `quality_every` steps (0: never).
   quality: Optional[Callable[[Any], dict]] = None
   quality_every: int = 0
+  matmul_precision: str = 'default'   # config.matmul_precision
 
   def strip(self, state):
     return state.replace(**{f: None for f in self.frozen_fields}) \
@@ -118,15 +119,12 @@ def jit_step(stage: Stage, shardings, mesh, max_nonfinite_steps: int = 10):
   return parallel.jit(guard.wrap(stage.step, max_nonfinite_steps), mesh,
                       in_shardings=(shardings, batch_sh, rep, rep),
                       out_shardings=(shardings, rep, rep),
-                      donate_argnums=(0,))
+                      donate_argnums=(0,), precision=stage.matmul_precision)
 
 
 def is_finished(stage_dir: str, num_steps: int) -> bool:
-  path = os.path.join(stage_dir, 'stage.json')
-  if not os.path.exists(path):
-    return False
-  with open(path) as f:
-    return json.load(f).get('finished_step') == num_steps
+  meta = stage_meta.read(stage_dir)   # a damaged one: WorkdirError, one line
+  return bool(meta) and meta.get('finished_step') == num_steps
 
 
 def run(stage: Stage, stream, mesh, seed_key, checkpoint_cfg, log_cfg,
@@ -219,12 +217,6 @@ def _loop(stage, stream, ckpt, step_fn, state, key, counts, start, batch_sh,
             ckpt.due(done))
     if poll:
       check_guard(counts)   # before anything is logged as progress or saved
-    if sigterm.agreed(poll) and done < stage.num_steps:
-      check_guard(counts)
-      ckpt.save(done, stage.strip(state), meta, force=True)
-      ckpt.close()
-      writer.flush()
-      raise Preempted(stage.name, done)
     if done % log_cfg.every_steps == 0 or done == stage.num_steps:
       scalars = _finite_metrics(jax.device_get(metrics))
       rate = (done - last_logged) / max(time.time() - t0, 1e-9)
@@ -239,6 +231,13 @@ def _loop(stage, stream, ckpt, step_fn, state, key, counts, start, batch_sh,
                             if k != 'steps_per_sec'),
                    rate, fmt_duration(eta))
       t0, last_logged = time.time(), done
+    # After the log line, so that the step a pre-emption stops at keeps it.
+    if sigterm.agreed(poll) and done < stage.num_steps:
+      check_guard(counts)
+      ckpt.save(done, stage.strip(state), meta, force=True)
+      ckpt.close()
+      writer.flush()
+      raise Preempted(stage.name, done)
     ckpt.save(done, stage.strip(state), meta)
     if (stage.quality and stage.quality_every and done != stage.num_steps
         and done % stage.quality_every == 0):

@@ -9,7 +9,7 @@ import sys
 _SCRIPT = r'''
 import jax, jax.numpy as jnp, numpy as np
 from configs import toy2d
-from mmd_jax import collectives, config_check, guard, parallel, runner, train
+from mmd_jax import collectives, config_check, parallel, runner, train
 from mmd_jax.data import load_dataset
 assert jax.device_count() == 8
 
@@ -56,15 +56,15 @@ for sname in BUILT[1][2]:
                             for s in jax.tree.leaves(sh))
     rep = parallel.replicated(mesh)
     key = jax.device_put(jax.random.PRNGKey(5), rep)
-    counts = jax.device_put(guard.init_counts(), rep)
     batch0 = stream.global_batch_at(0, parallel.batch_sharding(mesh))
-    step = train.jit_step(stage, sh, mesh).lower(state, batch0, key,
-                                                 counts).compile()
+    step = parallel.jit(stage.step, mesh, in_shardings=(
+        sh, parallel.batch_sharding(mesh), rep), out_shardings=(sh, rep),
+        donate_argnums=(0,)).lower(state, batch0, key).compile()
     hlo[name] = collectives.count(step.as_text())
     losses = []
-    for i in range(8):
-      state, m, counts = step(state, stream.global_batch_at(
-          i, parallel.batch_sharding(mesh)), key, counts)
+    for i in range(5):
+      state, m = step(state, stream.global_batch_at(
+          i, parallel.batch_sharding(mesh)), key)
       losses.append(float(m['loss']))
     # Parameters (trained, EMA, frozen copies); optimiser moments are left
     # out: MM's student gradient is a difference of near-equal terms, so

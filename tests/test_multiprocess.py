@@ -1,11 +1,15 @@
 """Two local processes (jax.distributed on 127.0.0.1, gloo collectives)
-train the same teacher as one process, each reading different examples."""
+train the same teacher as one process, each reading different examples;
+and a SIGTERM to one of them stops both at the same step, from which a
+re-run continues the same trajectory."""
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -24,30 +28,67 @@ def _cmd(config, w, extra=()):
           f'--workdir={w}', '--config.stages=("teacher",)', *extra]
 
 
-@pytest.mark.parametrize('config', ['configs/toy2d.py:tiny',
-                                    'configs/digits.py:tiny'])
-def test_two_processes_match_one(config, tmp_path):
+def _last_step(w):
+  path = w / 'teacher' / 'metrics.jsonl'
+  lines = path.read_text().strip().splitlines() if path.exists() else []
+  return json.loads(lines[-1])['step'] if lines else 0
+
+
+def _two(config, w, env, extra, sigterm_at=None):
+  """Runs 2 processes; with `sigterm_at`, SIGTERMs process 1 alone once
+  the run has logged that step. Returns (return codes, stderrs)."""
+  port = _free_port()
+  procs = [subprocess.Popen(
+      _cmd(config, w, [f'--coordinator_address=127.0.0.1:{port}',
+                       '--num_processes=2', f'--process_id={i}', *extra]),
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(2)]
+  if sigterm_at:
+    deadline = time.time() + 300
+    while (_last_step(w) < sigterm_at and procs[1].poll() is None
+           and time.time() < deadline):
+      time.sleep(0.05)
+    assert procs[1].poll() is None, 'finished before it could be stopped'
+    procs[1].send_signal(signal.SIGTERM)
+  errs = [p.communicate(timeout=600)[1] for p in procs]
+  return [p.returncode for p in procs], errs
+
+
+# toy2d: long enough to be stopped midway; digits: uninterrupted.
+LONG = ['--config.teacher.num_train_steps=1200',
+        '--config.checkpoint.every_steps=400', '--config.log.every_steps=50']
+
+
+@pytest.mark.parametrize('config,extra,stop', [
+    ('configs/toy2d.py:tiny', LONG, 400), ('configs/digits.py:tiny', [], 0)])
+def test_two_processes_match_one(config, extra, stop, tmp_path):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   one = tmp_path / 'one'
-  r = subprocess.run(_cmd(config, one), cwd=ROOT, env=env,
+  r = subprocess.run(_cmd(config, one, extra), cwd=ROOT, env=env,
                      capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-2000:]
 
   two = tmp_path / 'two'
-  port = _free_port()
-  procs = [subprocess.Popen(
-      _cmd(config, two, [f'--coordinator_address=127.0.0.1:{port}',
-                         '--num_processes=2', f'--process_id={i}']),
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True) for i in range(2)]
-  errs = []
-  for p in procs:
-    _, err = p.communicate(timeout=600)
-    assert p.returncode == 0, err[-2000:]
-    errs.append(err)
+  if stop:
+    codes, errs = _two(config, two, env, extra, sigterm_at=stop)
+    assert codes == [143, 143], [e[-2000:] for e in errs]
+    lines = [e.strip().splitlines()[-1] for e in errs]
+    assert all(l.startswith('pre-empted: teacher: pre-empted (SIGTERM) at '
+                            'step ') for l in lines), lines
+    saved = {int(l.split('at step ')[1].split(';')[0]) for l in lines}
+    assert len(saved) == 1 and stop <= min(saved) < 1200, lines
+    saved = saved.pop()
+    codes, errs = _two(config, two, env, extra)
+    assert codes == [0, 0], [e[-2000:] for e in errs]
+    assert all(f'resuming at step {saved} of 1200' in e for e in errs)
+  else:
+    codes, errs = _two(config, two, env, extra)
+    assert codes == [0, 0], [e[-2000:] for e in errs]
 
   a = [json.loads(l) for l in open(one / 'teacher' / 'metrics.jsonl')]
   b = [json.loads(l) for l in open(two / 'teacher' / 'metrics.jsonl')]
+  if stop:   # the stopped run's lines, then the re-run's: one per step
+    b = list({x['step']: x for x in b}.values())
   assert [x['step'] for x in a] == [x['step'] for x in b]
   np.testing.assert_allclose([x['loss'] for x in b], [x['loss'] for x in a],
                              rtol=1e-5)

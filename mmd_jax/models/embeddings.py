@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 
@@ -21,9 +22,16 @@ class Conditioning(nn.Module):
 
   @nn.compact
   def __call__(self, lam, labels=None):
+    # float32 at full matmul precision whatever the model's dtype and
+    # config.matmul_precision: low-precision noise-level embeddings are a
+    # known source of gradient spikes in continuous-time distillation, and
+    # these two layers cost nothing beside the network.
+    dense = lambda: nn.Dense(self.dim, dtype=jnp.float32,
+                             param_dtype=jnp.float32,
+                             precision=jax.lax.Precision.HIGHEST)
     emb = logsnr_features(lam, 128)
-    emb = nn.Dense(self.dim)(emb)
-    emb = nn.Dense(self.dim)(nn.silu(emb))
+    emb = dense()(emb)
+    emb = dense()(nn.silu(emb))
     if self.num_classes > 0:
       if labels is None:
         labels = jnp.full(lam.shape, self.num_classes, jnp.int32)

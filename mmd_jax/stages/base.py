@@ -24,7 +24,7 @@ import dataclasses
 from typing import Any, Callable, Optional
 
 RUN_KEYS = ('seed', 'mesh', 'checkpoint', 'log', 'grad_accum_steps',
-            'max_nonfinite_steps')
+            'max_nonfinite_steps', 'matmul_precision')
 
 
 @dataclasses.dataclass(frozen=True)

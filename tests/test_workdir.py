@@ -1,0 +1,95 @@
+"""One run per workdir, and one-line errors for what a workdir can hold
+wrong: a live lock, damaged metadata, a config file that does not parse."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mmd_jax import workdir_lock
+from mmd_jax.stage_meta import WorkdirError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _main(w, *extra):
+  return subprocess.run(
+      [sys.executable, '-m', 'mmd_jax.main', f'--workdir={w}',
+       '--config=configs/toy2d.py:tiny', '--config.stages=("teacher",)',
+       *extra], cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'),
+      capture_output=True, text=True, timeout=300)
+
+
+def _one_line_error(r):
+  assert r.returncode == 2, r.stderr[-2000:]
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: '), r.stderr[-2000:]
+  assert 'Traceback' not in r.stderr
+  return last
+
+
+def _write_lock(w, host, pid, age=0.0):
+  path = os.path.join(w, workdir_lock.NAME)
+  with open(path, 'w') as f:
+    json.dump({'host': host, 'pid': pid, 'started': 'then'}, f)
+  os.utime(path, (time.time() - age, time.time() - age))
+  return path
+
+
+def test_a_live_lock_refuses_and_a_dead_one_does_not(tmp_path):
+  w = str(tmp_path)
+  held = workdir_lock.WorkdirLock(w).acquire()
+  with pytest.raises(WorkdirError, match=rf'pid {os.getpid()}'):
+    workdir_lock.WorkdirLock(w).acquire()
+  held.release()
+  assert not os.path.exists(os.path.join(w, workdir_lock.NAME))
+  with workdir_lock.WorkdirLock(w):
+    pass
+
+  # This host, a pid that has exited: taken over at once.
+  p = subprocess.Popen(['true'])
+  p.wait()
+  _write_lock(w, socket.gethostname(), p.pid)
+  workdir_lock.WorkdirLock(w).acquire().release()
+  # Another host: live while it is refreshed, stale after stale_seconds.
+  _write_lock(w, 'elsewhere', 1, age=10)
+  with pytest.raises(WorkdirError, match='host elsewhere'):
+    workdir_lock.WorkdirLock(w, stale_seconds=60).acquire()
+  _write_lock(w, 'elsewhere', 1, age=120)
+  workdir_lock.WorkdirLock(w, stale_seconds=60).acquire().release()
+
+
+def test_the_holder_refreshes_its_lock(tmp_path):
+  lock = workdir_lock.WorkdirLock(str(tmp_path), stale_seconds=0.4).acquire()
+  path = os.path.join(str(tmp_path), workdir_lock.NAME)
+  os.utime(path, (time.time() - 100, time.time() - 100))
+  time.sleep(0.3)
+  assert time.time() - os.path.getmtime(path) < 5
+  lock.release()
+
+
+def test_a_second_run_on_a_held_workdir_stops_with_one_line(tmp_path):
+  with workdir_lock.WorkdirLock(str(tmp_path)):
+    last = _one_line_error(_main(tmp_path))
+  assert 'in use by another run' in last
+  assert f'host {socket.gethostname()}, pid {os.getpid()}' in last
+
+
+def test_damaged_metadata_and_config_syntax_give_one_line(tmp_path):
+  w = tmp_path / 'w'
+  (w / 'teacher').mkdir(parents=True)
+  (w / 'teacher' / 'stage.json').write_text('{"finished_step": 4')
+  last = _one_line_error(_main(w))
+  assert 'teacher/stage.json is damaged' in last and 'remove' in last
+  assert not (w / workdir_lock.NAME).exists()   # released on the way out
+
+  bad = tmp_path / 'bad.py'
+  bad.write_text('def get_config(:\n  pass\n')
+  r = subprocess.run([sys.executable, '-m', 'mmd_jax.main',
+                      f'--workdir={w}', f'--config={bad}'], cwd=ROOT,
+                     capture_output=True, text=True, timeout=300)
+  assert _one_line_error(r) == f'error: {bad}:1: invalid syntax (config ' \
+                               'file syntax)'
