@@ -1,13 +1,43 @@
 """The only file that talks to orbax."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
+import sys
 import time
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+
+from mmd_jax.stage_meta import WorkdirError
+
+FULL_DISK_MARKERS = ('RESOURCE_EXHAUSTED', 'No space left', 'Disk quota exceeded',
+         'File too large')
+
+
+class CheckpointWriteError(WorkdirError):
+  """A save failed (typically a full disk); the message is the one line."""
+
+
+def _silence_closed_loops():
+  """After a failed async write, tensorstore's pending callbacks hit the
+  closed event loop of orbax's writer and each report an unraisable
+  RuntimeError, printed as a bare traceback. The run ends with its own line
+  (CheckpointWriteError), so those, and only those, are dropped. Only a
+  failed write produces them; installed once, with the first Checkpointer."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'mmd_jax', False):
+    return
+
+  def hook(u):
+    if not (isinstance(u.exc_value, RuntimeError)
+            and 'Event loop is closed' in str(u.exc_value)):
+      previous(u)
+  hook.mmd_jax = True
+  sys.unraisablehook = hook
 
 
 class Checkpointer:
@@ -21,6 +51,7 @@ class Checkpointer:
         max_to_keep=keep, enable_async_checkpointing=asynchronous,
         create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=self._options)
+    _silence_closed_loops()
 
   def restore_latest_valid(self, abstract_state):
     """(state, step) from the newest checkpoint that restores, or (None,
@@ -50,6 +81,39 @@ class Checkpointer:
     self.manager.close()
     self.manager = ocp.CheckpointManager(self.directory, options=self._options)
 
+  @contextlib.contextmanager
+  def _writing(self, step=None):
+    """Turns a failed write, which orbax raises from its async writer as
+    any of several types, into one line; removes the partial checkpoint so
+    that the space comes back and the previous one stays the latest."""
+    try:
+      yield
+    except CheckpointWriteError:
+      raise
+    except Exception as e:  # orbax/tensorstore raise many types
+      full = (isinstance(e, OSError) and e.errno in (
+          errno.ENOSPC, errno.EDQUOT, errno.EFBIG)) or any(
+              s in str(e) for s in FULL_DISK_MARKERS)
+      if not full and not isinstance(e, OSError):
+        raise
+      self._drop_partial()
+      done = [int(n) for n in os.listdir(self.directory) if n.isdigit()
+              ] if os.path.isdir(self.directory) else []
+      last = (f'the last complete checkpoint is step {max(done)}'
+              if done else 'no checkpoint was completed')
+      why = 'the disk is full' if full else f'{type(e).__name__}: {e}'
+      raise CheckpointWriteError(
+          f'saving a checkpoint in {self.directory} failed: '
+          f'{why.splitlines()[0][:200]}; {last}. Free space and re-run: '
+          'the run resumes from it') from None
+
+  def _drop_partial(self):
+    if jax.process_index() != 0 or not os.path.isdir(self.directory):
+      return
+    for name in os.listdir(self.directory):
+      if 'orbax-checkpoint-tmp' in name:
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+
   def latest_step(self):
     return self.manager.latest_step()
 
@@ -66,8 +130,9 @@ class Checkpointer:
     args = {'state': ocp.args.StandardSave(state)}
     if meta is not None:
       args['meta'] = ocp.args.JsonSave(meta)
-    return self.manager.save(step, args=ocp.args.Composite(**args),
-                             force=force)
+    with self._writing():
+      return self.manager.save(step, args=ocp.args.Composite(**args),
+                               force=force)
 
   def restore(self, abstract_state, step: int | None = None):
     """Restores onto the shardings that `abstract_state` carries."""
@@ -87,8 +152,10 @@ class Checkpointer:
     return out['meta']
 
   def wait(self):
-    self.manager.wait_until_finished()
+    with self._writing():
+      self.manager.wait_until_finished()
 
   def close(self):
-    self.manager.wait_until_finished()
+    with self._writing():
+      self.manager.wait_until_finished()
     self.manager.close()

@@ -1,6 +1,7 @@
 """Entry point: python -m mmd_jax.main --config=configs/NAME.py[:ARG] --workdir=W"""
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -33,9 +34,16 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 class _QuietLibraries(logging.logging.Filter):
-  """Keeps library INFO chatter (orbax saves, clu notes) out of the log."""
+  """Keeps library INFO chatter (orbax saves, clu notes) out of the log,
+  and orbax's tracebacks of a write that failed for want of space: the
+  run's one-line error (checkpoint.CheckpointWriteError) says it."""
 
   def filter(self, record):
+    orbax = '/orbax/' in record.pathname
+    if orbax and record.levelno >= logging.logging.ERROR:
+      text = str(record.msg) + str(record.exc_info and record.exc_info[1])
+      from mmd_jax.checkpoint import FULL_DISK_MARKERS
+      return not any(m in text for m in FULL_DISK_MARKERS)
     return record.levelno >= logging.logging.WARNING or not any(
         f'/{lib}/' in record.pathname for lib in ('orbax', 'tensorflow')) and (
             'work unit notes' not in str(record.msg))
@@ -74,7 +82,8 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax  # after flag parsing, so --help is fast
   _init_distributed(jax)
-  from mmd_jax import config_check, param_files, parallel, runner, train
+  from mmd_jax import (checkpoint, config_check, param_files, parallel,
+                       runner, train)
   from mmd_jax.data import DataError
   from mmd_jax.models import diffusers_unet
   logging.info('JAX %s: %d processes, %d devices (%s)', jax.__version__,
@@ -98,6 +107,11 @@ def main(argv):
           param_files.TeacherImportError, diffusers_unet.DiffusersImportError,
           train.NonFiniteError, runner.WorkdirError) as e:
     print(f'error: {e}', file=sys.stderr)
+    if isinstance(e, checkpoint.CheckpointWriteError):
+      # orbax's writer threads, torn down at interpreter exit after a failed
+      # write, print tracebacks after this line; the state is on disk.
+      sys.stderr.flush()
+      os._exit(2)
     sys.exit(2)
 
 

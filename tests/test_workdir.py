@@ -93,3 +93,38 @@ def test_damaged_metadata_and_config_syntax_give_one_line(tmp_path):
                      capture_output=True, text=True, timeout=300)
   assert _one_line_error(r) == f'error: {bad}:1: invalid syntax (config ' \
                                'file syntax)'
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 400 KB tmpfs (needs root, as CI's container has): room for one
+  checkpoint of the tiny toy teacher, not two."""
+  d = tmp_path / 'disk'
+  d.mkdir()
+  r = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=400k', 'tmpfs',
+                      str(d)], capture_output=True, text=True)
+  if r.returncode:
+    pytest.skip(f'cannot mount a tmpfs here: {r.stderr.strip()}')
+  try:
+    yield d
+  finally:
+    subprocess.run(['umount', '-l', str(d)], capture_output=True)
+
+
+def test_a_full_disk_gives_one_line_and_keeps_the_last_checkpoint(small_disk):
+  w = small_disk / 'w'
+  args = ['--config.checkpoint.every_steps=20', '--config.checkpoint.keep=2']
+  r = _main(w, '--config.teacher.num_train_steps=400', *args)
+  last = _one_line_error(r)
+  assert last.startswith(f'error: saving a checkpoint in {w}/teacher/'
+                         'checkpoints failed: the disk is full; the last '
+                         'complete checkpoint is step 20'), last
+  assert 'sys.meta_path' not in r.stderr
+  assert os.listdir(w / 'teacher' / 'checkpoints') == ['20']
+  assert not (w / workdir_lock.NAME).exists()
+  # Room again: the re-run resumes from that checkpoint and finishes.
+  subprocess.run(['mount', '-o', 'remount,size=8m', str(small_disk)],
+                 check=True)
+  r = _main(w, '--config.teacher.num_train_steps=60', *args)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert 'resuming at step 20 of 60' in r.stderr
