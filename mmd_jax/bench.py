@@ -24,6 +24,7 @@ not timed; the training loop prefetches it.
 """
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 
@@ -98,14 +99,40 @@ def bench_step(stage, batch, mesh, num_steps: int, warmup: int) -> dict:
   compile_s = time.perf_counter() - t0
   flops = count_flops(stage.step, jax.eval_shape(lambda s: s, state), batch,
                       step_key)
-  box = {'state': state, 'counts': counts}
+  # The same step without the non-finite guard, on its own copy of the
+  # state (both donate theirs), timed interleaved with the guarded one: the
+  # guard's cost as an A/B in one process.
+  t0 = time.perf_counter()
+  with guard.disabled():
+    bare = parallel.jit(stage.step, mesh, in_shardings=(
+        shardings, parallel.batch_sharding(mesh), rep), out_shardings=(
+            shardings, rep), donate_argnums=(0,),
+        precision=stage.matmul_precision).lower(state, batch,
+                                                step_key).compile()
+  bare_compile_s = time.perf_counter() - t0
+  box = {'state': state, 'counts': counts,
+         'bare': jax.tree.map(jax.numpy.copy, state)}
 
   def one():
     s, m, c = compiled(box['state'], batch, step_key, box['counts'])
     jax.block_until_ready((s, m))
     box['state'], box['counts'] = s, c
 
-  t, times = median_seconds(one, num_steps, warmup)
+  def one_bare():
+    s, m = bare(box['bare'], batch, step_key)
+    jax.block_until_ready((s, m))
+    box['bare'] = s
+
+  for _ in range(warmup):
+    one(), one_bare()
+  times, bare_times = [], []
+  for _ in range(num_steps):
+    for fn, out in ((one, times), (one_bare, bare_times)):
+      t0 = time.perf_counter()
+      fn()
+      out.append(time.perf_counter() - t0)
+  t, t_bare = statistics.median(times), statistics.median(bare_times)
+  del box['bare']
   # Back to back, as the loop runs them (dispatch overlaps compute).
   t0 = time.perf_counter()
   for _ in range(num_steps):
@@ -117,7 +144,10 @@ def bench_step(stage, batch, mesh, num_steps: int, warmup: int) -> dict:
           'step_time_min_s': min(times), 'compile_s': compile_s,
           'flops_per_step': flops, 'achieved_flops': flops / t,
           'peak_memory_bytes': memory_bytes(compiled),
-          'collectives': collectives.count(compiled.as_text())}
+          'collectives': collectives.count(compiled.as_text()),
+          'unguarded_step_time_s': t_bare,
+          'guard_overhead': t / t_bare - 1.0,
+          'guard_compile_overhead': compile_s / bare_compile_s - 1.0}
 
 
 def synthetic_batch(ds, batch_size: int, mesh):
@@ -237,9 +267,11 @@ def run(config, num_steps: int = 20, warmup: int = 3, batch_size: int = 0,
     r['mfu'] = r['achieved_flops'] / peak['flops_per_s']
     out['steps'][name] = r
     root = root or (name if not m.needs else None)
-    logging.info('bench: %s %.2f ms/step, %.1f GFLOP/s, MFU %.1f%%', name,
+    logging.info('bench: %s %.2f ms/step, %.1f GFLOP/s, MFU %.1f%%, guard '
+                 '%+.1f%% of the step (%+.0f%% compile)', name,
                  r['step_time_s'] * 1e3, r['achieved_flops'] / 1e9,
-                 100 * r['mfu'])
+                 100 * r['mfu'], 100 * r['guard_overhead'],
+                 100 * r['guard_compile_overhead'])
   if root is not None:   # the teacher: what every other step is measured in
     t = out['steps'][root]['step_time_s']
     for r in out['steps'].values():
@@ -259,7 +291,7 @@ def format_table(r: dict) -> str:
            f"{r['peak_matmul_flops'] / 1e9:.1f} GFLOP/s "
            f"({r['peak_matmul']['dtype']})",
            f"{'step':16s} {'ms/step':>9s} {'x teacher':>9s} {'GFLOP/step':>11s}"
-           f" {'GFLOP/s':>9s} {'MFU':>6s} {'peak MiB':>9s}"]
+           f" {'GFLOP/s':>9s} {'MFU':>6s} {'peak MiB':>9s} {'guard':>6s}"]
   for name, s in r['steps'].items():
     mem = s.get('peak_memory_bytes')
     lines.append(
@@ -267,7 +299,8 @@ def format_table(r: dict) -> str:
         f"{s.get('relative_to_teacher', float('nan')):9.2f} "
         f"{s['flops_per_step'] / 1e9:11.3f} {s['achieved_flops'] / 1e9:9.1f} "
         f"{100 * s['mfu']:5.1f}% "
-        + (f'{mem / 2**20:9.1f}' if mem is not None else f"{'-':>9s}"))
+        + (f'{mem / 2**20:9.1f}' if mem is not None else f"{'-':>9s}")
+        + f" {100 * s['guard_overhead']:+5.1f}%")
   if r.get('sampling'):
     lines.append(f"{'sampler':22s} {'samples/s':>11s}")
     for name, s in r['sampling'].items():

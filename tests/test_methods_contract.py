@@ -71,6 +71,24 @@ def check_method(method, config, workdir):
       jax.tree.leaves(before), jax.tree.leaves(after))
            if np.issubdtype(a.dtype, np.floating)]
   assert any(moved), f'{method.name}: three steps changed nothing'
+  # A step that goes non-finite (here: every trained value is NaN) changes
+  # nothing but the step counter, and is counted.
+  poisoned = jax.tree.map(
+      lambda x: x * jnp.nan if jnp.issubdtype(x.dtype, jnp.floating) else x,
+      stage.strip(state))
+  good, state = state, poisoned.replace(**{
+      f: jax.tree.map(jnp.copy, getattr(state, f))   # the step donates it
+      for f in stage.frozen_fields})
+  held = jax.tree_util.tree_leaves_with_path(
+      jax.tree.map(np.asarray, stage.strip(state)))
+  bad, _, counts = step_fn(
+      state, stream.global_batch_at(3, parallel.batch_sharding(env.mesh)),
+      key, counts)
+  assert int(counts['total']) == 1 and int(bad.step) == 4, method.name
+  for (path, a), b in zip(held, jax.tree.leaves(stage.strip(bad))):
+    if jax.tree_util.keystr(path) != '.step':
+      np.testing.assert_array_equal(a, b, err_msg=f'{method.name} {path}')
+  state = good
 
   # Restoring and describing build the state from abstract artifacts: the
   # providers' shapes must be what their placeholders are.

@@ -156,3 +156,27 @@ def test_attention_fn_matches_flax_attention():
   mask = jax.random.bernoulli(key, 0.7, (2, 1, 16, 16)).at[..., 0].set(True)
   np.testing.assert_allclose(ours.apply(p, y, y, mask=mask),
                              ref.apply(p, y, y, mask=mask), atol=1e-5, rtol=1e-5)
+
+
+def test_noise_level_embedding_is_float32_at_full_precision():
+  """Whatever the model's dtype and the matmul precision in force."""
+  from mmd_jax.models.embeddings import Conditioning
+  from mmd_jax.models.uvit import UViT
+  lam, labels = jnp.array([-2.0, 3.0]), jnp.array([0, 1])
+  m = Conditioning(16, 3)
+  params = m.init(jax.random.PRNGKey(0), lam, labels)
+  with jax.default_matmul_precision('bfloat16'):
+    jaxpr = jax.make_jaxpr(lambda p: m.apply(p, lam, labels))(params)
+  dots = [e for e in jaxpr.eqns if e.primitive.name == 'dot_general']
+  assert len(dots) == 2
+  assert all('HIGHEST' in str(e.params['precision']) for e in dots)
+  assert jaxpr.out_avals[0].dtype == jnp.float32
+  # In a bfloat16 UViT the embedding is still computed in float32.
+  net = UViT(channels=(8,), num_res_blocks=(1,), patch_size=2,
+             transformer_width=16, transformer_depth=1, num_heads=2,
+             num_classes=3, dtype=jnp.bfloat16)
+  x = jnp.zeros((2, 8, 8, 3))
+  p = net.init(jax.random.PRNGKey(1), x, lam, labels)
+  _, inter = net.apply(p, x, lam, labels, capture_intermediates=True)
+  emb = inter['intermediates']['Conditioning_0']['__call__'][0]
+  assert emb.dtype == jnp.float32

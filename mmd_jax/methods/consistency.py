@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mmd_jax import diffusion, optim
+from mmd_jax import diffusion, guard, optim
 from mmd_jax.denoiser import DenoiserSpec
 from mmd_jax.microbatch import ALL, Rows, accumulate
 
@@ -189,13 +189,19 @@ def step(state: CDState, batch, key):
     return g, loss
 
   g, loss = accumulate(grads_of, dict(batch), hp.grad_accum_steps)
-  params, opt, _ = optim.update(state.tx, g, state.opt_state,
-                                state.student_params, state.step)
-  ema = optax.incremental_update(params, state.ema_params,
-                                 1.0 - hp.ema_decay)
-  return state.replace(step=state.step + 1, student_params=params,
-                       ema_params=ema, opt_state=opt), {
-                           'loss': loss, 'grad_norm': optax.tree.norm(g)}
+  grad_norm = optax.tree.norm(g)
+
+  def apply(state, g):
+    params, opt, _ = optim.update(state.tx, g, state.opt_state,
+                                  state.student_params, state.step)
+    ema = optax.incremental_update(params, state.ema_params,
+                                   1.0 - hp.ema_decay)
+    return state.replace(student_params=params, ema_params=ema,
+                         opt_state=opt), {}
+
+  new, _, ok = guard.apply_if_finite((loss, grad_norm), apply, state, g)
+  return new.replace(step=state.step + 1), {
+      'loss': loss, 'grad_norm': grad_norm, 'finite': ok}
 
 
 def sample(spec, hp: CDHParams, params, key, shape, k: int, labels=None):

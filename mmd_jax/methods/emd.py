@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mmd_jax import diffusion, loops, mcmc, optim
+from mmd_jax import diffusion, guard, loops, mcmc, optim
 from mmd_jax.denoiser import DenoiserSpec
 from mmd_jax.methods import teacher as teacher_lib
 from mmd_jax.microbatch import ALL, Rows, accumulate
@@ -279,14 +279,15 @@ def diff_instruct_gradient(spec, teacher_params, score_params,
 
 
 def score_update(spec, hp: EMDHParams, score_params, score_opt, score_tx,
-                 generator_params, labels, key, shape, global_step=0):
+                 generator_params, labels, key, shape, global_step=0,
+                 check=()):
   """`score_updates` DSM steps of psi on fresh generator samples, each at
   the learning rate of `global_step` (a global-step optimiser) rather than
   its own update count. Each update needs the reduced gradient of the one
   before, so they are unrolled: one reduction per update, none in a loop."""
   n = hp.grad_accum_steps
   lab_batch = {} if labels is None else {'label': labels}
-  psi, opt, losses = score_params, score_opt, []
+  psi, opt, losses, oks = score_params, score_opt, [], []
   for k in jax.random.split(key, hp.score_updates):
     k_z, k_loss = jax.random.split(k)
 
@@ -303,9 +304,17 @@ def score_update(spec, hp: EMDHParams, score_params, score_opt, score_tx,
       return grad, loss
 
     grad, loss = accumulate(grads_of, lab_batch, n)
-    psi, opt, _ = optim.update(score_tx, grad, opt, psi, global_step)
+
+    def apply(carry, grad):
+      psi, opt, _ = optim.update(score_tx, grad, carry[1], carry[0],
+                                 global_step)
+      return (psi, opt), {}
+
+    (psi, opt), _, ok = guard.apply_if_finite(
+        (*check, loss, optax.tree.norm(grad)), apply, (psi, opt), grad)
+    oks.append(ok)
     losses.append(loss)
-  return psi, opt, jnp.mean(jnp.stack(losses))
+  return psi, opt, jnp.mean(jnp.stack(losses)), jnp.all(jnp.stack(oks))
 
 
 def step(state: EMDState, batch, key):
@@ -326,15 +335,24 @@ def step(state: EMDState, batch, key):
     return grad, {'loss': loss, **stats}
 
   grad, metrics = accumulate(grads_of, dict(batch), hp.grad_accum_steps)
-  theta, gen_opt, rate = optim.update(state.generator_tx, grad,
-                                      state.generator_opt,
-                                      state.generator_params, state.step)
+  grad_norm = optax.tree.norm(grad)
+
+  def apply(state, grad):
+    theta, gen_opt, rate = optim.update(state.generator_tx, grad,
+                                        state.generator_opt,
+                                        state.generator_params, state.step)
+    return state.replace(generator_params=theta, generator_opt=gen_opt), rate
+
+  state, rate, ok = guard.apply_if_finite((metrics['loss'], grad_norm),
+                                          apply, state, grad)
   labels = batch.get('label') if spec.num_classes else None
-  psi, score_opt, score_loss = score_update(
-      spec, hp, state.score_params, state.score_opt, state.score_tx, theta,
-      labels, k_score, batch['x'].shape, state.step)
-  new = state.replace(step=state.step + 1, generator_params=theta,
-                      generator_opt=gen_opt, score_params=psi,
+  # Each score update is guarded by its own values and the generator's: a
+  # step with a non-finite generator gradient changes neither network.
+  psi, score_opt, score_loss, score_ok = score_update(
+      spec, hp, state.score_params, state.score_opt, state.score_tx,
+      state.generator_params, labels, k_score, batch['x'].shape, state.step,
+      check=(metrics['loss'], grad_norm))
+  new = state.replace(step=state.step + 1, score_params=psi,
                       score_opt=score_opt)
-  return new, {**metrics, 'grad_norm': optax.tree.norm(grad),
-               'score_loss': score_loss, 'learning_rate': rate}
+  return new, {**metrics, 'grad_norm': grad_norm, 'score_loss': score_loss,
+               'learning_rate': rate, 'finite': ok & score_ok}

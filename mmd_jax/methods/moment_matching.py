@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mmd_jax import diffusion, optim
+from mmd_jax import diffusion, guard, optim
 from mmd_jax.denoiser import DenoiserSpec
 from mmd_jax.methods import teacher as teacher_lib
 from mmd_jax.microbatch import ALL, Rows, accumulate
@@ -240,8 +240,6 @@ def alternating_step(state: AlternatingState, batch, key):
   def pick(a, b):
     return jax.tree.map(lambda u, v: jnp.where(is_aux, u, v), a, b)
 
-  chosen = pick(state.aux_params, state.student_params)
-
   def grads_of(mb, rows):
     labels = mb.get('label') if spec.num_classes else None
     # One function object for both networks: their VJPs then have the same
@@ -273,21 +271,27 @@ def alternating_step(state: AlternatingState, batch, key):
                'moment_gap': gap}
 
   g, metrics = accumulate(grads_of, dict(batch), hp.grad_accum_steps)
-  # One optimiser update, of whichever network this step trains (both use
-  # the same optax transformation, so their states have one structure).
-  # The rate comes from the global step, so both networks follow one
-  # schedule although each updates every other step.
-  new_params, opt, rate = optim.update(
-      state.tx, g, pick(state.aux_opt, state.student_opt), chosen, state.step)
-  new = state.replace(
-      step=state.step + 1,
-      aux_params=pick(new_params, state.aux_params),
-      student_params=pick(state.student_params, new_params),
-      aux_opt=pick(opt, state.aux_opt),
-      student_opt=pick(state.student_opt, opt))
-  metrics.update(grad_norm=optax.tree.norm(g), learning_rate=rate,
-                 aux_step=is_aux.astype(jnp.float32))
-  return new, metrics
+  grad_norm = optax.tree.norm(g)
+
+  def apply(state, g):
+    # One optimiser update, of whichever network this step trains (both
+    # use the same optax transformation, so their states have one
+    # structure). The rate comes from the global step, so both networks
+    # follow one schedule although each updates every other step.
+    new_params, opt, rate = optim.update(
+        state.tx, g, pick(state.aux_opt, state.student_opt),
+        pick(state.aux_params, state.student_params), state.step)
+    return state.replace(
+        aux_params=pick(new_params, state.aux_params),
+        student_params=pick(state.student_params, new_params),
+        aux_opt=pick(opt, state.aux_opt),
+        student_opt=pick(state.student_opt, opt)), rate
+
+  new, rate, ok = guard.apply_if_finite((metrics['loss'], grad_norm), apply,
+                                        state, g)
+  metrics.update(grad_norm=grad_norm, learning_rate=rate,
+                 aux_step=is_aux.astype(jnp.float32), finite=ok)
+  return new.replace(step=state.step + 1), metrics
 
 
 # ----------------------------------------------------------------------------
@@ -427,11 +431,17 @@ def parameter_step(state: ParameterState, batch, key):
     return g, {'loss': loss, 'monitor': monitor}
 
   g, metrics = accumulate(student_grad_a, batch_a, hp.grad_accum_steps)
-  params, opt, rate = optim.update(state.tx, g, state.student_opt,
-                                   state.student_params, state.step)
-  new = state.replace(step=state.step + 1, student_params=params,
-                      student_opt=opt)
-  return new, {**metrics, 'grad_norm': optax.tree.norm(g),
-               'learning_rate': rate}
+  grad_norm = optax.tree.norm(g)
+
+  def apply(state, g):
+    params, opt, rate = optim.update(state.tx, g, state.student_opt,
+                                     state.student_params, state.step)
+    return state.replace(student_params=params, student_opt=opt), rate
+
+  new, rate, ok = guard.apply_if_finite((metrics['loss'], grad_norm), apply,
+                                        state, g)
+  return new.replace(step=state.step + 1), {
+      **metrics, 'grad_norm': grad_norm, 'learning_rate': rate,
+      'finite': ok}
 
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mmd_jax import diffusion, optim
+from mmd_jax import diffusion, guard, optim
 from mmd_jax.denoiser import DenoiserSpec
 from mmd_jax.microbatch import ALL, Rows, accumulate
 
@@ -119,9 +119,14 @@ def step(state: PDState, batch, key):
     return g, loss
 
   g, loss = accumulate(grads_of, dict(batch), hp.grad_accum_steps)
-  params, opt, rate = optim.update(state.tx, g, state.opt_state,
-                                   state.student_params, state.step)
-  return state.replace(step=state.step + 1, student_params=params,
-                       opt_state=opt), {
-                           'loss': loss, 'grad_norm': optax.tree.norm(g),
-                           'learning_rate': rate}
+  grad_norm = optax.tree.norm(g)
+
+  def apply(state, g):
+    params, opt, rate = optim.update(state.tx, g, state.opt_state,
+                                     state.student_params, state.step)
+    return state.replace(student_params=params, opt_state=opt), rate
+
+  new, rate, ok = guard.apply_if_finite((loss, grad_norm), apply, state, g)
+  return new.replace(step=state.step + 1), {
+      'loss': loss, 'grad_norm': grad_norm, 'learning_rate': rate,
+      'finite': ok}

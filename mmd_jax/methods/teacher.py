@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mmd_jax import diffusion
+from mmd_jax import diffusion, guard
 from mmd_jax.denoiser import DenoiserSpec
 from mmd_jax.microbatch import ALL, Rows, accumulate
 from mmd_jax.optim import make_optimizer  # noqa: F401 (public here too)
@@ -110,14 +110,22 @@ def step(state: TeacherState, batch, key):
     return grads, loss
 
   grads, loss = accumulate(grads_of, dict(batch), hp.grad_accum_steps)
-  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  # Warm-started EMA, so early samples are not dominated by the init.
-  decay = jnp.minimum(hp.ema_decay, (1.0 + state.step) / (10.0 + state.step))
-  ema = optax.incremental_update(params, state.ema_params, 1.0 - decay)
-  metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
-  return state.replace(step=state.step + 1, params=params, ema_params=ema,
-                       opt_state=opt_state), metrics
+  grad_norm = optax.tree.norm(grads)
+
+  def apply(state, grads):
+    updates, opt_state = state.tx.update(grads, state.opt_state,
+                                         state.params)
+    params = optax.apply_updates(state.params, updates)
+    # Warm-started EMA, so early samples are not dominated by the init.
+    decay = jnp.minimum(hp.ema_decay,
+                        (1.0 + state.step) / (10.0 + state.step))
+    ema = optax.incremental_update(params, state.ema_params, 1.0 - decay)
+    return state.replace(params=params, ema_params=ema,
+                         opt_state=opt_state), {}
+
+  new, _, ok = guard.apply_if_finite((loss, grad_norm), apply, state, grads)
+  metrics = {'loss': loss, 'grad_norm': grad_norm, 'finite': ok}
+  return new.replace(step=state.step + 1), metrics
 
 
 def adam_second_moment(opt_state):

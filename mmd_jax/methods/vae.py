@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mmd_jax import guard
 from mmd_jax.microbatch import ALL, Rows, accumulate
 
 
@@ -163,11 +164,17 @@ def step(state: VAEState, batch, key):
   grads, parts = accumulate(grads_of, {'x': batch['x']},
                             state.hparams.grad_accum_steps)
   loss = parts.pop('loss')
-  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics = dict(parts, loss=loss, grad_norm=optax.tree.norm(grads))
-  return state.replace(step=state.step + 1, params=params,
-                       opt_state=opt_state), metrics
+  grad_norm = optax.tree.norm(grads)
+
+  def apply(state, grads):
+    updates, opt_state = state.tx.update(grads, state.opt_state,
+                                         state.params)
+    return state.replace(params=optax.apply_updates(state.params, updates),
+                         opt_state=opt_state), {}
+
+  new, _, ok = guard.apply_if_finite((loss, grad_norm), apply, state, grads)
+  metrics = dict(parts, loss=loss, grad_norm=grad_norm, finite=ok)
+  return new.replace(step=state.step + 1), metrics
 
 
 def decode_mean(module, params, z, likelihood: str):

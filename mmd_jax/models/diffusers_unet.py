@@ -170,8 +170,9 @@ class TimestepEmbedding(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    # float32 at full precision whatever the model dtype (embeddings.py).
-    dense = lambda name: nn.Dense(self.dim, name=name, dtype=jnp.float32,
+    # At least float32, at full precision, whatever the model dtype
+    # (embeddings.py).
+    dense = lambda name: nn.Dense(self.dim, name=name,
                                   precision=jax.lax.Precision.HIGHEST)
     x = dense('linear_1')(x)
     return dense('linear_2')(ACTIVATIONS[self.act](x))

@@ -22,13 +22,12 @@ class Conditioning(nn.Module):
 
   @nn.compact
   def __call__(self, lam, labels=None):
-    # float32 at full matmul precision whatever the model's dtype and
-    # config.matmul_precision: low-precision noise-level embeddings are a
-    # known source of gradient spikes in continuous-time distillation, and
-    # these two layers cost nothing beside the network.
-    dense = lambda: nn.Dense(self.dim, dtype=jnp.float32,
-                             param_dtype=jnp.float32,
-                             precision=jax.lax.Precision.HIGHEST)
+    # At least float32 (float32 features, no module dtype) at full matmul
+    # precision, whatever the model's dtype and config.matmul_precision:
+    # low-precision noise-level embeddings are a known source of gradient
+    # spikes in continuous-time distillation, and these two layers cost
+    # nothing beside the network.
+    dense = lambda: nn.Dense(self.dim, precision=jax.lax.Precision.HIGHEST)
     emb = logsnr_features(lam, 128)
     emb = dense()(emb)
     emb = dense()(nn.silu(emb))
