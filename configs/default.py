@@ -61,6 +61,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.teacher.sigma_data = 0.5
   c.teacher.label_dropout = 0.1  # CFG training (conditional models only)
   c.teacher.stratified_t = True  # low-discrepancy t per batch (VDM)
+  # The frozen teacher copy inside every distillation state: float32, or
+  # bfloat16 to halve its memory (it is upcast where it is used; under
+  # FSDP it is sharded like the trained parameters).
+  c.teacher.frozen_dtype = 'float32'
   # Train here when empty; else a teacher stage directory, a .npz/.msgpack
   # parameter file of config.model's network, or a diffusers UNet2DModel
   # directory (config.json + diffusion_pytorch_model.safetensors).
@@ -227,6 +231,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.pr_num_samples = 10_000
 
   c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1})
+  # --mode=describe: also estimate the run on these accelerator targets,
+  # comma-separated (mmd_jax/targets.py: tpu_v5e_256, tpu_v5p_128, h100x8).
+  c.describe = ml_collections.ConfigDict({'target': ''})
   # Split every stage's global batch into this many micro-batches inside the
   # jitted step (lax.scan): the same update with 1/n of the activations.
   c.grad_accum_steps = 1

@@ -15,6 +15,8 @@ from mmd_jax.data.images import IMAGE_DATASETS
 from mmd_jax.data.toy2d import TOY2D_NAMES
 from mmd_jax.models import DTYPES, MODELS
 
+FROZEN_DTYPES = ('float32', 'bfloat16')
+
 # Kept importable from here.
 __all__ = ['ConfigError', 'validate']
 
@@ -68,6 +70,7 @@ def validate(config) -> plan_lib.Plan:
   _positive_int(config, 'log.every_steps')
   _positive_int(config, 'grad_accum_steps')
   one_of(config, 'matmul_precision', parallel.PRECISIONS)
+  one_of(config, 'teacher.frozen_dtype', FROZEN_DTYPES)
   _positive_int(config, 'max_nonfinite_steps')
   for axis in config.mesh.keys():
     _need(axis in ('data', 'fsdp'), 'mesh', f'unknown mesh axis {axis!r}')

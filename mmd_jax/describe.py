@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from mmd_jax import collectives, config_check, parallel, runner
+from mmd_jax import (collectives, config_check, parallel, runner, targets,
+                     timing)
 from mmd_jax import stages as registry
 from mmd_jax.data import DataShape, data_shape
 from mmd_jax.plan import EVALUATE
@@ -63,6 +64,33 @@ def _stage_cost(stage, batch, mesh) -> dict:
   return out
 
 
+def _float_bytes(tree) -> float:
+  return float(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)
+                   if jnp.issubdtype(x.dtype, jnp.inexact)))
+
+
+def _on_target(target, stage, method, networks, cost, batch, job) -> dict:
+  """targets.estimate for one stage (FLOPs are counted again for each
+  target: a lowering, no compile): FLOPs counted with every scan
+  unrolled (Langevin chains, micro-batches), sizes from the abstract
+  state, activations from this compile's temporaries per row."""
+  key = jax.random.PRNGKey(0)
+  abstract = jax.eval_shape(stage.init, key, batch, stage.frozen)
+  frozen = {f: getattr(abstract, f) for f in stage.frozen_fields}
+  trained = 4.0 * sum(networks[n]['params'] for n in method.networks
+                      if n in networks)
+  rows = cost['per_device_batch']
+  temp = cost.get('memory_breakdown_bytes', {}).get('temp', 0)
+  return targets.estimate(
+      target, flops_per_step=timing.count_flops(stage.step, abstract, batch,
+                                                key),
+      trained_bytes=trained, state_bytes=_float_bytes(abstract),
+      gathered_bytes=_float_bytes(frozen) + trained,
+      activation_bytes_per_row=temp / max(rows, 1),
+      global_batch=job.batch_size, micro_batches=job.micro_batches,
+      steps=job.num_steps)
+
+
 def describe(config, workdir: str) -> dict:
   # Describing needs neither data nor Inception weights: validate the
   # training stages only.
@@ -84,6 +112,8 @@ def describe(config, workdir: str) -> dict:
         step.cfg, env.context(step.method)).items()})
   trained = [s for s in plan.steps if s.train]
   n_dev = mesh.devices.size
+  chosen = [targets.get(n.strip()) for n in
+            config.describe.target.split(',') if n.strip()]
   accum = config.grad_accum_steps
   out = {'config': {'data': env.data.name, 'model': config.model.name},
          'networks': networks,
@@ -109,6 +139,11 @@ def describe(config, workdir: str) -> dict:
                                               mesh), mesh)
     cost.update(global_batch=int(job.batch_size),
                 per_device_batch=job.batch_size // n_dev // job.micro_batches)
+    if chosen:
+      cost['targets'] = {t.name: _on_target(
+          t, stage, step.method, networks, cost,
+          _abstract_batch(ctx.dataset, job.batch_size, mesh), job)
+                         for t in chosen}
     out['stages'][job.name] = cost
     logging.info('describe: %s %s', job.name, cost)
   if jax.process_index() == 0:
@@ -134,4 +169,13 @@ def format_summary(d: dict) -> str:
     if 'collectives' in s:
       lines.append(' ' * 28 + 'collectives: '
                    + collectives.format_counts(s['collectives']))
+    for t in s.get('targets', {}).values():
+      lines.append(
+          ' ' * 28 + f"on {t['target']} {t['mesh']}: {t['per_chip_batch']:g}"
+          f"/chip, {t['memory_per_chip_bytes'] / 2**30:.1f} GiB/chip "
+          f"({'fits' if t['fits'] else 'DOES NOT FIT'} in "
+          f"{t['hbm_bytes'] / 2**30:.0f}); >= {t['flops_bound_s'] * 1e3:.1f}"
+          f" ms/step compute, >= {t['comm_bound_s'] * 1e3:.1f} ms/step "
+          f"communication ({t['dominant']} bound); {t['steps']} steps >= "
+          f"{t['days_at_bound']:.2f} days")
   return '\n'.join(lines)

@@ -15,6 +15,7 @@ import os
 import zlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -120,6 +121,23 @@ def _preview(env, step, ctx):
   return preview
 
 
+def _frozen_teacher_in(init, dtype: str):
+  """`init`, whose state's frozen `teacher_params` (if it has them) are
+  stored in `dtype` (config.teacher.frozen_dtype). The trained networks
+  were copied from the teacher before this cast, so they stay float32."""
+  if dtype == 'float32':
+    return init
+
+  def cast(key, batch, frozen):
+    state = init(key, batch, frozen)
+    if not hasattr(state, 'teacher_params'):
+      return state
+    return state.replace(teacher_params=jax.tree.map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating)
+        else x, state.teacher_params))
+  return cast
+
+
 def build_stage(env, step, artifacts: dict, ctx=None) -> train.Stage:
   """The loop's Stage for a planned job, with `artifacts` (concrete to
   train, abstract to restore or describe)."""
@@ -128,7 +146,9 @@ def build_stage(env, step, artifacts: dict, ctx=None) -> train.Stage:
   frozen = b.frozen or None
   return train.Stage(
       name=step.job.name, stage_dir=env.stage_dir(step.job),
-      num_steps=step.job.num_steps, init=b.init, step=b.step,
+      num_steps=step.job.num_steps,
+      init=_frozen_teacher_in(b.init, env.config.teacher.frozen_dtype),
+      step=b.step,
       rng=lambda s: s.rng, meta=stage_meta.build(step, ctx),
       preview=_preview(env, step, ctx), frozen=frozen,
       frozen_fields=tuple(frozen or ()),

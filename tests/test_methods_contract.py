@@ -56,6 +56,11 @@ def check_method(method, config, workdir):
   state, shardings = train.build_state(stage, jax.random.PRNGKey(0), stream,
                                        env.mesh)
   before = jax.tree.map(np.asarray, stage.strip(state))
+  if hasattr(state, 'teacher_params'):   # teacher.frozen_dtype
+    want = jnp.dtype(config.teacher.frozen_dtype)
+    assert {x.dtype for x in jax.tree.leaves(state.teacher_params)} == {want}
+    assert {x.dtype for x in jax.tree.leaves(state.sampling_params)} == {
+        jnp.dtype(jnp.float32)}
   step_fn = train.jit_step(stage, shardings, env.mesh)
   counts = guard.init_counts()
   key = jax.random.PRNGKey(1)
@@ -131,6 +136,15 @@ def check_method(method, config, workdir):
 def test_every_registered_method_keeps_the_contract(name, tmp_path):
   check_method(registry.get(name), tiny.config('toy2d', 'tiny', OVERRIDES),
                tmp_path)
+
+
+@pytest.mark.parametrize('name', ['mm_parameter', 'emd'])
+def test_a_bfloat16_frozen_teacher_trains_the_same_way(name, tmp_path):
+  """The cast is the runner's, the same for every method holding a frozen
+  teacher; two of them, one with a second frozen input (precond)."""
+  check_method(registry.get(name), tiny.config(
+      'toy2d', 'tiny', dict(OVERRIDES, **{'teacher.frozen_dtype':
+                                          'bfloat16'})), tmp_path)
 
 
 def test_every_method_declares_sections_the_default_config_has():

@@ -345,6 +345,14 @@ def _guided(spec, teacher_params, x_unguided, d: _Draw, guidance):
                        guidance))
 
 
+def _float32(tree):
+  """The teacher as differentiated here: a bfloat16 frozen copy
+  (teacher.frozen_dtype) would give bfloat16 gradients and tangents."""
+  return jax.tree.map(
+      lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32))
+      if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
 def _teacher_grad(spec, teacher_params, d: _Draw, hp: MMHParams):
   """grad_theta of mean_b w_b mean_d ||x~ - g_theta(z_s)||^2 at sg(x~).
 
@@ -353,7 +361,8 @@ def _teacher_grad(spec, teacher_params, d: _Draw, hp: MMHParams):
   both when there is no guidance.
   """
   x_unguided, vjp = jax.vjp(
-      lambda th: spec.x_hat(th, d.z_s, d.lam_s, d.labels), teacher_params)
+      lambda th: spec.x_hat(th, d.z_s, d.lam_s, d.labels),
+      _float32(teacher_params))
   x_guided = _guided(spec, teacher_params, x_unguided, d, hp.guidance)
   w = weight(hp.weighting, d.lam_s, spec.sigma_data, d.x_tilde, x_guided)
   resid = x_guided - sg(d.x_tilde)
@@ -373,7 +382,7 @@ def _batch_a_terms(spec, teacher_params, nu, d_a: _Draw, hp: MMHParams):
   # J nu at batch A (unguided teacher: straight-through).
   x_unguided, j_nu = jax.jvp(
       lambda th: spec.x_hat(th, d_a.z_s, d_a.lam_s, d_a.labels),
-      (teacher_params,), (nu,))
+      (_float32(teacher_params),), (nu,))
   j_nu = sg(j_nu)
   x_teacher_a = _guided(spec, teacher_params, x_unguided, d_a, hp.guidance)
   w_a = weight(hp.weighting, d_a.lam_s, spec.sigma_data, d_a.x_tilde,
