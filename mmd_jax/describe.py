@@ -174,7 +174,10 @@ def format_summary(d: dict) -> str:
           ' ' * 28 + f"on {t['target']} {t['mesh']}: {t['per_chip_batch']:g}"
           f"/chip, {t['memory_per_chip_bytes'] / 2**30:.1f} GiB/chip "
           f"({'fits' if t['fits'] else 'DOES NOT FIT'} in "
-          f"{t['hbm_bytes'] / 2**30:.0f}); >= {t['flops_bound_s'] * 1e3:.1f}"
+          f"{t['hbm_bytes'] / 2**30:.0f}"
+          + (f"; fits with {t['grad_accum_factor_to_fit']}x the "
+             'micro-batches' if not t['fits'] and t['grad_accum_factor_to_fit']
+             else '') + f"); >= {t['flops_bound_s'] * 1e3:.1f}"
           f" ms/step compute, >= {t['comm_bound_s'] * 1e3:.1f} ms/step "
           f"communication ({t['dominant']} bound); {t['steps']} steps >= "
           f"{t['days_at_bound']:.2f} days")

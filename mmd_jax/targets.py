@@ -86,8 +86,14 @@ def estimate(target: Target, *, flops_per_step: float, trained_bytes: float,
           + _ring('all-reduce', trained_bytes / f, d)
           + _ring('all-gather', gathered_bytes, f))
   t_comm = comm / target.interconnect_bytes_s
-  memory = (state_bytes / f + gathered_bytes + trained_bytes
-            + activation_bytes_per_row * per_chip_batch)
+  fixed = state_bytes / f + gathered_bytes + trained_bytes
+  memory = fixed + activation_bytes_per_row * per_chip_batch
+  # The fewest more micro-batches (grad_accum_steps x this) that fit; the
+  # gradient reduction stays once per step, so the bounds do not change.
+  more = next((n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256)
+               if per_chip_batch / n >= 1 and fixed
+               + activation_bytes_per_row * per_chip_batch / n
+               <= target.hbm_bytes), None)
   bound = max(t_flops, t_comm)
   return {
       'target': target.name, 'chips': target.chips, 'mesh': target.mesh,
@@ -97,5 +103,6 @@ def estimate(target: Target, *, flops_per_step: float, trained_bytes: float,
       'dominant': 'compute' if t_flops >= t_comm else 'communication',
       'memory_per_chip_bytes': memory,
       'fits': memory <= target.hbm_bytes,
+      'grad_accum_factor_to_fit': more,
       'hbm_bytes': target.hbm_bytes,
       'steps': steps, 'days_at_bound': bound * steps / 86400.0}

@@ -61,5 +61,13 @@ def test_the_estimate_is_the_ring_arithmetic():
   assert e['memory_per_chip_bytes'] == pytest.approx(
       4e8 + 6e8 + 4e8 + 4 * 1e6)
   assert e['fits'] and e['days_at_bound'] == pytest.approx(1.0)
+  assert e['grad_accum_factor_to_fit'] == 1
+  # 4 GB of activations per row, 1.4 GB fixed: 4 rows do not fit in 10 GB,
+  # 2 do.
+  e = targets.estimate(t, flops_per_step=1, trained_bytes=4e8,
+                       state_bytes=16e8, gathered_bytes=6e8,
+                       activation_bytes_per_row=4e9, global_batch=64,
+                       micro_batches=2, steps=1)
+  assert not e['fits'] and e['grad_accum_factor_to_fit'] == 2
   with pytest.raises(Exception, match='unknown'):
     targets.get('tpu_v9')
