@@ -49,6 +49,8 @@ _TEACHER_K = flags.DEFINE_list('teacher_steps', ['8', '256'],
 _MATMUL = flags.DEFINE_list('matmul_sizes', ['1024', '2048', '4096'],
                             'Square matmul sizes for the peak (the best '
                             'counts).')
+_GUARD_AB = flags.DEFINE_bool('guard_ab', True, 'Also time each step '
+                              'without the non-finite guard (guard_overhead).')
 flags.mark_flags_as_required(['config', 'output'])
 
 # count_flops is public here too: tests and users reach it as bench.count_flops.
@@ -82,7 +84,8 @@ def _placeholders(env, plan_cfg, method, cache: dict) -> dict:
   return out
 
 
-def bench_step(stage, batch, mesh, num_steps: int, warmup: int) -> dict:
+def bench_step(stage, batch, mesh, num_steps: int, warmup: int,
+               guard_ab: bool = True) -> dict:
   import jax
   from mmd_jax import collectives, guard, parallel, train
   key = jax.random.PRNGKey(0)
@@ -99,40 +102,24 @@ def bench_step(stage, batch, mesh, num_steps: int, warmup: int) -> dict:
   compile_s = time.perf_counter() - t0
   flops = count_flops(stage.step, jax.eval_shape(lambda s: s, state), batch,
                       step_key)
-  # The same step without the non-finite guard, on its own copy of the
-  # state (both donate theirs), timed interleaved with the guarded one: the
-  # guard's cost as an A/B in one process.
-  t0 = time.perf_counter()
-  with guard.disabled():
-    bare = parallel.jit(stage.step, mesh, in_shardings=(
-        shardings, parallel.batch_sharding(mesh), rep), out_shardings=(
-            shardings, rep), donate_argnums=(0,),
-        precision=stage.matmul_precision).lower(state, batch,
-                                                step_key).compile()
-  bare_compile_s = time.perf_counter() - t0
-  box = {'state': state, 'counts': counts,
-         'bare': jax.tree.map(jax.numpy.copy, state)}
+  box = {'state': state, 'counts': counts}
 
   def one():
     s, m, c = compiled(box['state'], batch, step_key, box['counts'])
     jax.block_until_ready((s, m))
     box['state'], box['counts'] = s, c
 
-  def one_bare():
-    s, m = bare(box['bare'], batch, step_key)
-    jax.block_until_ready((s, m))
-    box['bare'] = s
-
-  for _ in range(warmup):
-    one(), one_bare()
-  times, bare_times = [], []
-  for _ in range(num_steps):
-    for fn, out in ((one, times), (one_bare, bare_times)):
-      t0 = time.perf_counter()
-      fn()
-      out.append(time.perf_counter() - t0)
-  t, t_bare = statistics.median(times), statistics.median(bare_times)
-  del box['bare']
+  out = {}
+  if guard_ab:
+    times, ab = _guard_ab(stage, shardings, mesh, batch, step_key, state,
+                          one, num_steps, warmup)
+    out.update(ab, guard_compile_overhead=compile_s / ab.pop(
+        'unguarded_compile_s') - 1.0)
+  else:
+    _, times = median_seconds(one, num_steps, warmup)
+  t = statistics.median(times)
+  if guard_ab:
+    out['guard_overhead'] = t / out['unguarded_step_time_s'] - 1.0
   # Back to back, as the loop runs them (dispatch overlaps compute).
   t0 = time.perf_counter()
   for _ in range(num_steps):
@@ -140,14 +127,47 @@ def bench_step(stage, batch, mesh, num_steps: int, warmup: int) -> dict:
     box['state'], box['counts'] = s, c
   jax.block_until_ready(box['state'])
   pipelined = (time.perf_counter() - t0) / num_steps
-  return {'step_time_s': t, 'step_time_pipelined_s': pipelined,
-          'step_time_min_s': min(times), 'compile_s': compile_s,
-          'flops_per_step': flops, 'achieved_flops': flops / t,
-          'peak_memory_bytes': memory_bytes(compiled),
-          'collectives': collectives.count(compiled.as_text()),
-          'unguarded_step_time_s': t_bare,
-          'guard_overhead': t / t_bare - 1.0,
-          'guard_compile_overhead': compile_s / bare_compile_s - 1.0}
+  return dict(out, step_time_s=t, step_time_pipelined_s=pipelined,
+              step_time_min_s=min(times), compile_s=compile_s,
+              flops_per_step=flops, achieved_flops=flops / t,
+              peak_memory_bytes=memory_bytes(compiled),
+              collectives=collectives.count(compiled.as_text()))
+
+
+def _guard_ab(stage, shardings, mesh, batch, step_key, state, guarded,
+              num_steps: int, warmup: int):
+  """The guard's cost as an A/B in one process: the same step compiled
+  under `guard.disabled()`, on its own copy of the state (both donate
+  theirs), timed interleaved with `guarded`. Returns (the guarded step's
+  times, {unguarded_step_time_s, unguarded_compile_s})."""
+  import jax
+  from mmd_jax import guard, parallel
+  rep = parallel.replicated(mesh)
+  t0 = time.perf_counter()
+  with guard.disabled():
+    bare = parallel.jit(stage.step, mesh, in_shardings=(
+        shardings, parallel.batch_sharding(mesh), rep), out_shardings=(
+            shardings, rep), donate_argnums=(0,),
+        precision=stage.matmul_precision).lower(state, batch,
+                                                step_key).compile()
+  compile_s = time.perf_counter() - t0
+  box = {'bare': jax.tree.map(jax.numpy.copy, state)}
+
+  def one_bare():
+    s, m = bare(box['bare'], batch, step_key)
+    jax.block_until_ready((s, m))
+    box['bare'] = s
+
+  for _ in range(warmup):
+    guarded(), one_bare()
+  times, bare_times = [], []
+  for _ in range(num_steps):
+    for fn, out in ((guarded, times), (one_bare, bare_times)):
+      t0 = time.perf_counter()
+      fn()
+      out.append(time.perf_counter() - t0)
+  return times, {'unguarded_step_time_s': statistics.median(bare_times),
+                 'unguarded_compile_s': compile_s}
 
 
 def synthetic_batch(ds, batch_size: int, mesh):
@@ -212,7 +232,7 @@ def bench_sampling(env, methods, view_of, params, sample_batch: int,
 
 def run(config, num_steps: int = 20, warmup: int = 3, batch_size: int = 0,
         only=(), sample_batch: int = 0, teacher_steps=(8, 256),
-        matmul_sizes=(1024, 2048, 4096)) -> dict:
+        matmul_sizes=(1024, 2048, 4096), guard_ab: bool = True) -> dict:
   import jax
   import jax.numpy as jnp
   from mmd_jax import config_check, parallel, plan, runner
@@ -263,15 +283,16 @@ def run(config, num_steps: int = 20, warmup: int = 3, batch_size: int = 0,
                                _placeholders(env, view_of, m, cache))
     name = m.bench_name(job)
     logging.info('bench: %s', name)
-    r = bench_step(stage, batch, mesh, num_steps, warmup)
+    r = bench_step(stage, batch, mesh, num_steps, warmup, guard_ab)
     r['mfu'] = r['achieved_flops'] / peak['flops_per_s']
     out['steps'][name] = r
     root = root or (name if not m.needs else None)
-    logging.info('bench: %s %.2f ms/step, %.1f GFLOP/s, MFU %.1f%%, guard '
-                 '%+.1f%% of the step (%+.0f%% compile)', name,
+    logging.info('bench: %s %.2f ms/step, %.1f GFLOP/s, MFU %.1f%%%s', name,
                  r['step_time_s'] * 1e3, r['achieved_flops'] / 1e9,
-                 100 * r['mfu'], 100 * r['guard_overhead'],
-                 100 * r['guard_compile_overhead'])
+                 100 * r['mfu'], '' if 'guard_overhead' not in r else
+                 ', guard %+.1f%% of the step (%+.0f%% compile)' % (
+                     100 * r['guard_overhead'],
+                     100 * r['guard_compile_overhead']))
   if root is not None:   # the teacher: what every other step is measured in
     t = out['steps'][root]['step_time_s']
     for r in out['steps'].values():
@@ -300,7 +321,8 @@ def format_table(r: dict) -> str:
         f"{s['flops_per_step'] / 1e9:11.3f} {s['achieved_flops'] / 1e9:9.1f} "
         f"{100 * s['mfu']:5.1f}% "
         + (f'{mem / 2**20:9.1f}' if mem is not None else f"{'-':>9s}")
-        + f" {100 * s['guard_overhead']:+5.1f}%")
+        + (f" {100 * s['guard_overhead']:+5.1f}%" if 'guard_overhead' in s
+           else f"{'-':>7s}"))
   if r.get('sampling'):
     lines.append(f"{'sampler':22s} {'samples/s':>11s}")
     for name, s in r['sampling'].items():
@@ -317,7 +339,7 @@ def main(argv):
     result = run(_CONFIG.value, _NUM_STEPS.value, _WARMUP.value, _BATCH.value,
                  _ONLY.value, _SAMPLE_BATCH.value,
                  tuple(int(k) for k in _TEACHER_K.value),
-                 tuple(int(n) for n in _MATMUL.value))
+                 tuple(int(n) for n in _MATMUL.value), _GUARD_AB.value)
   except (config_check.ConfigError, DataError, parallel.MeshError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -60,7 +60,7 @@ def test_bench_writes_the_contract():
   res = bench.run(tiny.config('toy2d', 'tiny', {'emd.langevin_steps': 2,
                                                'progressive.start_steps': 4}),
                   num_steps=3, warmup=1, sample_batch=64, teacher_steps=(2, 8),
-                  matmul_sizes=(128,),
+                  matmul_sizes=(128,), guard_ab=False,
                   only=('teacher', 'mm_alternating', 'mm_parameter', 'emd',
                         'progressive', 'sampling'))
   res = json.loads(json.dumps(res))   # what the CLI writes
@@ -111,7 +111,12 @@ def test_bench_command_line_writes_its_json(tmp_path, repo_root):
       cwd=repo_root, env=dict(os.environ, JAX_PLATFORMS='cpu'),
       capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
-  assert set(json.loads(out.read_text())['steps']) == {'teacher'}
+  steps = json.loads(out.read_text())['steps']
+  assert set(steps) == {'teacher'}
+  # The guard's A/B (on by default): the unguarded step, timed beside it.
+  t = steps['teacher']
+  assert t['unguarded_step_time_s'] > 0 and t['guard_overhead'] == \
+      pytest.approx(t['step_time_s'] / t['unguarded_step_time_s'] - 1)
   assert 'teacher' in r.stdout
   r = subprocess.run(
       [sys.executable, '-m', 'mmd_jax.bench', '--config=configs/toy2d.py:tiny',
