@@ -69,11 +69,11 @@ def _float_bytes(tree) -> float:
                    if jnp.issubdtype(x.dtype, jnp.inexact)))
 
 
-def _on_target(target, stage, method, networks, cost, batch, job) -> dict:
-  """targets.estimate for one stage (FLOPs are counted again for each
-  target: a lowering, no compile): FLOPs counted with every scan
-  unrolled (Langevin chains, micro-batches), sizes from the abstract
-  state, activations from this compile's temporaries per row."""
+def _on_targets(chosen, stage, method, networks, cost, batch, job) -> dict:
+  """targets.estimate for one stage on each chosen target: FLOPs counted
+  once, with every scan unrolled (Langevin chains, micro-batches), sizes
+  from the abstract state, activations from this compile's temporaries
+  per row."""
   key = jax.random.PRNGKey(0)
   abstract = jax.eval_shape(stage.init, key, batch, stage.frozen)
   frozen = {f: getattr(abstract, f) for f in stage.frozen_fields}
@@ -81,14 +81,14 @@ def _on_target(target, stage, method, networks, cost, batch, job) -> dict:
                       if n in networks)
   rows = cost['per_device_batch']
   temp = cost.get('memory_breakdown_bytes', {}).get('temp', 0)
-  return targets.estimate(
-      target, flops_per_step=timing.count_flops(stage.step, abstract, batch,
-                                                key),
+  sizes = dict(
+      flops_per_step=timing.count_flops(stage.step, abstract, batch, key),
       trained_bytes=trained, state_bytes=_float_bytes(abstract),
       gathered_bytes=_float_bytes(frozen) + trained,
       activation_bytes_per_row=temp / max(rows, 1),
       global_batch=job.batch_size, micro_batches=job.micro_batches,
       steps=job.num_steps)
+  return {t.name: targets.estimate(t, **sizes) for t in chosen}
 
 
 def describe(config, workdir: str) -> dict:
@@ -140,10 +140,9 @@ def describe(config, workdir: str) -> dict:
     cost.update(global_batch=int(job.batch_size),
                 per_device_batch=job.batch_size // n_dev // job.micro_batches)
     if chosen:
-      cost['targets'] = {t.name: _on_target(
-          t, stage, step.method, networks, cost,
+      cost['targets'] = _on_targets(
+          chosen, stage, step.method, networks, cost,
           _abstract_batch(ctx.dataset, job.batch_size, mesh), job)
-                         for t in chosen}
     out['stages'][job.name] = cost
     logging.info('describe: %s %s', job.name, cost)
   if jax.process_index() == 0:

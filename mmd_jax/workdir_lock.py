@@ -15,6 +15,7 @@ same run.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -119,20 +120,12 @@ class WorkdirLock:
     return False
 
 
-class _Nothing:
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    return False
-
-
 def holding(workdir: str):
   """The lock for this process's run: process 0 takes it, the others of a
   multi-process run share it."""
   import jax
   if jax.process_index() != 0:
-    return _Nothing()
+    return contextlib.nullcontext()
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
