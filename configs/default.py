@@ -199,6 +199,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.log.every_steps = 500
   c.log.sample_every_steps = 0   # 0: only at the end of a stage
   c.log.num_preview_samples = 1000
+  # TensorBoard events beside metrics.jsonl (TF's own gs:// support writes
+  # them to a bucket workdir).
+  c.log.tensorboard = True
 
   c.eval = ml_collections.ConfigDict()
   c.eval.num_samples = 4000

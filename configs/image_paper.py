@@ -8,6 +8,10 @@ Variants (`--config=configs/imagenet64.py:VARIANT`):
   emd             one-step EM distillation, then evaluate
   smoke           every stage, a tiny UViT and 2 steps each: runs on CPU
                   under tfds.testing.mock_data (tests/test_image_configs.py)
+  device_check    for `python -m mmd_jax.bench`: a reduced-width UViT's
+                  teacher, mm_alternating, mm_parameter and emd steps and
+                  sampling in bf16 on one accelerator; on CPU, a tiny one
+                  (c.bench.cpu) so the same command ends within 3 minutes
 
 From the papers (Salimans et al. 2024, MM; Xie et al. 2024, EMD), marked
 [paper] below: the distillation optimiser (Adam b1=0, b2=0.99, eps=1e-12,
@@ -35,6 +39,8 @@ Consistency distillation uses its paper's ImageNet-64 setting (8e-6 at
 batch 2048, N = 40) [paper]; progressive distillation 2e-6 like the other
 distillers [ours: no public image-scale PD rate at this batch].
 """
+import ml_collections
+
 from configs import default
 
 
@@ -125,7 +131,41 @@ def get_image_config(dataset: str, arg, model: dict, resolution: int,
     c.checkpoint.every_steps = 2
     c.log.every_steps = 1
     c.log.num_preview_samples = 8
+  elif arg == 'device_check':
+    device_check(c)
   else:
     raise ValueError(f'unknown {dataset} config variant {arg!r} (teacher, '
-                     'mm_alternating, mm_parameter, emd, smoke)')
+                     'mm_alternating, mm_parameter, emd, smoke, '
+                     'device_check)')
   return c
+
+
+def device_check(c):
+  """What one accelerator does with this project's image steps [ours]: a
+  UViT of about 30M parameters (the full one is ~400M) in bf16, big enough
+  that the matmuls, not the launch overhead, set the step time."""
+  c.stages = ('teacher', 'mm_alternating', 'mm_parameter', 'emd')
+  c.model.update(channels=128, channel_mult=(1, 2), num_res_blocks=1,
+                 transformer_width=512, transformer_depth=8, num_heads=8,
+                 dtype='bfloat16')
+  c.teacher.batch_size = 256
+  c.distill.batch_size = 256
+  c.distill.sampling_steps = (8,)
+  c.eval.batch_size = 256
+  # mmd_jax.bench's flags, where the command line leaves them unset.
+  c.bench = ml_collections.ConfigDict(dict(
+      only=('teacher', 'mm_alternating', 'mm_parameter', 'emd', 'sampling'),
+      num_steps=10, warmup_steps=2, teacher_steps=(8, 64),
+      matmul_sizes=(2048, 4096, 8192), matmul_dtype='bfloat16',
+      guard_ab=False))
+  # On CPU (emulated bf16 on a laptop's cores) the same command runs a
+  # tiny network, to check the command, not the chip.
+  c.bench.cpu = ml_collections.ConfigDict(dict(
+      model=dict(channels=8, channel_mult=(1,), num_res_blocks=1,
+                 transformer_width=16, transformer_depth=1, num_heads=2,
+                 dtype='float32'),
+      teacher=dict(batch_size=8),
+      distill=dict(batch_size=8, sampling_steps=(2,)),
+      emd=dict(langevin_steps=2), eval=dict(batch_size=8),
+      bench=dict(num_steps=1, warmup_steps=0, teacher_steps=(2,),
+                 matmul_sizes=(256,))))

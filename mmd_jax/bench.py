@@ -51,6 +51,9 @@ _MATMUL = flags.DEFINE_list('matmul_sizes', ['1024', '2048', '4096'],
                             'counts).')
 _GUARD_AB = flags.DEFINE_bool('guard_ab', True, 'Also time each step '
                               'without the non-finite guard (guard_overhead).')
+_MATMUL_DTYPE = flags.DEFINE_string(
+    'matmul_dtype', '', 'dtype of the matmul peak that MFU divides by '
+    '(default: bfloat16 on accelerators, float32 on CPU).')
 flags.mark_flags_as_required(['config', 'output'])
 
 # count_flops is public here too: tests and users reach it as bench.count_flops.
@@ -232,7 +235,8 @@ def bench_sampling(env, methods, view_of, params, sample_batch: int,
 
 def run(config, num_steps: int = 20, warmup: int = 3, batch_size: int = 0,
         only=(), sample_batch: int = 0, teacher_steps=(8, 256),
-        matmul_sizes=(1024, 2048, 4096), guard_ab: bool = True) -> dict:
+        matmul_sizes=(1024, 2048, 4096), guard_ab: bool = True,
+        matmul_dtype: str = '') -> dict:
   import jax
   import jax.numpy as jnp
   from mmd_jax import config_check, parallel, plan, runner
@@ -242,6 +246,11 @@ def run(config, num_steps: int = 20, warmup: int = 3, batch_size: int = 0,
   with config.unlocked():
     config.stages = tuple(s for s in config.stages if s != plan.EVALUATE) or (
         config.stages)
+    reduced = bool(jax.default_backend() == 'cpu' and
+                   config.get('bench', {}).get('cpu'))
+    if reduced:   # the config's tiny stand-in for CPU (device_check)
+      config.update({k: v for k, v in config.bench.cpu.items()
+                     if k != 'bench'})
   config_check.validate(config)
   methods = _selected(only)
   ds = data_shape(config.data)
@@ -254,7 +263,7 @@ def run(config, num_steps: int = 20, warmup: int = 3, batch_size: int = 0,
   parallel.check_batch(batch_size, mesh, '--batch_size',
                        config.grad_accum_steps)
   backend = jax.default_backend()
-  dtype = peak_dtype(backend)
+  dtype = matmul_dtype or peak_dtype(backend)
   logging.info('bench: %s on %d %s devices (%s), batch %d', ds.name,
                mesh.devices.size, backend, jax.devices()[0].device_kind,
                batch_size)
@@ -270,8 +279,9 @@ def run(config, num_steps: int = 20, warmup: int = 3, batch_size: int = 0,
                                      map(int, mesh.devices.shape)))},
          'config': {'data': ds.name, 'model': config.model.name,
                     'params': int(sum(x.size for x in jax.tree.leaves(params))),
-                    'batch_size': batch_size,
-                    'grad_accum_steps': config.grad_accum_steps},
+                    'batch_size': batch_size, 'dtype': config.model.dtype,
+                    'grad_accum_steps': config.grad_accum_steps,
+                    'reduced_for_cpu': reduced},
          'steps': {}}
   cache, root = {}, None
   for m in methods:
@@ -330,16 +340,43 @@ def format_table(r: dict) -> str:
   return '\n'.join(lines)
 
 
+def settings(config, backend: str, given=None) -> dict:
+  """run()'s keyword arguments: a flag given on the command line wins,
+  then the config's `bench` section (its `cpu` part on CPU), then the
+  flag's default."""
+  f = flags.FLAGS
+  names = {'num_steps': 'num_steps', 'warmup_steps': 'warmup',
+           'batch_size': 'batch_size', 'only': 'only',
+           'sample_batch_size': 'sample_batch', 'teacher_steps':
+           'teacher_steps', 'matmul_sizes': 'matmul_sizes',
+           'guard_ab': 'guard_ab', 'matmul_dtype': 'matmul_dtype'}
+  given = {n for n in names if n in f and f[n].present} if given is None \
+      else set(given)
+  section = dict(config.get('bench') or {})
+  cpu = section.pop('cpu', None)
+  if backend == 'cpu' and cpu is not None:
+    section.update(dict(cpu.get('bench') or {}))
+  out = {}
+  for flag, arg in names.items():
+    value = f[flag].value if flag in f else None
+    if flag not in given and flag in section:
+      value = section[flag]
+    if value is None:
+      continue
+    if flag in ('teacher_steps', 'matmul_sizes'):
+      value = tuple(int(v) for v in value)
+    out[arg] = tuple(value) if flag == 'only' else value
+  return out
+
+
 def main(argv):
   del argv
-  import jax  # noqa: F401 (after flag parsing)
+  import jax  # after flag parsing
   from mmd_jax import config_check, parallel
   from mmd_jax.data import DataError
   try:
-    result = run(_CONFIG.value, _NUM_STEPS.value, _WARMUP.value, _BATCH.value,
-                 _ONLY.value, _SAMPLE_BATCH.value,
-                 tuple(int(k) for k in _TEACHER_K.value),
-                 tuple(int(n) for n in _MATMUL.value), _GUARD_AB.value)
+    result = run(_CONFIG.value,
+                 **settings(_CONFIG.value, jax.default_backend()))
   except (config_check.ConfigError, DataError, parallel.MeshError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import sys
 import time
 
@@ -12,6 +11,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from mmd_jax import fs
 from mmd_jax.stage_meta import WorkdirError
 
 FULL_DISK_MARKERS = ('RESOURCE_EXHAUSTED', 'No space left', 'Disk quota exceeded',
@@ -45,7 +45,7 @@ class Checkpointer:
 
   def __init__(self, directory: str, every_steps: int, keep: int = 3,
                asynchronous: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = fs.absolute(directory)
     self.every_steps = every_steps
     self._options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=asynchronous,
@@ -70,8 +70,8 @@ class Checkpointer:
     if jax.process_index() == 0:
       dst = os.path.join(self.directory + '_corrupt',
                          f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
-      os.makedirs(os.path.dirname(dst), exist_ok=True)
-      shutil.move(os.path.join(self.directory, str(step)), dst)
+      fs.makedirs(os.path.dirname(dst))
+      fs.move(os.path.join(self.directory, str(step)), dst)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices(f'quarantine {self.directory} {step}')
@@ -97,8 +97,8 @@ class Checkpointer:
       if not full and not isinstance(e, OSError):
         raise
       self._drop_partial()
-      done = [int(n) for n in os.listdir(self.directory) if n.isdigit()
-              ] if os.path.isdir(self.directory) else []
+      done = [int(n) for n in fs.listdir(self.directory) if n.isdigit()
+              ] if fs.isdir(self.directory) else []
       last = (f'the last complete checkpoint is step {max(done)}'
               if done else 'no checkpoint was completed')
       why = 'the disk is full' if full else f'{type(e).__name__}: {e}'
@@ -108,11 +108,11 @@ class Checkpointer:
           'the run resumes from it') from None
 
   def _drop_partial(self):
-    if jax.process_index() != 0 or not os.path.isdir(self.directory):
+    if jax.process_index() != 0 or not fs.isdir(self.directory):
       return
-    for name in os.listdir(self.directory):
+    for name in fs.listdir(self.directory):
       if 'orbax-checkpoint-tmp' in name:
-        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        fs.rmtree(os.path.join(self.directory, name))
 
   def latest_step(self):
     return self.manager.latest_step()

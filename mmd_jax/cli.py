@@ -5,6 +5,8 @@ import sys
 
 from absl import flags
 
+from mmd_jax import fs
+
 
 def parse_flags(argv):
   """absl's parser, with bad --config.KEY overrides reported in one line."""
@@ -27,6 +29,5 @@ def write_json(path: str, obj):
   import json
   import os
   if os.path.dirname(path):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, 'w') as f:
-    json.dump(obj, f, indent=2)
+    fs.makedirs(os.path.dirname(path))
+  fs.write_text(path, json.dumps(obj, indent=2))

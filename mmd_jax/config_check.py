@@ -4,8 +4,8 @@ eval, mesh, ...) and the plan; each method checks its own sections
 (`Method.validate`, called by plan.make_plan)."""
 from __future__ import annotations
 
-import os
 
+from mmd_jax import fs
 from mmd_jax import diffusion, parallel
 from mmd_jax import plan as plan_lib
 from mmd_jax.checks import ConfigError, need as _need
@@ -33,7 +33,7 @@ def validate(config) -> plan_lib.Plan:
     _positive_int(config, 'data.num_train')
   if d.name == 'points':
     _need(bool(d.path), 'data.path', 'points data needs a .npy file path')
-    _need(os.path.isfile(d.path), 'data.path', f'file {d.path!r} does not exist')
+    _need(fs.isfile(d.path), 'data.path', f'file {d.path!r} does not exist')
 
   m = config.model
   _need(m.name in MODELS, 'model.name', f'unknown model {m.name!r}; known: {MODELS}')
@@ -84,7 +84,7 @@ def validate(config) -> plan_lib.Plan:
           f'every k must be an integer >= 1, got {k!r}')
   for key in ('inception_weights', 'fid_reference'):
     if e[key]:
-      _need(os.path.isfile(e[key]), f'eval.{key}', f'file {e[key]!r} does not exist')
+      _need(fs.isfile(e[key]), f'eval.{key}', f'file {e[key]!r} does not exist')
   if e.inception_weights:
     _need(images, 'eval.inception_weights', 'Inception metrics need image data')
   if d.name in IMAGE_DATASETS and plan_lib.EVALUATE in stages:

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
+from mmd_jax import fs
 from mmd_jax import (collectives, config_check, parallel, runner, targets,
                      timing)
 from mmd_jax import stages as registry
@@ -146,9 +147,9 @@ def describe(config, workdir: str) -> dict:
     out['stages'][job.name] = cost
     logging.info('describe: %s %s', job.name, cost)
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'describe.json'), 'w') as f:
-      json.dump(out, f, indent=2)
+    fs.makedirs(workdir)
+    fs.write_text(os.path.join(workdir, 'describe.json'),
+                  json.dumps(out, indent=2))
   return out
 
 

@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
-from mmd_jax import diffusion
+from mmd_jax import diffusion, fs
 from mmd_jax.checks import ConfigError
 from mmd_jax.models import diffusers_unet as du
 from mmd_jax.models import imported
@@ -39,12 +38,11 @@ COPY_DIR = 'diffusers'   # under the teacher's stage directory
 def is_diffusers_dir(path: str) -> bool:
   """A directory holding a diffusers model, not an mmd_jax stage."""
   cfg = os.path.join(path, 'config.json')
-  if not os.path.isdir(path) or os.path.exists(
-      os.path.join(path, 'stage.json')) or not os.path.isfile(cfg):
+  if not fs.isdir(path) or fs.exists(
+      os.path.join(path, 'stage.json')) or not fs.isfile(cfg):
     return False
   try:
-    with open(cfg) as f:
-      d = json.load(f)
+    d = json.loads(fs.read_text(cfg))
   except (OSError, ValueError):
     return False
   return isinstance(d, dict) and ('_class_name' in d or
@@ -53,11 +51,10 @@ def is_diffusers_dir(path: str) -> bool:
 
 def _scheduler_config(model_dir: str) -> dict:
   for p in (os.path.join(model_dir, 'scheduler_config.json'),
-            os.path.join(os.path.dirname(os.path.abspath(model_dir)),
+            os.path.join(os.path.dirname(fs.absolute(model_dir)),
                          'scheduler', 'scheduler_config.json')):
-    if os.path.isfile(p):
-      with open(p) as f:
-        return json.load(f)
+    if fs.isfile(p):
+      return json.loads(fs.read_text(p))
   return {}
 
 
@@ -66,9 +63,8 @@ def settings(model_dir: str, noise_schedule: str = 'auto',
   """How to read the network: {'schedule': 'ddpm'|'edm', betas...,
   'prediction_type'}; import.json's when the directory is an import copy."""
   saved = os.path.join(model_dir, 'import.json')
-  if os.path.isfile(saved):
-    with open(saved) as f:
-      return json.load(f)
+  if fs.isfile(saved):
+    return json.loads(fs.read_text(saved))
   sched = _scheduler_config(model_dir)
   kind = noise_schedule
   if kind == 'auto':
@@ -101,7 +97,7 @@ def check(model_dir: str, noise_schedule: str, prediction_type: str, data):
     c = du.read_config(model_dir)
   except du.DiffusersImportError as e:
     fail(str(e))
-  if not os.path.isfile(os.path.join(model_dir, du.WEIGHTS_FILE)):
+  if not fs.isfile(os.path.join(model_dir, du.WEIGHTS_FILE)):
     fail(f'{model_dir} has no {du.WEIGHTS_FILE} (the safetensors weights)')
   s = settings(model_dir, noise_schedule, prediction_type)
   if s['prediction_type'] not in PREDICTIONS:
@@ -178,9 +174,9 @@ def keep_copy(model_dir: str, stage_dir: str, noise_schedule: str,
               prediction_type: str):
   """config.json and the resolved settings, beside the imported weights."""
   d = os.path.join(stage_dir, COPY_DIR)
-  os.makedirs(d, exist_ok=True)
-  shutil.copy(os.path.join(model_dir, 'config.json'),
-              os.path.join(d, 'config.json'))
-  with open(os.path.join(d, 'import.json'), 'w') as f:
-    json.dump(dict(settings(model_dir, noise_schedule, prediction_type),
-                   imported_from=os.path.abspath(model_dir)), f, indent=2)
+  fs.makedirs(d)
+  fs.write_text(os.path.join(d, 'config.json'),
+                fs.read_text(os.path.join(model_dir, 'config.json')))
+  fs.write_text(os.path.join(d, 'import.json'), json.dumps(dict(
+      settings(model_dir, noise_schedule, prediction_type),
+      imported_from=fs.absolute(model_dir)), indent=2))

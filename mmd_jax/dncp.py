@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmd_jax import mcmc
+from mmd_jax import fs, mcmc
 
 _OUT = flags.DEFINE_string('output_dir', None, 'Where to write dncp.json and '
                            'dncp.png.')
@@ -139,17 +139,17 @@ def plot(result: dict, path: str):
   ax.set_title('HMC: centred vs non-centred (DNCP)')
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  fs.save_figure(fig, path, dpi=120)
   plt.close(fig)
 
 
 def main(argv):
   del argv
-  os.makedirs(_OUT.value, exist_ok=True)
+  fs.makedirs(_OUT.value)
   result = run([int(d) for d in _DEPTHS.value], _RATIOS.value,
                _CHAINS.value, _SAMPLES.value)
-  with open(os.path.join(_OUT.value, 'dncp.json'), 'w') as f:
-    json.dump(result, f, indent=2)
+  fs.write_text(os.path.join(_OUT.value, 'dncp.json'),
+                json.dumps(result, indent=2))
   plot(result, os.path.join(_OUT.value, 'dncp.png'))
   print(f"{'D':>2s} {'s_z/s_x':>8s} {'centred':>10s} {'non-centred':>12s} "
         f"{'NC/C':>8s}")

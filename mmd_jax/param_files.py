@@ -7,10 +7,11 @@ parameters; the first difference is the one-line error.
 """
 from __future__ import annotations
 
-import os
 
 import jax
 import numpy as np
+
+from mmd_jax import fs
 
 PARAM_FILE_SUFFIXES = ('.npz', '.msgpack')
 
@@ -40,28 +41,22 @@ def unflatten(flat: dict) -> dict:
 
 def save_params(path: str, params) -> None:
   flat = {k: np.asarray(jax.device_get(v)) for k, v in flatten(params).items()}
-  tmp = path + '.tmp'
   if path.endswith('.msgpack'):
     from flax import serialization
-    with open(tmp, 'wb') as f:
-      f.write(serialization.msgpack_serialize(unflatten(flat)))
+    fs.write_bytes(path, serialization.msgpack_serialize(unflatten(flat)))
   else:
-    with open(tmp, 'wb') as f:
-      np.savez(f, **flat)
-  os.replace(tmp, path)
+    fs.save_npz(path, **flat)
 
 
 def read_flat(path: str) -> dict:
-  if not os.path.isfile(path):
+  if not fs.isfile(path):
     raise TeacherImportError(f'teacher.checkpoint {path!r} does not exist')
   try:
     if path.endswith('.msgpack'):
       from flax import serialization
-      with open(path, 'rb') as f:
-        return {k: np.asarray(v) for k, v in flatten(
-            serialization.msgpack_restore(f.read())).items()}
-    with np.load(path, allow_pickle=False) as f:
-      return {k: f[k] for k in f.files}
+      return {k: np.asarray(v) for k, v in flatten(
+          serialization.msgpack_restore(fs.read_bytes(path))).items()}
+    return fs.load_npz(path)
   except Exception as e:  # numpy and msgpack raise several types
     raise TeacherImportError(
         f'teacher.checkpoint {path!r} is not a readable parameter file '

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from mmd_jax import fs
 from mmd_jax import config_check, costs, parallel, plan as plan_lib, stage_meta
 from mmd_jax import train, workdir_lock
 from mmd_jax import stages as registry
@@ -225,12 +226,10 @@ def _offer(env, plan, arts, step, state=None):
 
 def prepare_workdir(config, workdir: str):
   try:
-    os.makedirs(workdir, exist_ok=True)
+    fs.makedirs(workdir)
     if jax.process_index() == 0:
-      tmp = os.path.join(workdir, 'config.json.tmp')
-      with open(tmp, 'w') as f:
-        f.write(config.to_json_best_effort(indent=2))
-      os.replace(tmp, os.path.join(workdir, 'config.json'))
+      fs.write_text(os.path.join(workdir, 'config.json'),
+                    config.to_json_best_effort(indent=2))
   except OSError as e:
     raise WorkdirError(f'workdir {workdir} is not writable ({e.strerror or e})'
                        ) from None
@@ -336,7 +335,7 @@ def _preflight(env, plan):
                          job.micro_batches)
     if job.stage_dir and not (plan.latent and step.method.in_space):
       stage_meta.check_source(step, env.context(step.method))
-    if not step.train and not job.source and not os.path.isdir(
+    if not step.train and not job.source and not fs.isdir(
         env.stage_dir(job)):
       raise WorkdirError(
           f'{env.stage_dir(job)} does not exist: a later stage needs its '
@@ -445,12 +444,12 @@ def evaluate_workdir(config, workdir: str, checkpoint_step: int | None = None):
   of every job of the plan that `workdir` holds; trains nothing, rewrites
   the report."""
   plan = config_check.validate(config)
-  if not os.path.isdir(workdir):
+  if not fs.isdir(workdir):
     raise WorkdirError(f'--workdir {workdir} does not exist')
   env = Env(config, workdir, parallel.make_mesh(config.mesh),
             load_dataset(config.data), plan)
   missing = [s.job.name for s in plan.steps
-             if not s.job.source and not os.path.isdir(env.stage_dir(s.job))]
+             if not s.job.source and not fs.isdir(env.stage_dir(s.job))]
   if missing:
     raise WorkdirError(f'{workdir} has no stage {missing[0]!r} (config.stages '
                        f'names it); train it first or drop it from the stages')
@@ -473,8 +472,7 @@ def load_config(path: str):
 
   from configs import default
   try:
-    with open(path) as f:
-      stored = json.load(f)
+    stored = json.loads(fs.read_text(path))
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise WorkdirError(f'{path} is damaged ({e}); restore it from a copy, or '
                        'pass --config with the settings the run used') from None
@@ -486,10 +484,10 @@ def load_config(path: str):
 def open_stage(stage_dir: str):
   """(env, plan, step, state) of an existing stage directory, restored with
   the config it was trained with; a latent run's space comes with it."""
-  stage_dir = os.path.abspath(stage_dir)
+  stage_dir = fs.absolute(stage_dir)
   meta = stage_meta.read(stage_dir)
   cfg_path = os.path.join(stage_dir, 'config.json')
-  if meta is None or not os.path.exists(cfg_path):
+  if meta is None or not fs.exists(cfg_path):
     raise WorkdirError(f'{stage_dir} is not a stage directory (no '
                        'stage.json/config.json)')
   try:

@@ -16,6 +16,8 @@ import sys
 
 from absl import app, flags
 
+from mmd_jax import fs
+
 
 def _define_flags():
   """Only when run as the command: `draw` is importable beside other CLIs."""
@@ -73,7 +75,6 @@ def draw(stage_dir: str, steps=None, num_samples: int = 1000, seed: int = 0,
 
 def main(argv):
   del argv
-  import numpy as np
 
   from mmd_jax import runner
   from mmd_jax.data import DataError
@@ -86,8 +87,8 @@ def main(argv):
   out = {'samples': samples}
   if labels is not None:
     out['labels'] = labels
-  os.makedirs(os.path.dirname(os.path.abspath(f.output)), exist_ok=True)
-  np.savez(f.output, **out)
+  fs.makedirs(os.path.dirname(fs.absolute(f.output)))
+  fs.save_npz(f.output, **out)
   print(f'wrote {len(samples)} samples (k={k}) to {f.output}')
 
 

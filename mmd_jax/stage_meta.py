@@ -8,6 +8,7 @@ import os
 
 import jax
 
+from mmd_jax import fs
 from mmd_jax.checks import ConfigError
 
 
@@ -17,11 +18,10 @@ class WorkdirError(ValueError):
 
 def read(stage_dir: str):
   path = os.path.join(stage_dir, 'stage.json')
-  if not os.path.exists(path):
+  if not fs.exists(path):
     return None
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(fs.read_text(path))
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise WorkdirError(f'{path} is damaged ({e}); restore it or remove the '
                        'directory') from None
@@ -90,7 +90,7 @@ def check_source(step, ctx):
 
 
 def save_config(config, stage_dir: str):
-  os.makedirs(stage_dir, exist_ok=True)
+  fs.makedirs(stage_dir)
   if jax.process_index() == 0:
-    with open(os.path.join(stage_dir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+    fs.write_text(os.path.join(stage_dir, 'config.json'),
+                  config.to_json_best_effort(indent=2))

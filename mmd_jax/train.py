@@ -18,7 +18,7 @@ from clu import metric_writers, periodic_actions
 from clu.metric_writers import interface as writer_interface
 
 from mmd_jax import checkpoint as ckpt_lib
-from mmd_jax import guard, parallel, stage_meta
+from mmd_jax import fs, guard, parallel, stage_meta
 from mmd_jax.preemption import Preempted, SigtermFlag
 from mmd_jax.timing import fmt_duration
 
@@ -31,13 +31,12 @@ class JsonlWriter(writer_interface.MetricWriter):
   """clu writer for metrics.jsonl: one JSON object per logged step."""
 
   def __init__(self, path: str):
-    self._f = open(path, 'a')
+    self._f = fs.AppendLog(path)
 
   def write_scalars(self, step, scalars):
     rec = {'step': int(step)}
     rec.update({k: float(v) for k, v in scalars.items()})
-    self._f.write(json.dumps(rec) + '\n')
-    self._f.flush()   # readable while the run goes on (monitors, tests)
+    self._f.write(json.dumps(rec) + '\n')   # flushed: monitors follow it
 
   def write_summaries(self, step, values, metadata=None):
     pass
@@ -131,7 +130,7 @@ def run(stage: Stage, stream, mesh, seed_key, checkpoint_cfg, log_cfg,
         max_nonfinite_steps: int = 10):
   """Trains `stage` to `num_steps`, resuming from its latest checkpoint."""
   is_main = jax.process_index() == 0
-  os.makedirs(stage.stage_dir, exist_ok=True)
+  fs.makedirs(stage.stage_dir)
   ckpt = ckpt_lib.Checkpointer(os.path.join(stage.stage_dir, 'checkpoints'),
                                checkpoint_cfg.every_steps, checkpoint_cfg.keep)
   state, shardings = build_state(stage, seed_key, stream, mesh)
@@ -167,9 +166,11 @@ def run(stage: Stage, stream, mesh, seed_key, checkpoint_cfg, log_cfg,
 
   # Process 0 writes TensorBoard events and metrics.jsonl; every process logs
   # its own progress line.
-  tb = metric_writers.SummaryWriter(stage.stage_dir) if is_main else None
-  writer = metric_writers.MultiWriter([tb, JsonlWriter(
-      os.path.join(stage.stage_dir, 'metrics.jsonl'))] if is_main else [])
+  tb = (metric_writers.SummaryWriter(stage.stage_dir)
+        if is_main and log_cfg.get('tensorboard', True) else None)
+  writer = metric_writers.MultiWriter([w for w in (tb, JsonlWriter(
+      os.path.join(stage.stage_dir, 'metrics.jsonl'))) if w] if is_main
+                                      else [])
   # clu's progress action puts steps/s and uptime into TensorBoard only, so
   # that every metrics.jsonl record carries the loss.
   progress = periodic_actions.ReportProgress(
@@ -244,7 +245,8 @@ def _loop(stage, stream, ckpt, step_fn, state, key, counts, start, batch_sh,
       quality = {f'eval/{k}': float(v) for k, v in stage.quality(state).items()}
       # TensorBoard and quality.jsonl: metrics.jsonl records are loss steps.
       if is_main:
-        tb.write_scalars(done, quality)
+        if tb:
+          tb.write_scalars(done, quality)
         q = JsonlWriter(os.path.join(stage.stage_dir, 'quality.jsonl'))
         q.write_scalars(done, quality)
         q.close()
@@ -260,7 +262,7 @@ def _loop(stage, stream, ckpt, step_fn, state, key, counts, start, batch_sh,
 def save_finished(stage: Stage, state, meta: dict):
   """Writes `state` as the stage's final checkpoint and marks it finished
   (teacher import)."""
-  os.makedirs(stage.stage_dir, exist_ok=True)
+  fs.makedirs(stage.stage_dir)
   ckpt = ckpt_lib.Checkpointer(os.path.join(stage.stage_dir, 'checkpoints'),
                                every_steps=0, asynchronous=False)
   ckpt.save(stage.num_steps, stage.strip(state), meta, force=True)
@@ -306,7 +308,4 @@ def restore_latest(stage: Stage, stream, mesh, seed_key, step=None):
 
 
 def _write_json(path, obj):
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
+  fs.write_text(path, json.dumps(obj, indent=2))

@@ -12,6 +12,11 @@ from a daemon thread every `stale_seconds / 4`.
 
 Only process 0 of a multi-process run takes the lock: the others are the
 same run.
+
+On a bucket (`gs://...`) there is no exclusive create: the lock is written
+with a token and read back, so of two runs starting in the same instant
+the one whose write landed last holds it and the other stops; its age is
+the `refreshed` time the holder rewrites.
 """
 from __future__ import annotations
 
@@ -21,7 +26,9 @@ import os
 import socket
 import threading
 import time
+import uuid
 
+from mmd_jax import fs
 from mmd_jax.stage_meta import WorkdirError
 
 NAME = 'run.lock'
@@ -40,8 +47,7 @@ def _alive(pid: int) -> bool:
 
 def _read(path: str):
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(fs.read_text(path))
   except (OSError, ValueError):
     return None   # vanished, or half-written: treat by its age alone
 
@@ -49,6 +55,9 @@ def _read(path: str):
 def _stale(path: str, holder, stale_seconds: float) -> bool:
   if holder and holder.get('host') == socket.gethostname():
     return not _alive(int(holder.get('pid', -1)))
+  if not fs.is_local(path):
+    return time.time() - float((holder or {}).get('refreshed', 0)) > (
+        stale_seconds)
   try:
     age = time.time() - os.path.getmtime(path)
   except OSError:
@@ -67,11 +76,12 @@ class WorkdirLock:
     self._held = False
 
   def acquire(self):
-    me = {'host': socket.gethostname(), 'pid': os.getpid(),
-          'started': time.strftime('%Y-%m-%d %H:%M:%S')}
+    self._me = {'host': socket.gethostname(), 'pid': os.getpid(),
+                'started': time.strftime('%Y-%m-%d %H:%M:%S'),
+                'token': uuid.uuid4().hex}
     for _ in range(3):
       try:
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        self._create()
       except FileExistsError:
         holder = _read(self.path)
         if not _stale(self.path, holder, self.stale_seconds):
@@ -82,12 +92,10 @@ class WorkdirLock:
               f'({who}); wait for it, or remove {self.path} if that run is '
               'gone') from None
         try:   # a dead holder's lock: take it over
-          os.remove(self.path)
+          fs.remove(self.path)
         except FileNotFoundError:
           pass
         continue
-      with os.fdopen(fd, 'w') as f:
-        json.dump(me, f)
       self._held = True
       self._thread = threading.Thread(target=self._refresh, daemon=True,
                                       name='workdir-lock')
@@ -96,10 +104,29 @@ class WorkdirLock:
     raise WorkdirError(f'could not take {self.path}: other runs keep '
                        'taking it')
 
+  def _create(self):
+    """Creates the lock file or raises FileExistsError."""
+    if fs.is_local(self.path):
+      fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      with os.fdopen(fd, 'w') as f:
+        json.dump(self._me, f)
+      return
+    if fs.exists(self.path):
+      raise FileExistsError(self.path)
+    self._write()
+    if (_read(self.path) or {}).get('token') != self._me['token']:
+      raise FileExistsError(self.path)   # another run's write landed last
+
+  def _write(self):
+    fs.write_text(self.path, json.dumps(dict(self._me, refreshed=time.time())))
+
   def _refresh(self):
     while not self._stop.wait(self.stale_seconds / 4):
       try:
-        os.utime(self.path)
+        if fs.is_local(self.path):
+          os.utime(self.path)
+        else:
+          self._write()
       except OSError:
         pass
 
@@ -108,7 +135,7 @@ class WorkdirLock:
     if self._held:
       self._held = False
       try:
-        os.remove(self.path)
+        fs.remove(self.path)
       except FileNotFoundError:
         pass
 
@@ -127,7 +154,7 @@ def holding(workdir: str):
   if jax.process_index() != 0:
     return contextlib.nullcontext()
   try:
-    os.makedirs(workdir, exist_ok=True)
+    fs.makedirs(workdir)
   except OSError as e:
     raise WorkdirError(f'workdir {workdir} is not writable '
                        f'({e.strerror or e})') from None

@@ -99,29 +99,69 @@ def test_bench_refuses_unknown_step_function():
     bench.run(toy2d.get_config('tiny'), only=('nope',))
 
 
-def test_bench_command_line_writes_its_json(tmp_path, repo_root):
+def test_the_device_check_command_runs_on_cpu_within_3_minutes(
+    tmp_path, repo_root):
+  """The issue's one command. On CPU the config swaps in its tiny UViT
+  (config.bench.cpu): this checks the command, not the chip."""
   import os
   import subprocess
   import sys
-  out = tmp_path / 'bench.json'
+  import time
+  out = tmp_path / 'device_check.json'
+  t0 = time.time()
   r = subprocess.run(
-      [sys.executable, '-m', 'mmd_jax.bench', '--config=configs/toy2d.py:tiny',
-       f'--output={out}', '--only=teacher', '--num_steps=1',
-       '--warmup_steps=0', '--matmul_sizes=64'],
+      [sys.executable, '-m', 'mmd_jax.bench',
+       '--config=configs/imagenet64.py:device_check', f'--output={out}'],
       cwd=repo_root, env=dict(os.environ, JAX_PLATFORMS='cpu'),
       capture_output=True, text=True, timeout=300)
+  took = time.time() - t0
   assert r.returncode == 0, r.stderr[-3000:]
-  steps = json.loads(out.read_text())['steps']
-  assert set(steps) == {'teacher'}
-  # The guard's A/B (on by default): the unguarded step, timed beside it.
-  t = steps['teacher']
-  assert t['unguarded_step_time_s'] > 0 and t['guard_overhead'] == \
-      pytest.approx(t['step_time_s'] / t['unguarded_step_time_s'] - 1)
-  assert 'teacher' in r.stdout
+  assert took < 180, took
+  res = json.loads(out.read_text())
+  assert res['config']['data'] == 'imagenet64'
+  assert res['config']['model'] == 'uvit' and res['config']['reduced_for_cpu']
+  assert res['peak_matmul']['dtype'] == 'bfloat16'
+  assert set(res['steps']) == {'teacher', 'mm_alternating', 'mm_parameter',
+                               'emd_K2'}
+  for name, s in res['steps'].items():
+    for key in ('step_time_s', 'flops_per_step', 'mfu', 'peak_memory_bytes'):
+      assert np.isfinite(s[key]) and s[key] > 0, (name, key)
+    assert 'unguarded_step_time_s' not in s   # guard_ab off in the config
+  assert set(res['sampling']) == {'teacher_k2', 'mm_alternating_k2',
+                                  'mm_parameter_k2', 'emd_k1'}
+  assert all(s['samples_per_s'] > 0 for s in res['sampling'].values())
+  for name in res['steps']:
+    assert name in r.stdout   # the table
+  # A flag on the command line wins over the config's bench section.
   r = subprocess.run(
-      [sys.executable, '-m', 'mmd_jax.bench', '--config=configs/toy2d.py:tiny',
-       f'--output={out}', '--only=nope'], cwd=repo_root,
+      [sys.executable, '-m', 'mmd_jax.bench',
+       '--config=configs/imagenet64.py:device_check', f'--output={out}',
+       '--only=nope'], cwd=repo_root,
       env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True,
       text=True, timeout=300)
   assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(
       'error: --only: unknown')
+
+
+def test_the_device_check_config_is_the_full_size_off_cpu():
+  from mmd_jax import bench
+  c = tiny.config('imagenet64', 'device_check')
+  assert c.model.dtype == 'bfloat16' and c.model.transformer_width == 512
+  on_gpu = bench.settings(c, 'gpu', given=())
+  assert on_gpu['only'] == ('teacher', 'mm_alternating', 'mm_parameter',
+                            'emd', 'sampling')
+  assert on_gpu['num_steps'] == 10 and on_gpu['matmul_dtype'] == 'bfloat16'
+  assert not on_gpu['guard_ab']
+  on_cpu = bench.settings(c, 'cpu', given=())
+  assert on_cpu['num_steps'] == 1 and on_cpu['matmul_sizes'] == (256,)
+  # A flag given on the command line wins.
+  assert bench.settings(c, 'gpu', given=('num_steps',))['num_steps'] == 20
+
+
+def test_the_guard_ab_times_the_unguarded_step_beside_it():
+  res = bench.run(tiny.config('toy2d', 'tiny'), num_steps=2, warmup=0,
+                  matmul_sizes=(64,), only=('teacher',), guard_ab=True)
+  t = res['steps']['teacher']
+  assert t['unguarded_step_time_s'] > 0 and t['guard_overhead'] == \
+      pytest.approx(t['step_time_s'] / t['unguarded_step_time_s'] - 1)
+  assert np.isfinite(t['guard_compile_overhead'])

@@ -1,9 +1,11 @@
 """Any (N, D) float array saved with np.save."""
 from __future__ import annotations
 
-import os
+import io
 
 import numpy as np
+
+from mmd_jax import fs
 
 
 class DataError(ValueError):
@@ -13,10 +15,10 @@ class DataError(ValueError):
 def load_points(path: str) -> np.ndarray:
   if not path:
     raise DataError('data.path is empty: give --config.data.path=FILE.npy')
-  if not os.path.isfile(path):
+  if not fs.isfile(path):
     raise DataError(f'data.path {path!r} does not exist')
   try:
-    arr = np.load(path, allow_pickle=False)
+    arr = np.load(io.BytesIO(fs.read_bytes(path)), allow_pickle=False)
   except Exception as e:  # np.load raises several types for bad files.
     raise DataError(f'data.path {path!r} is not a readable .npy array ({e})')
   if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(

@@ -8,10 +8,9 @@ The .pth is pytorch-fid's port of TensorFlow's 2015-12-05 Inception graph
 """
 from __future__ import annotations
 
-import os
 import sys
 
-import numpy as np
+from mmd_jax import fs
 
 
 def read_torch_state_dict(path: str) -> dict:
@@ -29,9 +28,7 @@ def read_torch_state_dict(path: str) -> dict:
 def convert(src: str, dst: str) -> int:
   from mmd_jax.evaluation import inception
   arrays = inception.torch_to_flax_arrays(read_torch_state_dict(src))
-  tmp = dst + '.tmp.npz'
-  np.savez(tmp, **arrays)
-  os.replace(tmp, dst)
+  fs.save_npz(dst, **arrays)
   inception.load_params(dst)  # fails here, by name, if anything is off
   return len(arrays)
 
@@ -41,7 +38,7 @@ def main(argv):
     print(__doc__.strip(), file=sys.stderr)
     return 2
   src, dst = argv[1], argv[2]
-  if not os.path.isfile(src):
+  if not fs.isfile(src):
     print(f'error: {src} does not exist', file=sys.stderr)
     return 2
   n = convert(src, dst)

@@ -2,7 +2,6 @@
 the feature space for Fréchet distance and precision/recall on digits."""
 from __future__ import annotations
 
-import json
 import os
 
 import flax.linen as nn
@@ -12,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
+
+from mmd_jax import fs
 
 FEATURE_DIM = 64
 
@@ -84,17 +85,14 @@ class DigitsClassifier:
   def load_or_train(cls, cache_dir: str, train, test, steps: int, seed: int):
     path = os.path.join(cache_dir, 'digits_classifier.msgpack')
     template = DigitsCNN().init(jax.random.PRNGKey(0), train['x'][:1])
-    if os.path.exists(path):
-      with open(path, 'rb') as f:
-        params = flax.serialization.from_bytes(template, f.read())
+    if fs.exists(path):
+      params = flax.serialization.from_bytes(template, fs.read_bytes(path))
       clf = cls(params)
     else:
       logging.info('training the digits classifier (%d steps)', steps)
       clf = cls(train_classifier(train, steps, seed))
       if jax.process_index() == 0:
-        os.makedirs(cache_dir, exist_ok=True)
-        with open(path + '.tmp', 'wb') as f:
-          f.write(flax.serialization.to_bytes(clf.params))
-        os.replace(path + '.tmp', path)
+        fs.makedirs(cache_dir)
+        fs.write_bytes(path, flax.serialization.to_bytes(clf.params))
     clf.test_accuracy = clf.accuracy(test['x'], test['label'])
     return clf

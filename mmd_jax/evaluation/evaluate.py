@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from mmd_jax import fs
 from mmd_jax.evaluation import fid, plots, precision_recall, report, toy_metrics
 from mmd_jax.evaluation.digits_classifier import DigitsClassifier
 from mmd_jax.timing import fmt_duration
@@ -226,7 +227,7 @@ def run(config, workdir: str, dataset, entries, extra_rows=(),
   space) and writes the report; `extra_rows` (already scored, e.g. a VAE's)
   come first, `extra_images` are linked."""
   out_dir = os.path.join(workdir, 'evaluate')
-  os.makedirs(out_dir, exist_ok=True)
+  fs.makedirs(out_dir)
   scorer = Scorer(config, dataset, workdir)
   rows, images, panels = list(extra_rows), dict(extra_images or {}), {}
   # Common random numbers: within one seed every model and every k starts

@@ -1,13 +1,14 @@
 """Fréchet distance between Gaussians fitted to features (FID and friends)."""
 from __future__ import annotations
 
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 import scipy.special
+
+from mmd_jax import fs
 
 
 def feature_stats(features) -> tuple[np.ndarray, np.ndarray]:
@@ -93,19 +94,17 @@ def _sums(features, valid):
 
 def save_stats(path: str, mu, sigma, **extra):
   """ADM's reference-batch layout: `mu`, `sigma` (plus what else is given)."""
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, mu=mu, sigma=sigma, **extra)
-  os.replace(tmp, path)
+  fs.save_npz(path, mu=mu, sigma=sigma, **extra)
 
 
 def load_stats(path: str) -> tuple[np.ndarray, np.ndarray]:
   """(mu, sigma) from an ADM-format .npz (keys `mu`, `sigma`)."""
-  with np.load(path) as f:
-    missing = [k for k in ('mu', 'sigma') if k not in f.files]
-    if missing:
-      raise ValueError(f'{path}: reference statistics need keys mu and sigma; '
-                       f'missing {missing} (found {f.files})')
-    return f['mu'].astype(np.float64), f['sigma'].astype(np.float64)
+  f = fs.load_npz(path)
+  missing = [k for k in ('mu', 'sigma') if k not in f]
+  if missing:
+    raise ValueError(f'{path}: reference statistics need keys mu and sigma; '
+                     f'missing {missing} (found {sorted(f)})')
+  return f['mu'].astype(np.float64), f['sigma'].astype(np.float64)
 
 
 # ----------------------------------------------------------------------------

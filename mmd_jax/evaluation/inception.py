@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmd_jax import fs
+
 BN_EPS = 1e-3
 
 
@@ -221,15 +223,13 @@ def torch_to_flax_arrays(state: dict) -> dict:
 def load_params(path: str) -> dict:
   """Flax params from the converter's .npz, checked against the network's
   own shapes so a wrong or truncated file fails here, by name."""
-  import os
-  if not path or not os.path.isfile(path):
+  if not path or not fs.isfile(path):
     raise FileNotFoundError(
         f'Inception weights {path!r} not found; set config.eval.'
         'inception_weights to the .npz written by `python -m '
         'mmd_jax.evaluation.convert_inception pt_inception-2015-12-05-'
         '6726825d.pth OUT.npz` (see README: Evaluation)')
-  with np.load(path) as f:
-    flat = {k: f[k] for k in f.files}
+  flat = fs.load_npz(path)
   abstract = jax.eval_shape(InceptionV3().init, jax.random.PRNGKey(0),
                             jnp.zeros((1, 75, 75, 3)))['params']
   expected = {'/'.join(k.key for k in p): v
@@ -258,7 +258,7 @@ def save_params(path: str, params) -> None:
   params = params.get('params', params)
   flat = {'/'.join(k.key for k in p): np.asarray(v)
           for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
-  np.savez(path, **flat)
+  fs.save_npz(path, **flat)
 
 
 def random_params(seed: int = 0) -> dict:

@@ -13,6 +13,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from mmd_jax import fs
 from mmd_jax import parallel
 from mmd_jax.evaluation import fid, inception, precision_recall
 
@@ -95,16 +96,16 @@ def reference_stats(metrics: InceptionMetrics, cache_dir: str, name: str,
   if npz_path:
     mu, sigma = fid.load_stats(npz_path)
     return mu, sigma, None
-  tag = hashlib.sha1(f'{name}|{len(images)}|{os.path.abspath(metrics.weights_path)}'
+  tag = hashlib.sha1(f'{name}|{len(images)}|{fs.absolute(metrics.weights_path)}'
                      .encode()).hexdigest()[:10]
   path = os.path.join(cache_dir, f'inception_ref_{tag}.npz')
-  if os.path.exists(path):
-    with np.load(path) as f:
-      return f['mu'], f['sigma'], f['features']
+  if fs.exists(path):
+    f = fs.load_npz(path)
+    return f['mu'], f['sigma'], f['features']
   stats, feats, _ = metrics.run(images)
   mu, sigma = stats.mean_cov()
   if jax.process_index() == 0:
-    os.makedirs(cache_dir, exist_ok=True)
+    fs.makedirs(cache_dir)
     fid.save_stats(path, mu, sigma, features=feats.astype(np.float32))
   return mu, sigma, feats
 

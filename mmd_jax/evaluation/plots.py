@@ -8,6 +8,8 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mmd_jax import fs  # noqa: E402
+
 
 def image_grid(images, ncol: int = 10) -> np.ndarray:
   """(N, H, W, C), uint8 or in [-1, 1] -> one (rows*H, ncol*W[, 3]) array
@@ -40,7 +42,7 @@ def save_samples(samples, path: str, title: str = '', real=None):
     ax.axis('off')
   ax.set_title(title, fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  fs.save_figure(fig, path, dpi=110)
   plt.close(fig)
 
 
@@ -67,7 +69,7 @@ def save_panel(panels, path: str, real=None):
       ax.axis('off')
     ax.set_title(title, fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  fs.save_figure(fig, path, dpi=100)
   plt.close(fig)
 
 
@@ -129,5 +131,5 @@ def _finish(ax, fig, groups, metric, reference, path):
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  fs.save_figure(fig, path, dpi=110)
   plt.close(fig)

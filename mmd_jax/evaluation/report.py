@@ -4,17 +4,17 @@ from __future__ import annotations
 import json
 import os
 
+from mmd_jax import fs
+
 PRIMARY_METRIC = {'points': 'energy_distance', 'digits': 'fd', 'images': 'fid'}
 
 
 def write_report(workdir: str, report: dict, images: dict,
                  metric: str | None = None):
-  tmp = os.path.join(workdir, 'report.json.tmp')
-  with open(tmp, 'w') as f:
-    json.dump(report, f, indent=2)
-  os.replace(tmp, os.path.join(workdir, 'report.json'))
-  with open(os.path.join(workdir, 'report.md'), 'w') as f:
-    f.write(render_markdown(report, images, metric))
+  fs.write_text(os.path.join(workdir, 'report.json'),
+                json.dumps(report, indent=2))
+  fs.write_text(os.path.join(workdir, 'report.md'),
+                render_markdown(report, images, metric))
 
 
 def _fmt(v):

@@ -17,6 +17,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from mmd_jax import fs
+
 
 def score(config, workdir: str, samples, labels=None) -> dict:
   from mmd_jax.data import load_dataset
@@ -28,18 +30,15 @@ def score(config, workdir: str, samples, labels=None) -> dict:
 
 def main(argv):
   del argv
-  import numpy as np
   f = flags.FLAGS
-  with np.load(f.samples) as d:
-    samples = d['samples']
-    labels = d['labels'] if 'labels' in d.files else None
+  d = fs.load_npz(f.samples)
+  samples, labels = d['samples'], d.get('labels')
   out = score(f.config, f.workdir, samples, labels)
   out.update(samples=f.samples, num_samples=int(len(samples)))
   text = json.dumps(out, indent=2)
   print(text)
   if f.output:
-    with open(f.output, 'w') as fh:
-      fh.write(text)
+    fs.write_text(f.output, text)
 
 
 if __name__ == '__main__':

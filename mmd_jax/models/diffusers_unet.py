@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmd_jax import fs
 from mmd_jax.models.layers import GroupNorm
 
 WEIGHTS_FILE = 'diffusion_pytorch_model.safetensors'
@@ -486,18 +487,17 @@ def abstract_params(module: UNet2D):
 
 def read_config(directory: str) -> UNetConfig:
   path = os.path.join(directory, 'config.json')
-  if not os.path.isfile(path):
+  if not fs.isfile(path):
     raise DiffusersImportError(f'{directory} has no config.json: not a '
                                'diffusers model directory')
-  with open(path) as f:
-    return config_from_dict(json.load(f), path)
+  return config_from_dict(json.loads(fs.read_text(path)), path)
 
 
 def from_pretrained(directory: str):
   """(UNet2D module, params) of a diffusers UNet2DModel directory."""
   cfg = read_config(directory)
   path = os.path.join(directory, WEIGHTS_FILE)
-  if not os.path.isfile(path):
+  if not fs.isfile(path):
     raise DiffusersImportError(f'{directory} has no {WEIGHTS_FILE} (the '
                                'safetensors weights)')
   from safetensors.numpy import load_file

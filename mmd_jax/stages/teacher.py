@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from mmd_jax import diffusers_import, diffusion, param_files, parallel
+from mmd_jax import diffusers_import, diffusion, fs, param_files, parallel
 from mmd_jax.checks import need, one_of, positive_int
 from mmd_jax.methods import teacher
 from mmd_jax.stages import base, register
@@ -53,9 +53,9 @@ class Teacher(base.Method):
     one_of(cfg, 'teacher.prediction_type',
            ('auto',) + tuple(diffusers_import.PREDICTIONS))
     if t.checkpoint:
-      need(os.path.exists(t.checkpoint), 'teacher.checkpoint',
+      need(fs.exists(t.checkpoint), 'teacher.checkpoint',
            f'{t.checkpoint!r} does not exist')
-      need(os.path.isdir(t.checkpoint) or t.checkpoint.endswith(
+      need(fs.isdir(t.checkpoint) or t.checkpoint.endswith(
           param_files.PARAM_FILE_SUFFIXES), 'teacher.checkpoint',
            f'{t.checkpoint!r} is neither a teacher stage directory, a '
            'diffusers model directory nor a .npz/.msgpack parameter file')
@@ -68,10 +68,10 @@ class Teacher(base.Method):
 
   def jobs(self, cfg):
     t = cfg.teacher
-    ckpt = os.path.abspath(t.checkpoint) if t.checkpoint else ''
+    ckpt = fs.absolute(t.checkpoint) if t.checkpoint else ''
     # Read in place: a teacher stage directory. Imported: a file or a
     # diffusers model.
-    in_place = os.path.isdir(ckpt) and not diffusers_import.is_diffusers_dir(
+    in_place = fs.isdir(ckpt) and not diffusers_import.is_diffusers_dir(
         ckpt)
     return [base.Job(
         method=self.name, name='teacher', model='teacher', steps=None,
@@ -84,7 +84,7 @@ class Teacher(base.Method):
     """The diffusers model this run's teacher is: the copy an import left in
     W/teacher, or teacher.checkpoint; None for mmd_jax's own networks."""
     copy = os.path.join(workdir, 'teacher', diffusers_import.COPY_DIR)
-    if os.path.isfile(os.path.join(copy, 'import.json')):
+    if fs.isfile(os.path.join(copy, "import.json")):
       return copy
     ckpt = cfg.teacher.checkpoint
     return ckpt if ckpt and diffusers_import.is_diffusers_dir(ckpt) else None
@@ -121,7 +121,7 @@ class Teacher(base.Method):
     return base.Sampling(base.SpecSampler(ctx.spec), steps=None)
 
   def import_state(self, job, cfg, ctx, state):
-    if os.path.isdir(job.source):   # a diffusers model
+    if fs.isdir(job.source):   # a diffusers model
       params = diffusers_import.load_params(job.source)
       t = cfg.teacher
       if jax.process_index() == 0:

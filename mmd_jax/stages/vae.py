@@ -23,6 +23,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from mmd_jax import fs
 from mmd_jax.checks import need, one_of, positive_int
 from mmd_jax.evaluation import plots
 from mmd_jax.methods import vae
@@ -94,7 +95,7 @@ class VAE(base.Method):
          f'{cfg.grad_accum_steps} micro-batches')
     ckpt = self._checkpoint(cfg)
     if ckpt:
-      need(os.path.isdir(ckpt), 'latent.vae_checkpoint',
+      need(fs.isdir(ckpt), 'latent.vae_checkpoint',
            f'{ckpt!r} is not a VAE stage directory')
 
   def _checkpoint(self, cfg) -> str:
@@ -103,7 +104,7 @@ class VAE(base.Method):
 
   def jobs(self, cfg):
     v, ckpt = cfg.vae, self._checkpoint(cfg)
-    ckpt = os.path.abspath(ckpt) if ckpt else ''
+    ckpt = fs.absolute(ckpt) if ckpt else ''
     return [base.Job(
         method=self.name, name='vae', model='vae', steps=None,
         num_steps=v.num_train_steps, batch_size=v.batch_size,
@@ -170,7 +171,7 @@ class VAE(base.Method):
     ax.axis('off')
     ax.set_title('VAE: decoded 2-D latent manifold', fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fs.save_figure(fig, path, dpi=110)
     plt.close(fig)
 
   def _pictures(self, cfg, state, samples_path, manifold_path, seed):
