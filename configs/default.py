@@ -161,6 +161,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.emd.t_min = 0.02               # t ~ U[t_min, t_max]
   c.emd.t_max = 0.98
   c.emd.score_updates = 1          # student-score updates per generator update
+  # network | analytic: the toy mixtures' exact denoiser as the teacher of
+  # the E- and M-steps (emd and diff_instruct); the generator and score net
+  # still start from the trained teacher network.
+  c.emd.teacher = 'network'
   # The student score network's denoising loss weight: v | edm | snr | flat
   # (the image configs match their teacher's, edm).
   c.emd.score_loss_weight = 'v'

@@ -142,7 +142,7 @@ def get_image_config(dataset: str, arg, model: dict, resolution: int,
 
 def device_check(c):
   """What one accelerator does with this project's image steps [ours]: a
-  UViT of about 30M parameters (the full one is ~400M) in bf16, big enough
+  UViT of 42M parameters (the full one is ~400M) in bf16, big enough
   that the matmuls, not the launch overhead, set the step time."""
   c.stages = ('teacher', 'mm_alternating', 'mm_parameter', 'emd')
   c.model.update(channels=128, channel_mult=(1, 2), num_res_blocks=1,

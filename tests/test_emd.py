@@ -61,6 +61,40 @@ def test_k1_unit_step_is_diff_instruct(weighting):
         jnp.linalg.norm(b))
 
 
+def test_the_analytic_teacher_replaces_the_network_in_both_steps():
+  """emd.teacher='analytic': the E-step's d and the M-step read the data
+  mixture's exact denoiser, so K=1 EMD is Diff-Instruct against the exact
+  teacher, and neither depends on the teacher network's parameters."""
+  from mmd_jax import analytic
+  from mmd_jax.data import toy2d
+  mix = analytic.AnalyticMixture.of(toy2d.get_mixture('imbalanced8'))
+  with jax.enable_x64(True):
+    spec, (teacher_p, score_p, gen_p) = _three_nets(jnp.float64)
+    n = 32
+    kz, ke, kt, kl = jax.random.split(jax.random.PRNGKey(8), 4)
+    z = jax.random.normal(kz, (n, 2), jnp.float64)
+    eps = jax.random.normal(ke, (n, 2), jnp.float64)
+    lam = SCHED(jax.random.uniform(kt, (n,), jnp.float64, 0.05,
+                                   0.95)).astype(jnp.float64)
+    hp = dataclasses.replace(DI, teacher='analytic', mixture=mix)
+    exact = lambda x_t, l: analytic.x_hat(mix, x_t, l)
+    _, g_emd, _ = emd.generator_gradient(spec, hp, teacher_p, score_p, gen_p,
+                                         z, eps, lam, None, kl)
+    g_di = emd.diff_instruct_gradient(spec, teacher_p, score_p, gen_p, z, eps,
+                                      lam, None, 0.0, teacher_x=exact)
+    np.testing.assert_allclose(_flat(g_emd), _flat(g_di), rtol=1e-9,
+                               atol=1e-12 * float(jnp.max(jnp.abs(_flat(g_di)))))
+    # The teacher network is not read: other parameters, same gradient.
+    other = jax.tree.map(lambda p: p + 1.0, teacher_p)
+    _, g_other, _ = emd.generator_gradient(spec, hp, other, score_p, gen_p, z,
+                                           eps, lam, None, kl)
+    np.testing.assert_array_equal(_flat(g_other), _flat(g_emd))
+    # And it differs from the network teacher's.
+    _, g_net, _ = emd.generator_gradient(spec, DI, teacher_p, score_p, gen_p,
+                                         z, eps, lam, None, kl)
+    assert float(jnp.linalg.norm(_flat(g_net) - _flat(g_emd))) > 1e-3
+
+
 def _gradient_draws(hp, num_draws, n=16):
   spec, (teacher_p, score_p, gen_p) = _three_nets(jnp.float32)
 

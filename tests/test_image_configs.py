@@ -71,7 +71,8 @@ SMOKE_STAGES = {
     # step compiles for ~30 s here.
     'cifar10': ('teacher', 'evaluate'),
     'imagenet64': ('teacher', 'evaluate'),
-    'imagenet128': ('teacher', 'evaluate'),
+    # imagenet128's evaluation is the imagenet64 one on bigger images.
+    'imagenet128': ('teacher',),
 }
 ALL_ROWS = [('teacher', 2), ('mm_alternating', 2), ('mm_parameter', 2),
             ('emd', 1)]
@@ -97,6 +98,9 @@ def test_smoke_runs_the_stages_under_mock_data(name, tmp_path,
     c.stages = SMOKE_STAGES[name]
   with tfds.testing.mock_data(num_examples=24):
     runner.run(c, str(w))
+  assert (w / 'teacher' / 'stage.json').exists()
+  if 'evaluate' not in c.stages:
+    return
   rep = json.load(open(w / 'report.json'))
   assert rep['dataset'] == name
   assert [(row['model'], row['steps']) for row in rep['rows']] == [

@@ -40,6 +40,25 @@ def test_mode_stats():
   assert s['near_mode_fraction'] == 0.0 and s['mode_coverage'] == 0.0
 
 
+def test_mode_ratios_on_the_imbalanced_toy():
+  mix = toy2d.get_mixture('imbalanced8')
+  np.testing.assert_allclose(mix.weights.max() / mix.weights.min(), 80.0)
+  means = mix.means
+  gaps = np.linalg.norm(means[:, None] - means[None], axis=-1)
+  assert gaps[~np.eye(8, dtype=bool)].min() > 15 * mix.stds.max()
+  rng = np.random.default_rng(1)
+  real = mix.sample(rng, 100_000)
+  s = toy_metrics.mode_stats(real, mix)
+  assert 0.85 < s['mode_ratio_min'] <= 1.0
+  assert abs(np.log(s['worst_mode_ratio'])) < 0.2
+  # Half of the rarest mode's samples dropped: its ratio is ~0.5.
+  rare = np.argmin(np.linalg.norm(real[:, None] - means[None], axis=-1), 1)
+  keep = (rare != 7) | (np.arange(len(real)) % 2 == 0)
+  s = toy_metrics.mode_stats(real[keep], mix)
+  np.testing.assert_allclose(s['mode_ratio_min'], 0.5, rtol=0.2)
+  assert s['worst_mode_ratio'] == s['mode_ratio_min']
+
+
 def test_frechet_distance_closed_form():
   rng = np.random.default_rng(0)
   a = rng.normal(size=(5, 5))

@@ -86,7 +86,7 @@ def _perturbed(params, scale=0.05):
 
 def test_uvit_patches_conditions_and_remat_changes_nothing():
   from mmd_jax.models.uvit import UViT
-  kw = dict(channels=(8, 16), num_res_blocks=(1, 1), patch_size=2,
+  kw = dict(channels=(8,), num_res_blocks=(1,), patch_size=2,
             transformer_width=32, transformer_depth=1, num_heads=4,
             num_classes=5)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))

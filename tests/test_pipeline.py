@@ -138,6 +138,11 @@ def test_digits_pipeline_eval_mode_and_conditional_samples(tmp_path):
     ('toy2d', 'tiny_emd', {'emd.parameterization': 'xz'},
      'config.emd.parameterization'),
     ('toy2d', 'tiny_emd', {'emd.t_max': 1.0}, 'config.emd.t_min'),
+    ('digits', 'tiny', {'stages': ('teacher', 'emd'), 'emd.teacher':
+                        'analytic'},
+     "config.emd.teacher: 'analytic' needs a toy2d mixture"),
+    ('toy2d', 'tiny_emd', {'emd.sweep': ('teacher=exact',)},
+     'config.emd.sweep[0] (teacher): unknown'),
     ('toy2d', 'tiny_mm', {'grad_accum_steps': 3}, 'config.grad_accum_steps'),
     ('digits_latent', None, {'stages': ('teacher', 'vae', 'evaluate')},
      "config.stages: 'teacher' trains in the space of 'vae'"),

@@ -34,6 +34,10 @@ def get_mixture(name: str) -> Mixture:
   if name == 'asymmetric_mixture':
     # docs/ALGORITHMS.md §6: unequal weights make mode-dropping visible.
     return _mixture(_circle(6, 2.0), 0.1, (.35, .25, .15, .12, .08, .05))
+  if name == 'imbalanced8':
+    # 8 modes 15 stds apart with weights spanning 80x (geometric): where a
+    # mode-seeking objective must under-weight the rare ones (issue 14).
+    return _mixture(_circle(8, 2.0), 0.1, 80.0 ** (-np.arange(8) / 7.0))
   if name == 'ring8':
     return _mixture(_circle(8, 2.0), 0.1)
   if name == 'grid9':
@@ -47,4 +51,5 @@ def get_mixture(name: str) -> Mixture:
                    f'choose one of {TOY2D_NAMES}')
 
 
-TOY2D_NAMES = ('asymmetric_mixture', 'ring8', 'grid9', 'two_scales')
+TOY2D_NAMES = ('asymmetric_mixture', 'imbalanced8', 'ring8', 'grid9',
+               'two_scales')

@@ -49,7 +49,9 @@ def mmd_rbf(x, y, bandwidths=(0.1, 0.3, 1.0)) -> float:
 
 
 def mode_stats(samples, mixture, radius_stds: float = 4.0) -> dict:
-  """Mode weights, coverage and how much mass sits near any mode.
+  """Mode weights, coverage and how much mass sits near any mode, and the
+  per-mode weight ratios' smallest and their worst case (farthest from 1
+  in log: under- or over-weighted).
 
   A sample belongs to its nearest mode if it lies within `radius_stds`
   standard deviations of it. A mode is covered when it holds at least 20%
@@ -63,11 +65,21 @@ def mode_stats(samples, mixture, radius_stds: float = 4.0) -> dict:
   n_near = max(int(near.sum()), 1)
   weights = counts / n_near
   covered = counts >= 0.2 * mixture.weights * len(s)
+  ratios = mode_ratios(weights, mixture)
   return {
       'mode_weight_error': float(np.max(np.abs(weights - mixture.weights))),
       'mode_coverage': float(np.mean(covered)),
       'near_mode_fraction': float(near.mean()),
+      'mode_ratio_min': float(np.min(ratios)),
+      'worst_mode_ratio': float(ratios[np.argmax(np.abs(np.log(
+          np.maximum(ratios, 1e-12))))]),
   }
+
+
+def mode_ratios(weights, mixture) -> np.ndarray:
+  """Sampled over true weight per mode: 1 is right, below 1 under-weighted
+  (what a mode-seeking objective does to rare modes)."""
+  return np.asarray(weights, np.float64) / mixture.weights
 
 
 def toy_metrics(samples, real, mixture=None, bandwidths=(0.1, 0.3, 1.0)):

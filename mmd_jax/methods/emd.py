@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mmd_jax import diffusion, guard, loops, mcmc, optim
+from mmd_jax import analytic, diffusion, guard, loops, mcmc, optim
 from mmd_jax.denoiser import DenoiserSpec
 from mmd_jax.methods import teacher as teacher_lib
 from mmd_jax.microbatch import ALL, Rows, accumulate
@@ -33,6 +33,7 @@ from mmd_jax.microbatch import ALL, Rows, accumulate
 sg = jax.lax.stop_gradient
 
 PARAMETERIZATIONS = ('eps', 'x')      # non-centred (eps, z) | centred (x_t, z)
+TEACHERS = ('network', 'analytic')    # analytic: the toy mixture's exact one
 CANCELLATIONS = ('eps', 'none')
 WEIGHTINGS = ('inv_snr', 'sigma_over_alpha', 'one')
 
@@ -52,6 +53,11 @@ class EMDHParams:
   score_loss_weight: str = 'v'
   guidance: float = 0.0            # CFG inside the teacher only
   grad_accum_steps: int = 1        # micro-batches per step (microbatch.py)
+  # 'analytic': the E-step and M-step read the data mixture's exact
+  # denoiser (analytic.py) instead of the teacher network; the generator
+  # and score net still start from the network.
+  teacher: str = 'network'
+  mixture: object = None           # analytic.AnalyticMixture
 
 
 # EMD-1 with a unit eps step: the mode-seeking baseline.
@@ -122,12 +128,21 @@ def _bc(a, x):
   return a.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
+def teacher_denoiser(spec, hp: EMDHParams, teacher_params, labels):
+  """(x_t, lam) -> the teacher's x-prediction: the network (with CFG), or
+  the data mixture's exact posterior mean."""
+  if hp.teacher == 'analytic':
+    return lambda x_t, lam: analytic.x_hat(hp.mixture, x_t, lam)
+  return spec.denoiser(teacher_params, labels, hp.guidance)
+
+
 def score_difference(spec, teacher_params, score_params, x_t, lam, labels,
-                     guidance: float = 0.0):
+                     guidance: float = 0.0, teacher_x=None):
   """d = s_T - s_S = (alpha / sigma^2) (x_T - x_S), from x-predictions so the
-  large x_t / sigma^2 terms cancel before rounding."""
+  large x_t / sigma^2 terms cancel before rounding. `teacher_x` overrides
+  the teacher network (teacher_denoiser)."""
   a, s = diffusion.alpha_sigma(_bc(lam, x_t))
-  den = spec.denoiser(teacher_params, labels, guidance)
+  den = teacher_x or spec.denoiser(teacher_params, labels, guidance)
   x_teacher = den(x_t, lam)
   x_student = spec.x_hat(score_params, x_t, lam, labels)
   return sg((a / (s * s)) * (x_teacher - x_student))
@@ -197,9 +212,11 @@ def e_step(spec, hp: EMDHParams, teacher_params, score_params,
   def gen(zz):
     return generator(spec, generator_params, zz, labels, hp.logsnr_generator)
 
+  teacher_x = teacher_denoiser(spec, hp, teacher_params, labels)
+
   def diff(x_t):
     return score_difference(spec, teacher_params, score_params, x_t, lam,
-                            labels, hp.guidance)
+                            labels, teacher_x=teacher_x)
 
   return langevin(hp, gen, diff, z, eps, lam, key, g0, rows)
 
@@ -259,7 +276,7 @@ def generator_gradient(spec, hp: EMDHParams, teacher_params, score_params,
 def diff_instruct_gradient(spec, teacher_params, score_params,
                            generator_params, z, eps, lam, labels,
                            logsnr_generator: float, weighting: str = 'inv_snr',
-                           guidance: float = 0.0):
+                           guidance: float = 0.0, teacher_x=None):
   """The Diff-Instruct / DMD descent direction coded directly:
   -mean_b w_b alpha_b mean_d (s_T - s_S)^T dg/dtheta at x_t = alpha g + sigma eps,
   with the scores written out as (alpha x_hat - x_t) / sigma^2."""
@@ -269,8 +286,8 @@ def diff_instruct_gradient(spec, teacher_params, score_params,
   g, vjp = jax.vjp(gen, generator_params)
   a, s = diffusion.alpha_sigma(_bc(lam, z))
   x_t = a * g + s * eps
-  s_teacher = (a * spec.denoiser(teacher_params, labels, guidance)(x_t, lam)
-               - x_t) / (s * s)
+  den = teacher_x or spec.denoiser(teacher_params, labels, guidance)
+  s_teacher = (a * den(x_t, lam) - x_t) / (s * s)
   s_student = (a * spec.x_hat(score_params, x_t, lam, labels) - x_t) / (s * s)
   w = _bc(weight(weighting, lam), z)
   n, dim = z.shape[0], z[0].size

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 
-from mmd_jax import diffusion, optim
+from mmd_jax import analytic, diffusion, optim
 from mmd_jax.checks import ConfigError, need, positive_int
+from mmd_jax.data import toy2d
 from mmd_jax.methods import emd
 from mmd_jax.stages import base, register
 
 # config.emd keys that are EMDHParams fields (the rest configure optimisers).
 HPARAM_KEYS = ('langevin_steps', 'parameterization', 'gamma_eps', 'gamma_z',
                'noise_cancellation', 'logsnr_generator', 'weighting', 't_min',
-               't_max', 'score_updates')
+               't_max', 'score_updates', 'teacher')
 # The settings a row's name spells out; a sweep entry's others are appended.
 DESCRIBED_KEYS = ('langevin_steps', 'parameterization', 'gamma_eps', 'gamma_z',
                   'noise_cancellation')
@@ -40,13 +41,23 @@ def parse_sweep_entry(entry: str, defaults) -> dict:
   return out
 
 
-def hparams(cfg, overrides=()) -> emd.EMDHParams:
+def hparams(cfg, overrides=(), mixture=None) -> emd.EMDHParams:
+  """`mixture` (the data's, for emd.teacher='analytic') is given where the
+  step is built; settings and names do not depend on it."""
   e = cfg.emd
   kw = {k: e[k] for k in HPARAM_KEYS}
   kw.update(dict(overrides))
+  if kw['teacher'] == 'analytic' and mixture is not None:
+    kw['mixture'] = analytic.AnalyticMixture.of(mixture)
   return emd.EMDHParams(**kw, guidance=cfg.distill.guidance,
                         score_loss_weight=e.score_loss_weight,
                         grad_accum_steps=cfg.grad_accum_steps)
+
+
+def _mixture_of(data):
+  """The toy2d mixture a DataShape or Dataset names, or None."""
+  kind, _, toy = data.name.partition('/')
+  return toy2d.get_mixture(toy) if kind == 'toy2d' else None
 
 
 def describe(hp: emd.EMDHParams) -> str:
@@ -91,6 +102,8 @@ def _check_setting(v, where):
   need(isinstance(v['score_updates'], int) and v['score_updates'] >= 1,
        key('score_updates'),
        f"must be an integer >= 1, got {v['score_updates']!r}")
+  need(v['teacher'] in emd.TEACHERS, key('teacher'),
+       f"unknown {v['teacher']!r}; known: {emd.TEACHERS}")
 
 
 class _OneStep(base.Method):
@@ -110,6 +123,7 @@ class _OneStep(base.Method):
     need(e.score_loss_weight in diffusion.LOSS_WEIGHTS, 'emd.score_loss_weight',
          f'unknown {e.score_loss_weight!r}; known: {diffusion.LOSS_WEIGHTS}')
     _check_setting(e, 'emd')
+    analytic_wanted = e.teacher == 'analytic'
     for i, entry in enumerate(e.sweep):
       try:
         overrides = parse_sweep_entry(entry, e)
@@ -118,6 +132,10 @@ class _OneStep(base.Method):
       merged = {k: e[k] for k in HPARAM_KEYS}
       merged.update(overrides)
       _check_setting(merged, f'emd.sweep[{i}]')
+      analytic_wanted = analytic_wanted or merged['teacher'] == 'analytic'
+    need(not analytic_wanted or _mixture_of(data) is not None,
+         'emd.teacher', "'analytic' needs a toy2d mixture as data (its "
+         f'exact denoiser); data is {data.name!r}')
     n = cfg.grad_accum_steps
     need(d.batch_size % n == 0, 'grad_accum_steps',
          f'{n} does not divide distill.batch_size={d.batch_size}')
@@ -126,7 +144,9 @@ class _OneStep(base.Method):
     hp = hparams(cfg, overrides)
     d = cfg.distill
     setting = {k: v for k, v in dataclasses.asdict(hp).items()
-               if k != 'grad_accum_steps'}
+               if k not in ('grad_accum_steps', 'mixture')}
+    if setting['teacher'] == 'network':   # older directories lack the key
+      del setting['teacher']
     return base.Job(
         method=self.name, name=name, model=model, steps=1,
         num_steps=d.num_train_steps, batch_size=d.batch_size,
@@ -142,7 +162,8 @@ class _OneStep(base.Method):
 
   def build(self, job, cfg, ctx, artifacts):
     d, e = cfg.distill, cfg.emd
-    hp, spec = hparams(cfg, job.options), ctx.spec
+    hp = hparams(cfg, job.options, _mixture_of(ctx.dataset))
+    spec = ctx.spec
 
     def adam(lr):
       return optim.global_step_adam(lr, d.warmup_steps, d.num_train_steps,
