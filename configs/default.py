@@ -165,6 +165,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # the E- and M-steps (emd and diff_instruct); the generator and score net
   # still start from the trained teacher network.
   c.emd.teacher = 'network'
+  # euler | ou: Langevin as written, or with the N(0, I) part of the target
+  # integrated exactly (no step-size bias there; docs/ALGORITHMS.md §4).
+  c.emd.integrator = 'euler'
   # The student score network's denoising loss weight: v | edm | snr | flat
   # (the image configs match their teacher's, edm).
   c.emd.score_loss_weight = 'v'

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from mmd_jax import analytic, diffusion, fs
+from mmd_jax import analytic, fs
 from mmd_jax.data import toy2d
 from mmd_jax.evaluation import toy_metrics
 from mmd_jax.methods import emd
@@ -46,6 +46,8 @@ _KS = flags.DEFINE_list('ks', ['1', '4', '16', '64'], 'Langevin steps K.')
 _CHAINS = flags.DEFINE_integer('chains', 200_000, 'Chains per setting.')
 _GE = flags.DEFINE_float('gamma_eps', 0.3, 'Langevin eps step.')
 _GZ = flags.DEFINE_float('gamma_z', 0.01, 'Langevin z step.')
+_INTEGRATOR = flags.DEFINE_enum('integrator', 'euler', list(emd.INTEGRATORS),
+                                'The chain\'s integrator (emd.integrator).')
 _ED_N = flags.DEFINE_integer('ed_samples', 3000, 'Samples per energy '
                              'distance (its cost is quadratic).')
 
@@ -133,13 +135,14 @@ def chain(hp, gen: Linear, mix, lam, n, key):
 
 
 def run(toy: str, logsnrs, ks, chains: int, gamma_eps: float,
-        gamma_z: float, ed_samples: int) -> dict:
+        gamma_z: float, ed_samples: int, integrator: str = 'euler') -> dict:
   rng = np.random.default_rng(0)
   mixture = toy2d.get_mixture(toy)
   mix = analytic.AnalyticMixture.of(mixture)
   gen = Linear.off_fit(mixture, rng)
   out = {'toy': toy, 'generator': {'A': gen.A.tolist(), 'b': gen.b.tolist()},
          'chains': chains, 'gamma_eps': gamma_eps, 'gamma_z': gamma_z,
+         'integrator': integrator,
          'rows': []}
   for lam in logsnrs:
     xt, z = exact_target(mixture, gen, lam, chains, rng)
@@ -152,7 +155,7 @@ def run(toy: str, logsnrs, ks, chains: int, gamma_eps: float,
     for param in emd.PARAMETERIZATIONS:
       for k in ks:
         settings = [('emd', dict(langevin_steps=k, gamma_eps=gamma_eps,
-                                 gamma_z=gamma_z))]
+                                 gamma_z=gamma_z, integrator=integrator))]
         if k == 1 and param == 'eps':
           settings.append(('diff_instruct', emd.DIFF_INSTRUCT))
         for label, kw in settings:
@@ -222,7 +225,7 @@ def main(argv):
   del argv
   result = run(_TOY.value, [float(v) for v in _LAMS.value],
                [int(v) for v in _KS.value], _CHAINS.value, _GE.value,
-               _GZ.value, _ED_N.value)
+               _GZ.value, _ED_N.value, _INTEGRATOR.value)
   fs.makedirs(_OUT.value)
   fs.write_text(os.path.join(_OUT.value, 'estep_check.json'),
                 json.dumps(result, indent=2))

@@ -34,6 +34,9 @@ sg = jax.lax.stop_gradient
 
 PARAMETERIZATIONS = ('eps', 'x')      # non-centred (eps, z) | centred (x_t, z)
 TEACHERS = ('network', 'analytic')    # analytic: the toy mixture's exact one
+# euler: Langevin as the paper writes it. ou: the N(0, I) part of each
+# target integrated exactly (docs/ALGORITHMS.md §4), the rest Euler.
+INTEGRATORS = ('euler', 'ou')
 CANCELLATIONS = ('eps', 'none')
 WEIGHTINGS = ('inv_snr', 'sigma_over_alpha', 'one')
 
@@ -58,6 +61,7 @@ class EMDHParams:
   # and score net still start from the network.
   teacher: str = 'network'
   mixture: object = None           # analytic.AnalyticMixture
+  integrator: str = 'euler'
 
 
 # EMD-1 with a unit eps step: the mode-seeking baseline.
@@ -155,6 +159,23 @@ class EStepResult:
   cancel: jax.Array     # c: injected eps-noise still present in eps_K
 
 
+def _step(x, pull, h, n, integrator: str, scale=1.0, centre=0.0):
+  """One step on a target whose log-density gradient is
+  pull - (x - centre) / scale^2. Euler: Langevin with step h scale^2. OU:
+  the Gaussian part exactly, x <- centre + e^-h (x - centre) + (1 - e^-h)
+  scale^2 pull + scale sqrt(1 - e^-2h) n, which has no step-size bias on
+  that part at any h. Returns (new x, the noise's coefficient, the decay)
+  for the noise bookkeeping."""
+  v = scale * scale
+  if integrator == 'ou':
+    decay = jnp.exp(-h)
+    noise = jnp.sqrt(-jnp.expm1(-2.0 * h))
+    return (centre + decay * (x - centre) + (1.0 - decay) * v * pull
+            + scale * noise * n), noise, decay
+  grad = pull - (x - centre) / v
+  return mcmc.langevin_update(x, grad, h * v, n), jnp.sqrt(2.0 * h), 1.0 - h
+
+
 def langevin(hp: EMDHParams, gen, diff, z, eps, lam, key,
              g0=None, rows: Rows = ALL) -> EStepResult:
   """K Langevin steps on pi_t(x_t, z) from the generator's own joint (z, eps).
@@ -182,18 +203,17 @@ def langevin(hp: EMDHParams, gen, diff, z, eps, lam, key,
     d = diff(x_t)
     if centred:
       # A gamma_eps sigma^2 step in x is the eps chain's step at fixed z.
-      grad_u = d - (u - a * g) / (s * s)
-      u_new = mcmc.langevin_update(u, grad_u, ge * s * s, n)
+      u_new, noise, decay = _step(u, d, ge, n, hp.integrator, s, a * g)
     else:
-      u_new = mcmc.langevin_update(u, s * d - u, ge, n)
-    c_new = (1.0 - ge) * c + jnp.sqrt(2.0 * ge) * n
+      u_new, noise, decay = _step(u, s * d, ge, n, hp.integrator)
+    c_new = decay * c + noise * n
     if gz > 0:
       # Non-centred: alpha J^T d. Centred: the likelihood's pull,
       # (alpha / sigma^2) J^T (x_t - alpha g).
       ct = a * (u - a * g) / (s * s) if centred else a * d
       (jt,) = vjp(sg(ct))
       nz = rows.normal(nz_key, z.shape, z.dtype)
-      z = mcmc.langevin_update(z, jt - z, gz, nz)
+      z = _step(z, jt, gz, nz, hp.integrator)[0]
     return (u_new, z, c_new), None
 
   u0 = a * g0 + s * eps if centred else eps

@@ -17,7 +17,7 @@ from mmd_jax.stages import base, register
 # config.emd keys that are EMDHParams fields (the rest configure optimisers).
 HPARAM_KEYS = ('langevin_steps', 'parameterization', 'gamma_eps', 'gamma_z',
                'noise_cancellation', 'logsnr_generator', 'weighting', 't_min',
-               't_max', 'score_updates', 'teacher')
+               't_max', 'score_updates', 'teacher', 'integrator')
 # The settings a row's name spells out; a sweep entry's others are appended.
 DESCRIBED_KEYS = ('langevin_steps', 'parameterization', 'gamma_eps', 'gamma_z',
                   'noise_cancellation')
@@ -104,6 +104,8 @@ def _check_setting(v, where):
        f"must be an integer >= 1, got {v['score_updates']!r}")
   need(v['teacher'] in emd.TEACHERS, key('teacher'),
        f"unknown {v['teacher']!r}; known: {emd.TEACHERS}")
+  need(v['integrator'] in emd.INTEGRATORS, key('integrator'),
+       f"unknown {v['integrator']!r}; known: {emd.INTEGRATORS}")
 
 
 class _OneStep(base.Method):
@@ -145,8 +147,11 @@ class _OneStep(base.Method):
     d = cfg.distill
     setting = {k: v for k, v in dataclasses.asdict(hp).items()
                if k not in ('grad_accum_steps', 'mixture')}
-    if setting['teacher'] == 'network':   # older directories lack the key
-      del setting['teacher']
+    # Keys added since: left out at their defaults, so that directories
+    # trained before them still match.
+    for k, default in (('teacher', 'network'), ('integrator', 'euler')):
+      if setting[k] == default:
+        del setting[k]
     return base.Job(
         method=self.name, name=name, model=model, steps=1,
         num_steps=d.num_train_steps, batch_size=d.batch_size,
