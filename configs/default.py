@@ -168,6 +168,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # euler | ou: Langevin as written, or with the N(0, I) part of the target
   # integrated exactly (no step-size bias there; docs/ALGORITHMS.md §4).
   c.emd.integrator = 'euler'
+  # network | quadrature: the fake score d needs is the student score net,
+  # or (2-D toys) the generator's exact diffused denoiser by quadrature over
+  # z (docs/ALGORITHMS.md §4c), which removes the net's error.
+  c.emd.fake_score = 'network'
   # The student score network's denoising loss weight: v | edm | snr | flat
   # (the image configs match their teacher's, edm).
   c.emd.score_loss_weight = 'v'

@@ -107,7 +107,8 @@ def _preview(env, step, ctx):
   sampling = step.method.sampling(step.job, step.cfg, ctx)
   if custom is not None or sampling is None:
     return custom
-  k = sampling.steps or min(PREVIEW_STEPS, max(env.config.eval.teacher_steps))
+  ks = env.config.eval.teacher_steps  # may be (): one-step models only
+  k = sampling.steps or min(PREVIEW_STEPS, max(ks, default=PREVIEW_STEPS))
 
   def preview(state, path):
     n = env.config.log.num_preview_samples

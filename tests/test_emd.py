@@ -95,6 +95,39 @@ def test_the_analytic_teacher_replaces_the_network_in_both_steps():
     assert float(jnp.linalg.norm(_flat(g_net) - _flat(g_emd))) > 1e-3
 
 
+def test_the_quadrature_fake_score_replaces_the_score_net():
+  """emd.fake_score='quadrature': d reads the generator's exact diffused
+  denoiser (quadrature.py) instead of the score net, so K=1 EMD is
+  Diff-Instruct with that fake score and the score net is not read."""
+  from mmd_jax import quadrature
+  with jax.enable_x64(True):
+    spec, (teacher_p, score_p, gen_p) = _three_nets(jnp.float64)
+    n = 32
+    kz, ke, kt, kl = jax.random.split(jax.random.PRNGKey(9), 4)
+    z = jax.random.normal(kz, (n, 2), jnp.float64)
+    eps = jax.random.normal(ke, (n, 2), jnp.float64)
+    lam = SCHED(jax.random.uniform(kt, (n,), jnp.float64, 0.05,
+                                   0.95)).astype(jnp.float64)
+    hp = dataclasses.replace(DI, fake_score='quadrature')
+    grid, logw = quadrature.z_grid(quadrature.TRAIN_GRID,
+                                   quadrature.TRAIN_EXTENT)
+    g_grid = emd.generator(spec, gen_p, jnp.asarray(grid), None, 0.0)
+    fake = lambda x_t, l: quadrature.denoise(g_grid, logw, x_t, l)
+    _, g_emd, _ = emd.generator_gradient(spec, hp, teacher_p, score_p, gen_p,
+                                         z, eps, lam, None, kl)
+    g_di = emd.diff_instruct_gradient(spec, teacher_p, score_p, gen_p, z, eps,
+                                      lam, None, 0.0, student_x=fake)
+    np.testing.assert_allclose(_flat(g_emd), _flat(g_di), rtol=1e-6,
+                               atol=1e-9 * float(jnp.max(jnp.abs(_flat(g_di)))))
+    other = jax.tree.map(lambda p: p + 1.0, score_p)
+    _, g_other, _ = emd.generator_gradient(spec, hp, teacher_p, other, gen_p,
+                                           z, eps, lam, None, kl)
+    np.testing.assert_array_equal(_flat(g_other), _flat(g_emd))
+    _, g_net, _ = emd.generator_gradient(spec, DI, teacher_p, score_p, gen_p,
+                                         z, eps, lam, None, kl)
+    assert float(jnp.linalg.norm(_flat(g_net) - _flat(g_emd))) > 1e-3
+
+
 def _gradient_draws(hp, num_draws, n=16):
   spec, (teacher_p, score_p, gen_p) = _three_nets(jnp.float32)
 

@@ -143,6 +143,11 @@ def test_digits_pipeline_eval_mode_and_conditional_samples(tmp_path):
      "config.emd.teacher: 'analytic' needs a toy2d mixture"),
     ('toy2d', 'tiny_emd', {'emd.sweep': ('teacher=exact',)},
      'config.emd.sweep[0] (teacher): unknown'),
+    ('digits', 'tiny', {'stages': ('teacher', 'emd'),
+                        'emd.sweep': ('fake_score=quadrature',)},
+     "config.emd.fake_score: 'quadrature' needs 2-D unlabelled toy2d data"),
+    ('toy2d', 'tiny_emd', {'emd.fake_score': 'exact'},
+     'config.emd.fake_score: unknown'),
     ('toy2d', 'tiny_mm', {'grad_accum_steps': 3}, 'config.grad_accum_steps'),
     ('digits_latent', None, {'stages': ('teacher', 'vae', 'evaluate')},
      "config.stages: 'teacher' trains in the space of 'vae'"),
@@ -220,13 +225,22 @@ def test_moment_matching_stages_end_to_end(tmp_path):
 
 def test_emd_stages_end_to_end(tmp_path):
   """diff_instruct, emd and a one-entry sweep: stage dirs, report rows with
-  settings and step costs, and sampling a sweep member."""
+  settings and step costs, and sampling a sweep member. No teacher rows
+  (eval.teacher_steps=()): the generators alone are scored."""
   w = tmp_path / 'emd'
-  tiny.run('toy2d', 'tiny_emd', w)
+  from configs import toy2d
+  entries = toy2d.get_config('tiny_emd').emd.sweep + ('fake_score=quadrature',)
+  tiny.run('toy2d', 'tiny_emd', w, {'eval.teacher_steps': (),
+                                    'emd.sweep': entries})
   rep = json.load(open(w / 'report.json'))
+  assert {x['sampler'] for x in rep['rows']} == {'student'}
+  assert (w / 'teacher' / 'samples.png').exists()
   rows = {x['model']: x for x in rep['rows'] if x['sampler'] == 'student'}
+  # The exact fake score (quadrature.py) trains as a sweep member.
+  quad = rows.pop('emd[K=16,eps,cancel,ge=0.3,gz=0.01,fake_score=quadrature]')
+  assert np.isfinite(quad['metrics']['energy_distance'])
   sweep = 'emd[K=2,x,cancel,ge=0.5,gz=0.1]'
-  assert set(rows) == {'diff_instruct', 'emd', sweep}
+  assert set(rows) == {'diff_instruct', 'emd', sweep}, set(rows)
   assert rows['diff_instruct']['setting'] == {
       'langevin_steps': 1, 'parameterization': 'eps',
       'noise_cancellation': 'eps', 'gamma_eps': 1.0, 'gamma_z': 0.0}
@@ -254,6 +268,11 @@ def test_emd_stages_end_to_end(tmp_path):
   np.testing.assert_array_equal(a, b)
   with pytest.raises(sample.SampleError, match='--steps must be 1'):
     sample.draw(member, 4, 40)
+  from mmd_jax import fake_score_check
+  rows = fake_score_check.check(member, [0.0], points=20, grid=40)
+  assert len(rows) == 6 and all(np.isfinite(r['error']) for r in rows)
+  with pytest.raises(SystemExit, match='not a one-step generator'):
+    fake_score_check.check(str(w / 'teacher'), [0.0])
 
 
 def test_teacher_export_import_gives_identical_samples(toy_workdir, tmp_path):

@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mmd_jax import analytic, diffusion, guard, loops, mcmc, optim
+from mmd_jax import (analytic, diffusion, guard, loops, mcmc, optim,
+                     quadrature)
 from mmd_jax.denoiser import DenoiserSpec
 from mmd_jax.methods import teacher as teacher_lib
 from mmd_jax.microbatch import ALL, Rows, accumulate
@@ -38,6 +39,9 @@ TEACHERS = ('network', 'analytic')    # analytic: the toy mixture's exact one
 # target integrated exactly (docs/ALGORITHMS.md §4), the rest Euler.
 INTEGRATORS = ('euler', 'ou')
 CANCELLATIONS = ('eps', 'none')
+# network: the student score net psi. quadrature: the 2-D generator's exact
+# diffused denoiser (quadrature.py), toys only; psi is still trained.
+FAKE_SCORES = ('network', 'quadrature')
 WEIGHTINGS = ('inv_snr', 'sigma_over_alpha', 'one')
 
 
@@ -62,6 +66,7 @@ class EMDHParams:
   teacher: str = 'network'
   mixture: object = None           # analytic.AnalyticMixture
   integrator: str = 'euler'
+  fake_score: str = 'network'
 
 
 # EMD-1 with a unit eps step: the mode-seeking baseline.
@@ -141,14 +146,17 @@ def teacher_denoiser(spec, hp: EMDHParams, teacher_params, labels):
 
 
 def score_difference(spec, teacher_params, score_params, x_t, lam, labels,
-                     guidance: float = 0.0, teacher_x=None):
+                     guidance: float = 0.0, teacher_x=None, student_x=None):
   """d = s_T - s_S = (alpha / sigma^2) (x_T - x_S), from x-predictions so the
   large x_t / sigma^2 terms cancel before rounding. `teacher_x` overrides
-  the teacher network (teacher_denoiser)."""
+  the teacher network (teacher_denoiser), `student_x` the score net."""
   a, s = diffusion.alpha_sigma(_bc(lam, x_t))
   den = teacher_x or spec.denoiser(teacher_params, labels, guidance)
   x_teacher = den(x_t, lam)
-  x_student = spec.x_hat(score_params, x_t, lam, labels)
+  if student_x is None:
+    x_student = spec.x_hat(score_params, x_t, lam, labels)
+  else:
+    x_student = student_x(x_t, lam)
   return sg((a / (s * s)) * (x_teacher - x_student))
 
 
@@ -233,10 +241,19 @@ def e_step(spec, hp: EMDHParams, teacher_params, score_params,
     return generator(spec, generator_params, zz, labels, hp.logsnr_generator)
 
   teacher_x = teacher_denoiser(spec, hp, teacher_params, labels)
+  student_x = None
+  if hp.fake_score == 'quadrature':
+    grid, logw = quadrature.z_grid(quadrature.TRAIN_GRID,
+                                   quadrature.TRAIN_EXTENT)
+    g_grid = sg(generator(spec, generator_params, jnp.asarray(grid), None,
+                          hp.logsnr_generator))
+
+    def student_x(x_t, lam):
+      return quadrature.denoise(g_grid, jnp.asarray(logw), x_t, lam)
 
   def diff(x_t):
     return score_difference(spec, teacher_params, score_params, x_t, lam,
-                            labels, teacher_x=teacher_x)
+                            labels, teacher_x=teacher_x, student_x=student_x)
 
   return langevin(hp, gen, diff, z, eps, lam, key, g0, rows)
 
@@ -296,7 +313,8 @@ def generator_gradient(spec, hp: EMDHParams, teacher_params, score_params,
 def diff_instruct_gradient(spec, teacher_params, score_params,
                            generator_params, z, eps, lam, labels,
                            logsnr_generator: float, weighting: str = 'inv_snr',
-                           guidance: float = 0.0, teacher_x=None):
+                           guidance: float = 0.0, teacher_x=None,
+                           student_x=None):
   """The Diff-Instruct / DMD descent direction coded directly:
   -mean_b w_b alpha_b mean_d (s_T - s_S)^T dg/dtheta at x_t = alpha g + sigma eps,
   with the scores written out as (alpha x_hat - x_t) / sigma^2."""
@@ -308,7 +326,9 @@ def diff_instruct_gradient(spec, teacher_params, score_params,
   x_t = a * g + s * eps
   den = teacher_x or spec.denoiser(teacher_params, labels, guidance)
   s_teacher = (a * den(x_t, lam) - x_t) / (s * s)
-  s_student = (a * spec.x_hat(score_params, x_t, lam, labels) - x_t) / (s * s)
+  x_student = (student_x(x_t, lam) if student_x is not None
+               else spec.x_hat(score_params, x_t, lam, labels))
+  s_student = (a * x_student - x_t) / (s * s)
   w = _bc(weight(weighting, lam), z)
   n, dim = z.shape[0], z[0].size
   (grad,) = vjp(-w * a * (s_teacher - s_student) / (n * dim))

@@ -17,7 +17,8 @@ from mmd_jax.stages import base, register
 # config.emd keys that are EMDHParams fields (the rest configure optimisers).
 HPARAM_KEYS = ('langevin_steps', 'parameterization', 'gamma_eps', 'gamma_z',
                'noise_cancellation', 'logsnr_generator', 'weighting', 't_min',
-               't_max', 'score_updates', 'teacher', 'integrator')
+               't_max', 'score_updates', 'teacher', 'integrator',
+               'fake_score')
 # The settings a row's name spells out; a sweep entry's others are appended.
 DESCRIBED_KEYS = ('langevin_steps', 'parameterization', 'gamma_eps', 'gamma_z',
                   'noise_cancellation')
@@ -106,6 +107,8 @@ def _check_setting(v, where):
        f"unknown {v['teacher']!r}; known: {emd.TEACHERS}")
   need(v['integrator'] in emd.INTEGRATORS, key('integrator'),
        f"unknown {v['integrator']!r}; known: {emd.INTEGRATORS}")
+  need(v['fake_score'] in emd.FAKE_SCORES, key('fake_score'),
+       f"unknown {v['fake_score']!r}; known: {emd.FAKE_SCORES}")
 
 
 class _OneStep(base.Method):
@@ -126,6 +129,7 @@ class _OneStep(base.Method):
          f'unknown {e.score_loss_weight!r}; known: {diffusion.LOSS_WEIGHTS}')
     _check_setting(e, 'emd')
     analytic_wanted = e.teacher == 'analytic'
+    quadrature_wanted = e.fake_score == 'quadrature'
     for i, entry in enumerate(e.sweep):
       try:
         overrides = parse_sweep_entry(entry, e)
@@ -135,9 +139,15 @@ class _OneStep(base.Method):
       merged.update(overrides)
       _check_setting(merged, f'emd.sweep[{i}]')
       analytic_wanted = analytic_wanted or merged['teacher'] == 'analytic'
+      quadrature_wanted = (quadrature_wanted
+                           or merged['fake_score'] == 'quadrature')
     need(not analytic_wanted or _mixture_of(data) is not None,
          'emd.teacher', "'analytic' needs a toy2d mixture as data (its "
          f'exact denoiser); data is {data.name!r}')
+    need(not quadrature_wanted or (_mixture_of(data) is not None
+                                   and not data.num_classes),
+         'emd.fake_score', "'quadrature' needs 2-D unlabelled toy2d data "
+         f'(a grid over the 2-D z); data is {data.name!r}')
     n = cfg.grad_accum_steps
     need(d.batch_size % n == 0, 'grad_accum_steps',
          f'{n} does not divide distill.batch_size={d.batch_size}')
@@ -149,7 +159,8 @@ class _OneStep(base.Method):
                if k not in ('grad_accum_steps', 'mixture')}
     # Keys added since: left out at their defaults, so that directories
     # trained before them still match.
-    for k, default in (('teacher', 'network'), ('integrator', 'euler')):
+    for k, default in (('teacher', 'network'), ('integrator', 'euler'),
+                       ('fake_score', 'network')):
       if setting[k] == default:
         del setting[k]
     return base.Job(

@@ -1,0 +1,103 @@
+"""One table over several training seeds: the report.json of each workdir
+(the same config, a different --config.seed) merged row by row.
+
+  python -m mmd_jax.evaluation.across_seeds --workdirs=W0,W1 \
+      [--metrics=energy_distance,mode_ratio_min] [--output=F.json]
+
+A row (model, sampler, steps) gets the mean over workdirs of its metrics,
+their sample standard deviation across workdirs (the training-seed spread,
+which a single report cannot show), and the mean of each report's own
+evaluation-seed std. Prints a markdown table; --output also writes JSON.
+"""
+from __future__ import annotations
+
+import json
+import numpy as np
+from absl import app, flags
+
+from mmd_jax import fs
+
+DEFAULT_METRICS = ('energy_distance', 'mode_ratio_min', 'mode_weight_error',
+                   'mode_coverage')
+
+
+def _key(row):
+  return (row['model'], row['sampler'], int(row['steps']))
+
+
+def combine(reports: list[dict], metrics=None) -> list[dict]:
+  """Rows in first-seen order. `metrics` (default: all) limits the metrics.
+  A row missing from some reports is averaged over those that have it and
+  says how many (`num_train_seeds`)."""
+  groups: dict = {}
+  for report in reports:
+    for row in report['rows']:
+      groups.setdefault(_key(row), []).append(row)
+  out = []
+  for (model, sampler, steps), rows in groups.items():
+    names = [m for m in rows[0]['metrics'] if metrics is None or m in metrics]
+    merged = {'model': model, 'sampler': sampler, 'steps': steps,
+              'num_train_seeds': len(rows), 'metrics': {},
+              'train_seed_std': {}, 'eval_seed_std': {}}
+    for m in names:
+      v = np.array([r['metrics'][m] for r in rows if m in r['metrics']])
+      merged['metrics'][m] = float(v.mean())
+      merged['train_seed_std'][m] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+      ev = [r['metrics_std'][m] for r in rows if m in r.get('metrics_std', {})]
+      if ev:
+        merged['eval_seed_std'][m] = float(np.mean(ev))
+    per_step = [r['train_seconds_per_step'] for r in rows
+                if r.get('train_seconds_per_step')]
+    if per_step:
+      merged['train_seconds_per_step'] = float(np.mean(per_step))
+    out.append(merged)
+  return out
+
+
+def markdown(rows: list[dict], metrics) -> str:
+  """'mean ± train-seed std' per metric, then the seconds per step."""
+  head = ['model', 'k', 'seeds'] + list(metrics) + ['s/step']
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for r in rows:
+    cells = [r['model'], str(r['steps']), str(r['num_train_seeds'])]
+    for m in metrics:
+      if m in r['metrics']:
+        cells.append(f"{r['metrics'][m]:.4g} ± {r['train_seed_std'][m]:.2g}")
+      else:
+        cells.append('')
+    s = r.get('train_seconds_per_step')
+    cells.append('' if s is None else f'{s:.3g}')
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def run(workdirs: list[str], metrics=DEFAULT_METRICS, output: str = '') -> str:
+  """The markdown table of `workdirs`' reports; also the JSON at `output`."""
+  reports = []
+  for w in workdirs:
+    path = fs.path(w) / 'report.json'
+    if not path.exists():
+      raise SystemExit(f'--workdirs: {w} has no report.json (run evaluation '
+                       'first)')
+    reports.append(json.loads(path.read_text()))
+  rows = combine(reports, metrics)
+  if output:
+    fs.write_text(output, json.dumps({'workdirs': list(workdirs),
+                                      'rows': rows}, indent=2))
+  return markdown(rows, metrics)
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  metrics = tuple(filter(None, f.metrics.split(','))) or DEFAULT_METRICS
+  print(run(list(filter(None, f.workdirs.split(','))), metrics, f.output))
+
+
+if __name__ == '__main__':
+  flags.DEFINE_string('workdirs', None, 'Comma-separated workdirs.')
+  flags.DEFINE_string('metrics', ','.join(DEFAULT_METRICS),
+                      'Comma-separated metrics for the table.')
+  flags.DEFINE_string('output', '', 'Also write the merged rows as JSON.')
+  flags.mark_flags_as_required(['workdirs'])
+  app.run(main)
