@@ -61,6 +61,16 @@ def test_k1_unit_step_is_diff_instruct(weighting):
         jnp.linalg.norm(b))
 
 
+def _x64_draws(seed: int, n: int = 32):
+  """(z, eps, lam, Langevin key) in float64, t ~ U[0.05, 0.95]."""
+  kz, ke, kt, kl = jax.random.split(jax.random.PRNGKey(seed), 4)
+  z = jax.random.normal(kz, (n, 2), jnp.float64)
+  eps = jax.random.normal(ke, (n, 2), jnp.float64)
+  lam = SCHED(jax.random.uniform(kt, (n,), jnp.float64, 0.05,
+                                 0.95)).astype(jnp.float64)
+  return z, eps, lam, kl
+
+
 def test_the_analytic_teacher_replaces_the_network_in_both_steps():
   """emd.teacher='analytic': the E-step's d and the M-step read the data
   mixture's exact denoiser, so K=1 EMD is Diff-Instruct against the exact
@@ -70,12 +80,7 @@ def test_the_analytic_teacher_replaces_the_network_in_both_steps():
   mix = analytic.AnalyticMixture.of(toy2d.get_mixture('imbalanced8'))
   with jax.enable_x64(True):
     spec, (teacher_p, score_p, gen_p) = _three_nets(jnp.float64)
-    n = 32
-    kz, ke, kt, kl = jax.random.split(jax.random.PRNGKey(8), 4)
-    z = jax.random.normal(kz, (n, 2), jnp.float64)
-    eps = jax.random.normal(ke, (n, 2), jnp.float64)
-    lam = SCHED(jax.random.uniform(kt, (n,), jnp.float64, 0.05,
-                                   0.95)).astype(jnp.float64)
+    z, eps, lam, kl = _x64_draws(8)
     hp = dataclasses.replace(DI, teacher='analytic', mixture=mix)
     exact = lambda x_t, l: analytic.x_hat(mix, x_t, l)
     _, g_emd, _ = emd.generator_gradient(spec, hp, teacher_p, score_p, gen_p,
@@ -102,12 +107,7 @@ def test_the_quadrature_fake_score_replaces_the_score_net():
   from mmd_jax import quadrature
   with jax.enable_x64(True):
     spec, (teacher_p, score_p, gen_p) = _three_nets(jnp.float64)
-    n = 32
-    kz, ke, kt, kl = jax.random.split(jax.random.PRNGKey(9), 4)
-    z = jax.random.normal(kz, (n, 2), jnp.float64)
-    eps = jax.random.normal(ke, (n, 2), jnp.float64)
-    lam = SCHED(jax.random.uniform(kt, (n,), jnp.float64, 0.05,
-                                   0.95)).astype(jnp.float64)
+    z, eps, lam, kl = _x64_draws(9)
     hp = dataclasses.replace(DI, fake_score='quadrature')
     grid, logw = quadrature.z_grid(quadrature.TRAIN_GRID,
                                    quadrature.TRAIN_EXTENT)
