@@ -48,14 +48,21 @@ def imbalanced(c):
   with the mixture's exact teacher (emd.teacher=analytic), also with the
   exact fake score (emd.fake_score=quadrature). 3000 steps x 256 each,
   scored over 3 seeds of 16k samples (the rarest mode then holds ~90).
-  About 80 minutes on 2 cores; README's table adds --config.seed=1."""
+  About 1 hour on 2 fast cores (3h on slow ones); README's tables add
+  --config.seed=1, and a 3x budget run (its command is in README)."""
   c.data.toy_name = 'imbalanced8'
   c.stages = ('teacher', 'diff_instruct', 'emd', 'evaluate')
   di = _emd(1, 1.0, 0.0) + ',teacher=analytic'
   k16 = 'teacher=analytic'                               # shipped EMD
-  c.emd.sweep = (di, k16, 'langevin_steps=4,' + k16, 'gamma_z=0.05,' + k16,
-                 di + ',logsnr_generator=-2.0', k16 + ',logsnr_generator=-2.0',
-                 di + ',fake_score=quadrature', k16 + ',fake_score=quadrature')
+  c.emd.sweep = (
+      di, k16, 'langevin_steps=4,' + k16, 'langevin_steps=32,' + k16,   # K
+      'langevin_steps=1,' + k16,
+      'gamma_z=0.05,' + k16, 'gamma_eps=0.1,' + k16, 'gamma_eps=0.6,' + k16,
+      di + ',logsnr_generator=-2.0', k16 + ',logsnr_generator=-2.0',  # λ*
+      di + ',logsnr_generator=-6.0', k16 + ',logsnr_generator=-6.0',
+      di + ',score_updates=4', k16 + ',score_updates=4',      # fake score
+      'langevin_steps=32,' + k16 + ',score_updates=4',
+      di + ',fake_score=quadrature', k16 + ',fake_score=quadrature')
   c.distill.batch_size = 256
   c.eval.num_seeds = 3
   c.eval.num_samples = 16_000

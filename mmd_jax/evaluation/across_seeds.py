@@ -2,12 +2,15 @@
 (the same config, a different --config.seed) merged row by row.
 
   python -m mmd_jax.evaluation.across_seeds --workdirs=W0,W1 \
-      [--metrics=energy_distance,mode_ratio_min] [--output=F.json]
+      [--metrics=energy_distance,mode_ratio_min] [--output=F.json] [--curves]
 
 A row (model, sampler, steps) gets the mean over workdirs of its metrics,
 their sample standard deviation across workdirs (the training-seed spread,
 which a single report cannot show), and the mean of each report's own
 evaluation-seed std. Prints a markdown table; --output also writes JSON.
+--curves adds the quality during training (W/<stage>/quality.jsonl, written
+with eval.every_steps > 0), merged the same way per (stage, step); the
+final step is the report's row, so it is not repeated there.
 """
 from __future__ import annotations
 
@@ -40,9 +43,8 @@ def combine(reports: list[dict], metrics=None) -> list[dict]:
               'num_train_seeds': len(rows), 'metrics': {},
               'train_seed_std': {}, 'eval_seed_std': {}}
     for m in names:
-      v = np.array([r['metrics'][m] for r in rows if m in r['metrics']])
-      merged['metrics'][m] = float(v.mean())
-      merged['train_seed_std'][m] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+      merged['metrics'][m], merged['train_seed_std'][m] = _stats(
+          [r['metrics'][m] for r in rows if m in r['metrics']])
       ev = [r['metrics_std'][m] for r in rows if m in r.get('metrics_std', {})]
       if ev:
         merged['eval_seed_std'][m] = float(np.mean(ev))
@@ -71,8 +73,51 @@ def markdown(rows: list[dict], metrics) -> str:
   return '\n'.join(lines)
 
 
-def run(workdirs: list[str], metrics=DEFAULT_METRICS, output: str = '') -> str:
-  """The markdown table of `workdirs`' reports; also the JSON at `output`."""
+def _stats(values: list[float]) -> tuple[float, float]:
+  v = np.array(values)
+  return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def curves(workdirs: list[str], metrics=None) -> list[dict]:
+  """Per (stage, step), over the workdirs whose quality.jsonl has it: the
+  mean and training-seed std of each metric ('eval/' dropped)."""
+  groups: dict = {}
+  for w in workdirs:
+    for stage in sorted(fs.listdir(w)):
+      log = fs.path(w) / stage / 'quality.jsonl'
+      if not log.exists():
+        continue
+      for line in filter(None, log.read_text().splitlines()):
+        rec = json.loads(line)
+        groups.setdefault((stage, int(rec.pop('step'))), []).append(
+            {k.removeprefix('eval/'): v for k, v in rec.items()})
+  out = []
+  for (stage, step), recs in sorted(groups.items()):
+    row = {'stage': stage, 'step': step, 'num_train_seeds': len(recs),
+           'metrics': {}, 'train_seed_std': {}}
+    for m in recs[0]:
+      if metrics is None or m in metrics:
+        row['metrics'][m], row['train_seed_std'][m] = _stats(
+            [r[m] for r in recs if m in r])
+    out.append(row)
+  return out
+
+
+def curves_markdown(rows: list[dict], metrics) -> str:
+  head = ['stage', 'step', 'seeds'] + list(metrics)
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for r in rows:
+    cells = [r['stage'], str(r['step']), str(r['num_train_seeds'])]
+    cells += [f"{r['metrics'][m]:.4g} ± {r['train_seed_std'][m]:.2g}"
+              if m in r['metrics'] else '' for m in metrics]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def run(workdirs: list[str], metrics=DEFAULT_METRICS, output: str = '',
+        with_curves: bool = False) -> str:
+  """The markdown table of `workdirs`' reports (and, `with_curves`, of their
+  quality during training); also the JSON at `output`."""
   reports = []
   for w in workdirs:
     path = fs.path(w) / 'report.json'
@@ -81,17 +126,23 @@ def run(workdirs: list[str], metrics=DEFAULT_METRICS, output: str = '') -> str:
                        'first)')
     reports.append(json.loads(path.read_text()))
   rows = combine(reports, metrics)
+  merged = {'workdirs': list(workdirs), 'rows': rows}
+  text = markdown(rows, metrics)
+  if with_curves:
+    merged['curves'] = curves(workdirs, metrics)
+    text += '\n\nDuring training:\n\n' + curves_markdown(merged['curves'],
+                                                       metrics)
   if output:
-    fs.write_text(output, json.dumps({'workdirs': list(workdirs),
-                                      'rows': rows}, indent=2))
-  return markdown(rows, metrics)
+    fs.write_text(output, json.dumps(merged, indent=2))
+  return text
 
 
 def main(argv):
   del argv
   f = flags.FLAGS
   metrics = tuple(filter(None, f.metrics.split(','))) or DEFAULT_METRICS
-  print(run(list(filter(None, f.workdirs.split(','))), metrics, f.output))
+  print(run(list(filter(None, f.workdirs.split(','))), metrics, f.output,
+            f.curves))
 
 
 if __name__ == '__main__':
@@ -99,5 +150,7 @@ if __name__ == '__main__':
   flags.DEFINE_string('metrics', ','.join(DEFAULT_METRICS),
                       'Comma-separated metrics for the table.')
   flags.DEFINE_string('output', '', 'Also write the merged rows as JSON.')
+  flags.DEFINE_bool('curves', False, 'Also merge each stage\'s '
+                    'quality.jsonl (the metrics during training).')
   flags.mark_flags_as_required(['workdirs'])
   app.run(main)
