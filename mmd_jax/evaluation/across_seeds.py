@@ -56,17 +56,20 @@ def combine(reports: list[dict], metrics=None) -> list[dict]:
   return out
 
 
+def _cell(row: dict, metric: str) -> str:
+  """'mean ± train-seed std', or empty where the row lacks the metric."""
+  if metric not in row['metrics']:
+    return ''
+  return f"{row['metrics'][metric]:.4g} ± {row['train_seed_std'][metric]:.2g}"
+
+
 def markdown(rows: list[dict], metrics) -> str:
   """'mean ± train-seed std' per metric, then the seconds per step."""
   head = ['model', 'k', 'seeds'] + list(metrics) + ['s/step']
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for r in rows:
     cells = [r['model'], str(r['steps']), str(r['num_train_seeds'])]
-    for m in metrics:
-      if m in r['metrics']:
-        cells.append(f"{r['metrics'][m]:.4g} ± {r['train_seed_std'][m]:.2g}")
-      else:
-        cells.append('')
+    cells += [_cell(r, m) for m in metrics]
     s = r.get('train_seconds_per_step')
     cells.append('' if s is None else f'{s:.3g}')
     lines.append('| ' + ' | '.join(cells) + ' |')
@@ -108,8 +111,7 @@ def curves_markdown(rows: list[dict], metrics) -> str:
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for r in rows:
     cells = [r['stage'], str(r['step']), str(r['num_train_seeds'])]
-    cells += [f"{r['metrics'][m]:.4g} ± {r['train_seed_std'][m]:.2g}"
-              if m in r['metrics'] else '' for m in metrics]
+    cells += [_cell(r, m) for m in metrics]
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
