@@ -48,8 +48,9 @@ def imbalanced(c):
   with the mixture's exact teacher (emd.teacher=analytic), also with the
   exact fake score (emd.fake_score=quadrature). 3000 steps x 256 each,
   scored over 3 seeds of 16k samples (the rarest mode then holds ~90).
-  About 1 hour on 2 fast cores (3h on slow ones); README's tables add
-  --config.seed=1, and a 3x budget run (its command is in README)."""
+  About 1 hour per seed on 2 cores like those of README's second table
+  (about 3h on those of its first); README's tables add --config.seed=1,
+  and a 3x budget run (its command is in README)."""
   c.data.toy_name = 'imbalanced8'
   c.stages = ('teacher', 'diff_instruct', 'emd', 'evaluate')
   di = _emd(1, 1.0, 0.0) + ',teacher=analytic'
