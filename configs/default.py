@@ -249,7 +249,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1})
   # --mode=describe: also estimate the run on these accelerator targets,
-  # comma-separated (mmd_jax/targets.py: tpu_v5e_256, tpu_v5p_128, h100x8).
+  # comma-separated (mmd_jax/device/targets.py: tpu_v5e_256, tpu_v5p_128, h100x8).
   c.describe = ml_collections.ConfigDict({'target': ''})
   # Split every stage's global batch into this many micro-batches inside the
   # jitted step (lax.scan): the same update with 1/n of the activations.

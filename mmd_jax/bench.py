@@ -57,14 +57,14 @@ _MATMUL_DTYPE = flags.DEFINE_string(
 flags.mark_flags_as_required(['config', 'output'])
 
 # count_flops is public here too: tests and users reach it as bench.count_flops.
-from mmd_jax.timing import (  # noqa: E402,F401
+from mmd_jax.device.timing import (  # noqa: E402,F401
     count_flops, matmul_peak, median_seconds, memory_bytes, peak_dtype)
 
 
 def _selected(only):
   """The methods to bench, providers (those that need nothing) first."""
-  from mmd_jax import stages as registry
-  from mmd_jax.checks import ConfigError
+  from mmd_jax import plugins as registry
+  from mmd_jax.run.checks import ConfigError
   named = [n for n in only if n != 'sampling']
   unknown = sorted(set(named) - set(registry.names()))
   if unknown:
@@ -77,7 +77,7 @@ def _selected(only):
 
 def _placeholders(env, plan_cfg, method, cache: dict) -> dict:
   """Concrete stand-ins for what `method` needs, one set per provider."""
-  from mmd_jax import stages as registry
+  from mmd_jax import plugins as registry
   out = {}
   for a in method.needs:
     p = registry.provider_of(a)
@@ -90,7 +90,9 @@ def _placeholders(env, plan_cfg, method, cache: dict) -> dict:
 def bench_step(stage, batch, mesh, num_steps: int, warmup: int,
                guard_ab: bool = True) -> dict:
   import jax
-  from mmd_jax import collectives, guard, parallel, train
+  from mmd_jax.device import collectives, parallel
+  from mmd_jax.blocks import guard
+  from mmd_jax.loop import train
   key = jax.random.PRNGKey(0)
   abstract = jax.eval_shape(stage.init, key, batch, stage.frozen)
   shardings = parallel.state_sharding(mesh, abstract)
@@ -144,7 +146,8 @@ def _guard_ab(stage, shardings, mesh, batch, step_key, state, guarded,
   theirs), timed interleaved with `guarded`. Returns (the guarded step's
   times, {unguarded_step_time_s, unguarded_compile_s})."""
   import jax
-  from mmd_jax import guard, parallel
+  from mmd_jax.blocks import guard
+  from mmd_jax.device import parallel
   rep = parallel.replicated(mesh)
   t0 = time.perf_counter()
   with guard.disabled():
@@ -176,7 +179,7 @@ def _guard_ab(stage, shardings, mesh, batch, step_key, state, guarded,
 def synthetic_batch(ds, batch_size: int, mesh):
   import jax
   import numpy as np
-  from mmd_jax import parallel
+  from mmd_jax.device import parallel
   rng = np.random.default_rng(0)
   out = {'x': rng.standard_normal((batch_size,) + tuple(ds.example_shape),
                                   dtype=np.float32).clip(-1, 1)}
@@ -239,7 +242,8 @@ def run(config, num_steps: int = 20, warmup: int = 3, batch_size: int = 0,
         matmul_dtype: str = '') -> dict:
   import jax
   import jax.numpy as jnp
-  from mmd_jax import config_check, parallel, plan, runner
+  from mmd_jax.run import config_check, plan, runner
+  from mmd_jax.device import parallel
   from mmd_jax.data import data_shape
 
   config = config.copy_and_resolve_references()
@@ -372,7 +376,8 @@ def settings(config, backend: str, given=None) -> dict:
 def main(argv):
   del argv
   import jax  # after flag parsing
-  from mmd_jax import config_check, parallel
+  from mmd_jax.run import config_check
+  from mmd_jax.device import parallel
   from mmd_jax.data import DataError
   try:
     result = run(_CONFIG.value,
@@ -380,11 +385,11 @@ def main(argv):
   except (config_check.ConfigError, DataError, parallel.MeshError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  from mmd_jax.cli import write_json
+  from mmd_jax.run.cli import write_json
   write_json(_OUTPUT.value, result)
   print(format_table(result))
 
 
 if __name__ == '__main__':
-  from mmd_jax.cli import parse_flags
+  from mmd_jax.run.cli import parse_flags
   app.run(main, flags_parser=parse_flags)

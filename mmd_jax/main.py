@@ -42,7 +42,7 @@ class _QuietLibraries(logging.logging.Filter):
     orbax = '/orbax/' in record.pathname
     if orbax and record.levelno >= logging.logging.ERROR:
       text = str(record.msg) + str(record.exc_info and record.exc_info[1])
-      from mmd_jax.checkpoint import FULL_DISK_MARKERS
+      from mmd_jax.workdir.checkpoint import FULL_DISK_MARKERS
       return not any(m in text for m in FULL_DISK_MARKERS)
     return record.levelno >= logging.logging.WARNING or not any(
         f'/{lib}/' in record.pathname for lib in ('orbax', 'tensorflow')) and (
@@ -82,15 +82,17 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax  # after flag parsing, so --help is fast
   _init_distributed(jax)
-  from mmd_jax import (checkpoint, config_check, param_files, parallel,
-                       runner, train)
+  from mmd_jax.workdir import checkpoint, param_files
+  from mmd_jax.run import config_check, runner
+  from mmd_jax.device import parallel
+  from mmd_jax.loop import train
   from mmd_jax.data import DataError
   from mmd_jax.models import diffusers_unet
   logging.info('JAX %s: %d processes, %d devices (%s)', jax.__version__,
                jax.process_count(), jax.device_count(), jax.default_backend())
   try:
     if _MODE.value == 'describe':
-      from mmd_jax import describe
+      from mmd_jax.run import describe
       print(describe.format_summary(
           describe.describe(_CONFIG.value, _WORKDIR.value)))
     elif _MODE.value == 'eval':
@@ -116,5 +118,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  from mmd_jax.cli import parse_flags
+  from mmd_jax.run.cli import parse_flags
   app.run(main, flags_parser=parse_flags)

@@ -16,7 +16,7 @@ import sys
 
 from absl import app, flags
 
-from mmd_jax import fs
+from mmd_jax.workdir import fs
 
 
 def _define_flags():
@@ -51,7 +51,7 @@ def draw(stage_dir: str, steps=None, num_samples: int = 1000, seed: int = 0,
   import jax
   import numpy as np
 
-  from mmd_jax import runner
+  from mmd_jax.run import runner
   from mmd_jax.evaluation import evaluate
 
   env, _, step, state = runner.open_stage(stage_dir)
@@ -76,7 +76,7 @@ def draw(stage_dir: str, steps=None, num_samples: int = 1000, seed: int = 0,
 def main(argv):
   del argv
 
-  from mmd_jax import runner
+  from mmd_jax.run import runner
   from mmd_jax.data import DataError
   f = flags.FLAGS
   try:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmd_jax import analytic, diffusion
+from mmd_jax.numerics import analytic, diffusion
 from mmd_jax.data import toy2d
 
 
@@ -67,7 +67,7 @@ def test_estep_check_exact_target_and_a_long_chain_reach_each_other():
   sampler of pi_t, and methods/emd.py's chain run long with small steps
   (near the unadjusted chain's continuous limit). And the exact M-step
   gradient is zero at the generator's maximum-likelihood fit."""
-  from mmd_jax import estep_check
+  from mmd_jax.science import estep_check
   from mmd_jax.evaluation import toy_metrics
   from mmd_jax.methods import emd
   m = toy2d.get_mixture('imbalanced8')

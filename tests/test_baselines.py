@@ -8,8 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from mmd_jax import diffusion, optim
-from mmd_jax.denoiser import DenoiserSpec
+from mmd_jax.numerics import diffusion
+from mmd_jax.blocks import optim
+from mmd_jax.numerics.denoiser import DenoiserSpec
 from mmd_jax.methods import consistency as cd
 from mmd_jax.methods import progressive as pd
 from mmd_jax.models.mlp import ResMLP

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import tiny
-from mmd_jax import bench, loops
+from mmd_jax import bench
+from mmd_jax.device import loops
 
 
 def test_unrolled_flops_count_every_iteration():
@@ -29,7 +30,8 @@ def test_unrolled_flops_count_every_iteration():
 
 def test_emd_flops_grow_linearly_in_langevin_steps():
   """bench's FLOP count of the EMD step, whose Langevin chain is a scan."""
-  from mmd_jax import config_check, parallel, runner
+  from mmd_jax.run import config_check, runner
+  from mmd_jax.device import parallel
   from mmd_jax.data import data_shape
   flops = {}
   for k in (1, 2, 4):
@@ -94,7 +96,7 @@ def test_bench_writes_the_contract():
 
 def test_bench_refuses_unknown_step_function():
   from configs import toy2d
-  from mmd_jax import config_check
+  from mmd_jax.run import config_check
   with pytest.raises(config_check.ConfigError, match='--only'):
     bench.run(toy2d.get_config('tiny'), only=('nope',))
 

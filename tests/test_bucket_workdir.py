@@ -83,7 +83,10 @@ OVERRIDES = {'stages': ('teacher', 'evaluate'), 'log.tensorboard': False,
 
 def test_run_preempt_resume_eval_and_sample_in_a_bucket(
     bucket, tmp_path, monkeypatch):
-  from mmd_jax import fs, preemption, runner, sample, train
+  from mmd_jax.workdir import fs
+  from mmd_jax.loop import preemption, train
+  from mmd_jax.run import runner
+  from mmd_jax import sample
   run = f'{bucket}/run'
   cfg = tiny.config('toy2d', 'tiny', OVERRIDES)
 
@@ -139,7 +142,7 @@ def test_run_preempt_resume_eval_and_sample_in_a_bucket(
 
 
 def test_a_live_lock_in_a_bucket_refuses_a_second_run(bucket):
-  from mmd_jax import fs, workdir_lock
+  from mmd_jax.workdir import fs, workdir_lock
   run = f'{bucket}/locked'
   with workdir_lock.WorkdirLock(run):
     assert fs.exists(f'{run}/run.lock')

@@ -79,7 +79,7 @@ def test_ddpm_teacher_read_at_its_own_log_snr_is_the_network():
   """At the log-SNR of step n the denoiser feeds the network step n: its
   eps output is diffusers' output at that timestep, and x follows from
   z = sqrt(abar) x + sqrt(1 - abar) eps."""
-  from mmd_jax import diffusers_import
+  from mmd_jax.models import diffusers_import
   d = os.path.join(FIXTURES, 'ddpm_blocks')
   module, param, conditional, sched = diffusers_import.network(
       d, 'auto', 'auto', 0.5)
@@ -162,7 +162,7 @@ def test_a_diffusers_teacher_is_imported_distilled_and_sampled(tmp_path):
 
 def test_a_diffusers_teacher_that_does_not_fit_the_data_is_refused(tmp_path):
   import tiny
-  from mmd_jax.checks import ConfigError
+  from mmd_jax.run.checks import ConfigError
   d = os.path.join(FIXTURES, 'resnet_scale_shift_classes')   # 3 channels
   with pytest.raises(ConfigError, match='config.teacher.checkpoint: the '
                      'model takes'):
@@ -179,7 +179,7 @@ def test_schedule_and_prediction_come_from_the_scheduler_config(tmp_path):
   """Read beside the model or in a pipeline's ../scheduler/; the oldest
   configs name the step count 'timesteps'; an EDM scheduler makes the
   teacher an EDM denoiser with its own sigma_data and noise input."""
-  from mmd_jax import diffusers_import as di
+  from mmd_jax.models import diffusers_import as di
   from mmd_jax.models import imported
   pipe = tmp_path / 'pipe'
   unet = _copy(pipe, 'ddpm_blocks')
@@ -210,7 +210,7 @@ def test_schedule_and_prediction_come_from_the_scheduler_config(tmp_path):
   json.dump({'_class_name': 'KarrasEDMScheduler', 'precondition_type':
              'mystery', 'sigma_max': 80.0},
             open(pipe / 'scheduler' / 'scheduler_config.json', 'w'))
-  from mmd_jax.checks import ConfigError
+  from mmd_jax.run.checks import ConfigError
   from mmd_jax.data import DataShape
   with pytest.raises(ConfigError, match="precondition_type 'mystery'"):
     di.check(str(unet), 'auto', 'auto', DataShape('d', 'digits', (8, 8, 1),
@@ -223,10 +223,10 @@ def test_guidance_is_refused_for_a_teacher_without_a_null_label():
   out of range), and a 'timestep' class embedding never trained one."""
   import types
   import jax.numpy as jnp
-  from mmd_jax import denoiser
-  from mmd_jax import diffusers_import as di
-  from mmd_jax.checks import ConfigError
-  from mmd_jax.stages import base
+  from mmd_jax.numerics import denoiser
+  from mmd_jax.models import diffusers_import as di
+  from mmd_jax.run.checks import ConfigError
+  from mmd_jax.plugins import base
   import tiny
   cls = os.path.join(FIXTURES, 'resnet_scale_shift_classes')  # 10 embeds
   assert not di.has_null_label(cls, 10)
@@ -254,7 +254,7 @@ def test_guidance_is_refused_for_a_teacher_without_a_null_label():
 def test_a_run_refuses_eval_guidance_without_a_null_label_before_training(
     tmp_path):
   import tiny
-  from mmd_jax.checks import ConfigError
+  from mmd_jax.run.checks import ConfigError
   unet = os.path.join(os.path.dirname(FIXTURES), '..', '..', 'tools',
                       'diffusers_digits_teacher', 'unet')  # 10 classes
   with pytest.raises(ConfigError, match='config.eval.guidance: this teacher '

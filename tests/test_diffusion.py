@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmd_jax import diffusion
+from mmd_jax.numerics import diffusion
 
 
 def _joint_conditional(x, z_t, a_s, s_s, a_t, s_t):

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmd_jax import diffusion
+from mmd_jax.numerics import diffusion
 from mmd_jax.methods import emd
 
 SCHED = diffusion.Schedule('cosine')
@@ -75,7 +75,7 @@ def test_the_analytic_teacher_replaces_the_network_in_both_steps():
   """emd.teacher='analytic': the E-step's d and the M-step read the data
   mixture's exact denoiser, so K=1 EMD is Diff-Instruct against the exact
   teacher, and neither depends on the teacher network's parameters."""
-  from mmd_jax import analytic
+  from mmd_jax.numerics import analytic
   from mmd_jax.data import toy2d
   mix = analytic.AnalyticMixture.of(toy2d.get_mixture('imbalanced8'))
   with jax.enable_x64(True):
@@ -104,7 +104,7 @@ def test_the_quadrature_fake_score_replaces_the_score_net():
   """emd.fake_score='quadrature': d reads the generator's exact diffused
   denoiser (quadrature.py) instead of the score net, so K=1 EMD is
   Diff-Instruct with that fake score and the score net is not read."""
-  from mmd_jax import quadrature
+  from mmd_jax.numerics import quadrature
   with jax.enable_x64(True):
     spec, (teacher_p, score_p, gen_p) = _three_nets(jnp.float64)
     z, eps, lam, kl = _x64_draws(9)
@@ -263,7 +263,7 @@ def test_score_updates_follow_the_global_schedule():
   generator's, read at the global step (its own count would run the
   schedule score_updates times faster and stop it halfway)."""
   import optax
-  from mmd_jax import optim
+  from mmd_jax.blocks import optim
   spec, (teacher_p, _, _) = _three_nets(jnp.float32)
   peak, warmup, total = 1e-3, 2, 8
   tx, sched = optim.global_step_adam(peak, warmup, total, 1.0, 0.0, 0.99, 1e-8)

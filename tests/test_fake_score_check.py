@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from mmd_jax import diffusion, fake_score_check, quadrature
+from mmd_jax.numerics import diffusion, quadrature
+from mmd_jax.science import fake_score_check
 
 
 @pytest.mark.parametrize('lam', [-2.0, 0.0, 2.0])

@@ -57,7 +57,7 @@ def test_feature_stats_match_numpy_and_mask_padding():
 _DEVICES_SCRIPT = r'''
 import jax, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
-from mmd_jax import parallel
+from mmd_jax.device import parallel
 from mmd_jax.evaluation import fid
 assert jax.device_count() == 8
 rng = np.random.default_rng(1)

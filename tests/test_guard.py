@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmd_jax import guard
+from mmd_jax.blocks import guard
 
 
 @flax.struct.dataclass
@@ -63,7 +63,7 @@ def test_diverging_run_stops_with_one_line_and_saves_only_finite(repo_root,
   assert line.startswith('error: teacher: 5 non-finite steps in a row'), line
   assert 'last good checkpoint: step' in line
   # Every checkpoint written holds finite parameters.
-  from mmd_jax import runner
+  from mmd_jax.run import runner
   _, _, _, state = runner.open_stage(str(w / 'teacher'))
   assert all(np.all(np.isfinite(np.asarray(x)))
              for x in jax.tree.leaves(state.params))

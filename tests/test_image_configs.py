@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmd_jax import config_check
+from mmd_jax.run import config_check
 from mmd_jax.models import build_model
 
 CONFIGS = ('cifar10', 'imagenet64', 'imagenet128')
@@ -85,7 +85,7 @@ def test_smoke_runs_the_stages_under_mock_data(name, tmp_path,
   and a random Inception standing in for the real one (its FIDs mean
   nothing, but every code path runs)."""
   import tensorflow_datasets as tfds
-  from mmd_jax import runner
+  from mmd_jax.run import runner
   w = tmp_path / 'w'
   c = _get(name, 'smoke')
   assert c.stages == ('teacher', 'mm_alternating', 'mm_parameter', 'emd',

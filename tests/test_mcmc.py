@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmd_jax import mcmc
+from mmd_jax.numerics import mcmc
 
 MODEL = mcmc.GaussianChain(scales=(1.0, 0.5), obs_scale=0.7, x=1.3)
 
@@ -88,7 +88,7 @@ def test_ess_of_an_ar1_process(rho):
 def test_dncp_benchmark_shows_the_crossover():
   """The benchmark's own measurement, small: non-centred wins at
   s_z/s_x = 0.01, centred at 100 (docs/ALGORITHMS.md §5)."""
-  from mmd_jax import dncp
+  from mmd_jax.science import dncp
   small = {c: dncp.measure(2, 0.01, c, num_chains=16, num_samples=100)
            for c in (True, False)}
   large = {c: dncp.measure(2, 100.0, c, num_chains=16, num_samples=100)

@@ -9,7 +9,9 @@ import sys
 _SCRIPT = r'''
 import jax, jax.numpy as jnp, numpy as np
 from configs import toy2d
-from mmd_jax import collectives, config_check, parallel, runner, train
+from mmd_jax.device import collectives, parallel
+from mmd_jax.run import config_check, runner
+from mmd_jax.loop import train
 from mmd_jax.data import load_dataset
 assert jax.device_count() == 8
 

@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 
 import tiny
-from mmd_jax import guard, parallel, plan, runner, train
-from mmd_jax import stages as registry
+from mmd_jax.blocks import guard
+from mmd_jax.device import parallel
+from mmd_jax.run import plan, runner
+from mmd_jax.loop import train
+from mmd_jax import plugins as registry
 from mmd_jax.data import data_shape, load_dataset
 from mmd_jax.evaluation import evaluate
-from mmd_jax.stages import base
+from mmd_jax.plugins import base
 
 # toy2d:tiny, with a small VAE and few IWAE samples for the VAE's row.
 OVERRIDES = {'vae.hidden': 16, 'vae.batch_size': 64, 'vae.iwae_samples': 10,

@@ -2,10 +2,10 @@
 import jax
 import numpy as np
 
-from mmd_jax import diffusion
+from mmd_jax.numerics import diffusion
 from mmd_jax.data import toy2d
 from mmd_jax.data.batches import BatchStream
-from mmd_jax.denoiser import DenoiserSpec
+from mmd_jax.numerics.denoiser import DenoiserSpec
 from mmd_jax.evaluation import toy_metrics
 from mmd_jax.methods import moment_matching as mm
 from mmd_jax.methods import teacher

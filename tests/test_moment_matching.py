@@ -6,8 +6,9 @@ import numpy as np
 import optax
 import pytest
 
-from mmd_jax import diffusion, microbatch
-from mmd_jax.denoiser import DenoiserSpec
+from mmd_jax.numerics import diffusion
+from mmd_jax.blocks import microbatch
+from mmd_jax.numerics.denoiser import DenoiserSpec
 from mmd_jax.methods import moment_matching as mm
 from mmd_jax.models.mlp import ResMLP
 

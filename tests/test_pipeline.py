@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 import tiny
-from mmd_jax import config_check, describe, param_files, runner, sample
-from mmd_jax import teacher_io
-from mmd_jax.checks import ConfigError
+from mmd_jax.run import config_check, describe, runner
+from mmd_jax.workdir import param_files
+from mmd_jax import sample
+from mmd_jax.workdir import teacher_io
+from mmd_jax.run.checks import ConfigError
 from mmd_jax.data import DataError
 
 
@@ -268,7 +270,7 @@ def test_emd_stages_end_to_end(tmp_path):
   np.testing.assert_array_equal(a, b)
   with pytest.raises(sample.SampleError, match='--steps must be 1'):
     sample.draw(member, 4, 40)
-  from mmd_jax import fake_score_check
+  from mmd_jax.science import fake_score_check
   rows = fake_score_check.check(member, [0.0], points=20, grid=40)
   assert len(rows) == 6 and all(np.isfinite(r['error']) for r in rows)
   with pytest.raises(SystemExit, match='not a one-step generator'):
@@ -331,7 +333,7 @@ def test_describe_reports_params_flops_and_memory(tmp_path):
   import jax
   import jax.numpy as jnp
   from mmd_jax.data import data_shape
-  from mmd_jax.denoiser import spec_from_config
+  from mmd_jax.numerics.denoiser import spec_from_config
   spec = spec_from_config(c, data_shape(c.data))
   n = sum(x.size for x in jax.tree.leaves(
       spec.init_params(jax.random.PRNGKey(0), jnp.zeros((1, 2)))))

@@ -3,9 +3,9 @@ the leaderboard table."""
 import numpy as np
 import pytest
 
-from mmd_jax import costs
+from mmd_jax.run import costs
 from mmd_jax.evaluation import evaluate, report
-from mmd_jax.stages.base import Job
+from mmd_jax.plugins.base import Job
 
 
 def test_mean_and_std_over_seeds():

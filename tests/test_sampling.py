@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmd_jax import diffusion, sampling
+from mmd_jax.numerics import diffusion, sampling
 
 MEAN = np.array([1.0, -0.5], np.float32)
 COV = np.array([[0.5, 0.3], [0.3, 0.4]], np.float32)

@@ -8,8 +8,8 @@ import re
 import jax
 import numpy as np
 
-from mmd_jax import runner
-from mmd_jax import stages as registry
+from mmd_jax.run import runner
+from mmd_jax import plugins as registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG = os.path.join(ROOT, 'mmd_jax')
@@ -83,10 +83,10 @@ def _cycle(graph):
 
 def test_the_package_has_no_import_cycle():
   graph = _graph()
-  assert len(graph) > 40 and 'mmd_jax.runner' in graph['mmd_jax.describe']
+  assert len(graph) > 40 and 'mmd_jax.run.runner' in graph['mmd_jax.run.describe']
   assert _cycle(graph) is None, ' -> '.join(_cycle(graph))
   # The check finds a cycle when there is one.
-  graph['mmd_jax.checks'] = graph['mmd_jax.checks'] | {'mmd_jax.runner'}
+  graph['mmd_jax.run.checks'] = graph['mmd_jax.run.checks'] | {'mmd_jax.run.runner'}
   assert _cycle(graph) is not None
 
 
@@ -94,9 +94,9 @@ def test_runner_evaluation_and_command_lines_name_no_method():
   names = [n for n in registry.names() if n != 'teacher']
   assert {'mm_alternating', 'mm_parameter', 'diff_instruct', 'emd',
           'vae'} <= set(names)
-  for rel in ('runner.py', 'plan.py', 'stage_meta.py', 'config_check.py',
-              'evaluation/evaluate.py', 'sample.py', 'bench.py',
-              'describe.py'):
+  for rel in ('run/runner.py', 'run/plan.py', 'workdir/stage_meta.py',
+              'run/config_check.py', 'evaluation/evaluate.py', 'sample.py',
+              'bench.py', 'run/describe.py'):
     src = open(os.path.join(PKG, rel)).read()
     for n in names:
       assert not re.search(rf'\b{n}\b', src), f'{rel} names {n!r}'
@@ -110,9 +110,9 @@ def test_evaluation_imports_neither_the_loop_nor_a_method():
   graph = _graph()
   for m, deps in graph.items():
     if m.startswith('mmd_jax.evaluation'):
-      bad = {d for d in deps if d in ('mmd_jax.train', 'mmd_jax.runner',
-                                      'mmd_jax.plan')
-             or d.startswith(('mmd_jax.stages', 'mmd_jax.methods'))}
+      bad = {d for d in deps if d in ('mmd_jax.loop.train', 'mmd_jax.run.runner',
+                                      'mmd_jax.run.plan')
+             or d.startswith(('mmd_jax.plugins', 'mmd_jax.methods'))}
       assert not bad, f'{m} imports {bad}'
 
 

@@ -2,7 +2,7 @@
 against hand-computed values."""
 import pytest
 
-from mmd_jax import collectives, targets
+from mmd_jax.device import collectives, targets
 
 HLO = '''HloModule m
 

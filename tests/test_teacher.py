@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import toy2d
-from mmd_jax import config_check, parallel, runner, train
+from mmd_jax.run import config_check, runner
+from mmd_jax.device import parallel
+from mmd_jax.loop import train
 from mmd_jax.data import load_dataset
 from mmd_jax.methods import teacher
 

@@ -185,7 +185,7 @@ def test_latent_pipeline_end_to_end(tmp_path):
   run then diffuses in that VAE's space by naming it."""
   import tiny
   from mmd_jax import sample
-  from mmd_jax.checks import ConfigError
+  from mmd_jax.run.checks import ConfigError
   w = str(tmp_path / 'w')
   tiny.run('digits_latent', 'tiny', w)
   meta = json.load(open(os.path.join(w, 'teacher', 'stage.json')))
@@ -231,7 +231,7 @@ def test_latent_pipeline_end_to_end(tmp_path):
 ])
 def test_vae_config_errors_name_the_key(key, value, needle):
   from configs import digits_latent
-  from mmd_jax import config_check
+  from mmd_jax.run import config_check
   c = digits_latent.get_config()
   section, name = key.split('.')
   with c.unlocked():

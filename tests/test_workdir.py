@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from mmd_jax import workdir_lock
-from mmd_jax.stage_meta import WorkdirError
+from mmd_jax.workdir import workdir_lock
+from mmd_jax.workdir.stage_meta import WorkdirError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,7 +12,7 @@ def config(name: str, arg: str | None = None, overrides: dict | None = None):
 
 def run(name: str, arg: str | None, workdir, overrides: dict | None = None):
   """Trains and evaluates in this process; returns the config."""
-  from mmd_jax import runner
+  from mmd_jax.run import runner
   c = config(name, arg, overrides)
   runner.run(c, str(workdir))
   return c

@@ -5,7 +5,7 @@ import io
 
 import numpy as np
 
-from mmd_jax import fs
+from mmd_jax.workdir import fs
 
 
 class DataError(ValueError):

@@ -18,7 +18,7 @@ import json
 import numpy as np
 from absl import app, flags
 
-from mmd_jax import fs
+from mmd_jax.workdir import fs
 
 DEFAULT_METRICS = ('energy_distance', 'mode_ratio_min', 'mode_weight_error',
                    'mode_coverage')

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from mmd_jax import fs
+from mmd_jax.workdir import fs
 
 
 def read_torch_state_dict(path: str) -> dict:

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from mmd_jax import fs
+from mmd_jax.workdir import fs
 
 FEATURE_DIM = 64
 

@@ -13,10 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mmd_jax import fs
+from mmd_jax.workdir import fs
 from mmd_jax.evaluation import fid, plots, precision_recall, report, toy_metrics
 from mmd_jax.evaluation.digits_classifier import DigitsClassifier
-from mmd_jax.timing import fmt_duration
+from mmd_jax.device.timing import fmt_duration
 
 
 @functools.lru_cache(maxsize=64)
@@ -120,7 +120,7 @@ class Scorer:
       self._init_inception(workdir, dataset)
 
   def _make_inception(self):
-    from mmd_jax import parallel
+    from mmd_jax.device import parallel
     from mmd_jax.evaluation import inception_metrics as im
     cfg = self.config.eval
     self.inception = im.InceptionMetrics(

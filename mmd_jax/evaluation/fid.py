@@ -8,7 +8,7 @@ import numpy as np
 import scipy.linalg
 import scipy.special
 
-from mmd_jax import fs
+from mmd_jax.workdir import fs
 
 
 def feature_stats(features) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmd_jax import fs
+from mmd_jax.workdir import fs
 
 BN_EPS = 1e-3
 

@@ -13,8 +13,8 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from mmd_jax import fs
-from mmd_jax import parallel
+from mmd_jax.workdir import fs
+from mmd_jax.device import parallel
 from mmd_jax.evaluation import fid, inception, precision_recall
 
 

@@ -8,7 +8,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mmd_jax import fs  # noqa: E402
+from mmd_jax.workdir import fs  # noqa: E402
 
 
 def image_grid(images, ncol: int = 10) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 
-from mmd_jax import fs
+from mmd_jax.workdir import fs
 
 PRIMARY_METRIC = {'points': 'energy_distance', 'digits': 'fd', 'images': 'fid'}
 

@@ -17,7 +17,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from mmd_jax import fs
+from mmd_jax.workdir import fs
 
 
 def score(config, workdir: str, samples, labels=None) -> dict:

@@ -18,9 +18,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mmd_jax import diffusion, guard, optim
-from mmd_jax.denoiser import DenoiserSpec
-from mmd_jax.microbatch import ALL, Rows, accumulate
+from mmd_jax.numerics import diffusion
+from mmd_jax.blocks import guard, optim
+from mmd_jax.numerics.denoiser import DenoiserSpec
+from mmd_jax.blocks.microbatch import ALL, Rows, accumulate
 
 sg = jax.lax.stop_gradient
 

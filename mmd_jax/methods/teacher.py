@@ -14,10 +14,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mmd_jax import diffusion, guard
-from mmd_jax.denoiser import DenoiserSpec
-from mmd_jax.microbatch import ALL, Rows, accumulate
-from mmd_jax.optim import make_optimizer  # noqa: F401 (public here too)
+from mmd_jax.numerics import diffusion
+from mmd_jax.blocks import guard
+from mmd_jax.numerics.denoiser import DenoiserSpec
+from mmd_jax.blocks.microbatch import ALL, Rows, accumulate
+from mmd_jax.blocks.optim import make_optimizer  # noqa: F401 (public here too)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mmd_jax import guard
-from mmd_jax.microbatch import ALL, Rows, accumulate
+from mmd_jax.blocks import guard
+from mmd_jax.blocks.microbatch import ALL, Rows, accumulate
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmd_jax import fs
+from mmd_jax.workdir import fs
 from mmd_jax.models.layers import GroupNorm
 
 WEIGHTS_FILE = 'diffusion_pytorch_model.safetensors'
@@ -456,7 +456,7 @@ def convert(state: dict) -> dict:
 
 
 def _check(params, abstract, where: str):
-  from mmd_jax import param_files
+  from mmd_jax.workdir import param_files
   have = param_files.flatten(params)
   want = param_files.flatten(abstract)
   for k in sorted(set(have) | set(want)):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmd_jax import diffusion
+from mmd_jax.numerics import diffusion
 
 
 class DDPMDenoiser(nn.Module):

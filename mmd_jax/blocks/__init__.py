@@ -1,0 +1,1 @@
+"""Step building blocks: optimisers, the non-finite guard, micro-batching."""

@@ -1,0 +1,1 @@
+"""Devices and XLA: meshes and shardings, loops, timing, collectives, accelerator targets, layer profiles."""

@@ -1,0 +1,183 @@
+"""Teachers in diffusers' format: a `UNet2DModel` directory (config.json +
+diffusion_pytorch_model.safetensors), read as an mmd_jax denoiser.
+
+How the network was trained decides how it is read (docs/ALGORITHMS.md §8):
+- `ddpm`: diffusers' DDPMScheduler, a discrete schedule of betas whose
+  network takes the step index and predicts eps (or v, or x). The betas and
+  the prediction come from a `scheduler_config.json` beside the model (or
+  in `../scheduler/`, a pipeline's layout), else diffusers' defaults
+  (linear 1e-4 to 0.02 over 1000 steps, eps).
+- `edm`: Karras et al.'s preconditioning around the UNet (a
+  KarrasEDMScheduler's or EDMEulerScheduler's model), with the scheduler's
+  sigma_data (else `teacher.sigma_data`) and its noise input, EDM's
+  `ln(sigma) / 4` (precondition_type 'edm') or the consistency-models
+  code's `250 ln(sigma)` ('cm_edm'); x-prediction; the run samples on
+  config.diffusion's schedule (set it to edm).
+`teacher.noise_schedule` (auto | ddpm | edm) and `teacher.prediction_type`
+(auto | epsilon | v_prediction | sample) override what the files say.
+
+An import copies config.json and the resolved settings (import.json) into
+W/teacher/diffusers/, so the workdir reads its teacher without the source.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from mmd_jax.numerics import diffusion
+from mmd_jax.workdir import fs
+from mmd_jax.run.checks import ConfigError
+from mmd_jax.models import diffusers_unet as du
+from mmd_jax.models import imported
+
+SCHEDULES = ('auto', 'ddpm', 'edm')
+PREDICTIONS = {'epsilon': 'eps', 'v_prediction': 'v', 'sample': 'x'}
+EDM_NOISE_SCALES = {'edm': 0.25, 'cm_edm': 250.0}
+COPY_DIR = 'diffusers'   # under the teacher's stage directory
+
+
+def is_diffusers_dir(path: str) -> bool:
+  """A directory holding a diffusers model, not an mmd_jax stage."""
+  cfg = os.path.join(path, 'config.json')
+  if not fs.isdir(path) or fs.exists(
+      os.path.join(path, 'stage.json')) or not fs.isfile(cfg):
+    return False
+  try:
+    d = json.loads(fs.read_text(cfg))
+  except (OSError, ValueError):
+    return False
+  return isinstance(d, dict) and ('_class_name' in d or
+                                  'down_block_types' in d)
+
+
+def _scheduler_config(model_dir: str) -> dict:
+  for p in (os.path.join(model_dir, 'scheduler_config.json'),
+            os.path.join(os.path.dirname(fs.absolute(model_dir)),
+                         'scheduler', 'scheduler_config.json')):
+    if fs.isfile(p):
+      return json.loads(fs.read_text(p))
+  return {}
+
+
+def settings(model_dir: str, noise_schedule: str = 'auto',
+             prediction_type: str = 'auto') -> dict:
+  """How to read the network: {'schedule': 'ddpm'|'edm', betas...,
+  'prediction_type'}; import.json's when the directory is an import copy."""
+  saved = os.path.join(model_dir, 'import.json')
+  if fs.isfile(saved):
+    return json.loads(fs.read_text(saved))
+  sched = _scheduler_config(model_dir)
+  kind = noise_schedule
+  if kind == 'auto':
+    edm = 'sigma_max' in sched or 'EDM' in sched.get('_class_name', '')
+    kind = 'edm' if edm else 'ddpm'
+  pred = prediction_type if prediction_type != 'auto' else sched.get(
+      'prediction_type', 'sample' if kind == 'edm' else 'epsilon')
+  out = {'schedule': kind, 'prediction_type': pred}
+  if kind == 'ddpm':
+    out.update(beta_schedule=sched.get('beta_schedule', 'linear'),
+               beta_start=float(sched.get('beta_start', 1e-4)),
+               beta_end=float(sched.get('beta_end', 0.02)),
+               # 'timesteps' in the oldest (GaussianDDPMScheduler) configs.
+               num_train_timesteps=int(sched.get(
+                   'num_train_timesteps', sched.get('timesteps', 1000))))
+  else:
+    # KarrasEDMScheduler calls the raw network's output 'edm' or 'sample'.
+    out['prediction_type'] = 'sample' if pred == 'edm' else pred
+    out.update(precondition_type=sched.get('precondition_type', 'edm'),
+               sigma_data=sched.get('sigma_data'))
+  return out
+
+
+def check(model_dir: str, noise_schedule: str, prediction_type: str, data):
+  """One-line ConfigErrors, before anything is built: the model must be
+  one the port builds, and fit the run's data."""
+  def fail(msg):
+    raise ConfigError(f'config.teacher.checkpoint: {msg}')
+  try:
+    c = du.read_config(model_dir)
+  except du.DiffusersImportError as e:
+    fail(str(e))
+  if not fs.isfile(os.path.join(model_dir, du.WEIGHTS_FILE)):
+    fail(f'{model_dir} has no {du.WEIGHTS_FILE} (the safetensors weights)')
+  s = settings(model_dir, noise_schedule, prediction_type)
+  if s['prediction_type'] not in PREDICTIONS:
+    fail(f"prediction_type {s['prediction_type']!r} is not one of "
+         f'{tuple(PREDICTIONS)}')
+  if s['schedule'] == 'edm':
+    if s['prediction_type'] != 'sample':
+      fail(f"an EDM model's output is read through EDM's preconditioning; "
+           f"prediction_type {s['prediction_type']!r} is not supported")
+    if s['precondition_type'] not in EDM_NOISE_SCALES:
+      fail(f"precondition_type {s['precondition_type']!r} is not one of "
+           f'{tuple(EDM_NOISE_SCALES)}')
+  if s['schedule'] == 'ddpm' and s['beta_schedule'] not in \
+      diffusion.DDPM_BETA_SCHEDULES:
+    fail(f"beta_schedule {s['beta_schedule']!r} is not one of "
+         f'{diffusion.DDPM_BETA_SCHEDULES}')
+  shape = tuple(data.example_shape)
+  if len(shape) != 3:
+    fail(f'a UNet2DModel takes images; this run has examples of shape '
+         f'{shape}')
+  size = c.sample_size
+  size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+  if c.in_channels != shape[2] or c.out_channels != shape[2] or (
+      c.sample_size is not None and size != shape[:2]):
+    fail(f'the model takes {size} x {c.in_channels} samples '
+         f'(out_channels {c.out_channels}); this run has {data.name} with '
+         f'examples of shape {shape}')
+  if c.num_class_embeds is not None and c.num_class_embeds < \
+      data.num_classes:
+    fail(f'the model embeds {c.num_class_embeds} classes; {data.name} has '
+         f'{data.num_classes}')
+  if (c.num_class_embeds is not None or c.class_embed_type) and \
+      not data.num_classes:
+    fail(f'the model is class-conditional; {data.name} has no labels')
+
+
+def network(model_dir: str, noise_schedule: str, prediction_type: str,
+            sigma_data: float):
+  """(Flax denoiser module, parameterization, conditional, schedule or
+  None) of the model directory."""
+  c = du.read_config(model_dir)
+  unet = du.UNet2D(c)
+  s = settings(model_dir, noise_schedule, prediction_type)
+  conditional = c.num_class_embeds is not None or bool(c.class_embed_type)
+  if s['schedule'] == 'edm':
+    edm = imported.EDMDenoiser(
+        unet, s.get('sigma_data') or sigma_data,
+        EDM_NOISE_SCALES[s.get('precondition_type', 'edm')], conditional)
+    return edm, 'x', conditional, None
+  sched = diffusion.Schedule(
+      'ddpm', beta_schedule=s['beta_schedule'], beta_start=s['beta_start'],
+      beta_end=s['beta_end'], num_timesteps=s['num_train_timesteps'])
+  return (imported.DDPMDenoiser(unet, sched, conditional),
+          PREDICTIONS[s['prediction_type']], conditional, sched)
+
+
+def has_null_label(model_dir: str, num_classes: int) -> bool:
+  """Whether the model embeds a label past the data's classes. Label
+  index `num_classes` is our unconditional input; a diffusers model
+  trained without label dropout has no such row (and a 'timestep' class
+  embedding none that was trained)."""
+  c = du.read_config(model_dir)
+  return c.num_class_embeds is not None and c.num_class_embeds > num_classes
+
+
+def load_params(model_dir: str):
+  """The weights as the denoiser module's params ({'params': {'net':
+  ...}})."""
+  _, params = du.from_pretrained(model_dir)
+  return {'params': {'net': params['params']}}
+
+
+def keep_copy(model_dir: str, stage_dir: str, noise_schedule: str,
+              prediction_type: str):
+  """config.json and the resolved settings, beside the imported weights."""
+  d = os.path.join(stage_dir, COPY_DIR)
+  fs.makedirs(d)
+  fs.write_text(os.path.join(d, 'config.json'),
+                fs.read_text(os.path.join(model_dir, 'config.json')))
+  fs.write_text(os.path.join(d, 'import.json'), json.dumps(dict(
+      settings(model_dir, noise_schedule, prediction_type),
+      imported_from=fs.absolute(model_dir)), indent=2))

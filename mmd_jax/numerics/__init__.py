@@ -1,0 +1,1 @@
+"""Numerics: diffusion schedules, samplers, MCMC, the denoiser spec, data spaces, exact toy teachers."""

@@ -1,0 +1,229 @@
+"""The method interface: everything the runner, evaluation, `sample`,
+`bench` and `describe` know about a training method.
+
+A method (the teacher, a distillation algorithm, the VAE) is a `Method`
+subclass registered in `mmd_jax.plugins`. It turns its own config sections
+into `Job`s, one per trained directory; builds the loop's `Stage` parts
+for a job from its pure step module; says how a trained job draws samples;
+and publishes what later jobs need (artifacts, by name):
+
+  'teacher_params'         the teacher's sampling parameters
+  'teacher_second_moment'  n -> Adam's bias-corrected v-hat of the teacher
+                           (estimated from n fresh gradients when the
+                           teacher has no Adam state), computed on first use
+  'space'                  the data space the diffusion models live in (a
+                           VAE's latents); absent: the data themselves
+
+A method reads only `cfg`: a view of its own sections plus the run-level
+keys (`RUN_KEYS`). Everything about the data and the network comes in the
+`Context`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+RUN_KEYS = ('seed', 'mesh', 'checkpoint', 'log', 'grad_accum_steps',
+            'max_nonfinite_steps', 'matmul_precision')
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """One trained (or imported) directory of a method.
+
+  `setting` and `meta` go into stage.json; resuming, skipping and
+  evaluating refuse a directory whose recorded `setting` (or `meta` value)
+  differs from the job's.
+  """
+  method: str                  # the registry name (a config.stages entry)
+  name: str                    # its directory under the workdir
+  model: str                   # report rows' `model`
+  steps: Optional[int]         # a student's k; None for a many-step model
+  num_steps: int               # training steps
+  batch_size: int
+  batch_key: str               # the config key that sets batch_size
+  data_salt: int = 0           # offsets the data order's seed
+  micro_batches: int = 1       # gradient accumulation inside the step
+  setting: Optional[dict] = None
+  meta: dict = dataclasses.field(default_factory=dict)
+  report_setting: Optional[dict] = None   # the report row's `setting`
+  # Imported rather than trained: a file (materialised as the job's
+  # directory) or a stage directory elsewhere (`stage_dir`, read only).
+  source: str = ''
+  source_key: str = ''         # the config key that names `source`
+  stage_dir: str = ''
+  options: tuple = ()          # method-private, e.g. EMD's overrides
+  # An earlier job of the plan this one starts from (a progressive
+  # distillation round from the previous round's student): its build gets
+  # the parent's sampling parameters as artifacts['parent_params'], and its
+  # report cost includes the parent's.
+  parent: str = ''
+  # Teacher network evaluations per training example (a VJP or JVP counts
+  # as two): the report row's cost.teacher_evals.
+  teacher_evals_per_example: float = 0.0
+
+
+@dataclasses.dataclass
+class Build:
+  """The parts of a loop `Stage` that only the method knows."""
+  init: Callable[[Any, Any, Any], Any]    # (key, batch, frozen) -> state
+  # (state, batch, key) -> (state, metrics)
+  step: Callable[[Any, Any, Any], Any]
+  # Read-only state fields (teacher params, a preconditioner): passed to
+  # `init` as jit arguments, saved once per directory, not checkpointed.
+  frozen: Optional[dict] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  """How a trained job draws samples from `state.sampling_params`.
+
+  `draw(params, key, shape, labels, steps, sampler, guidance)` is pure and
+  jittable, and compares by value: jobs that sample alike share one
+  compiled program. `steps` is a student's own k; None marks a many-step
+  model, which evaluation samples at every `eval.teacher_steps` with every
+  `eval.samplers` and `eval.guidance`. `any_steps` says whether `draw`
+  honours other step counts (`mmd_jax.sample --steps`).
+  """
+  draw: Callable
+  steps: Optional[int]
+  any_steps: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecSampler:
+  """Algorithm 1 (or DDIM) with the denoiser the spec reads."""
+  spec: Any
+
+  def __call__(self, params, key, shape, labels, steps, sampler='ancestral',
+               guidance=0.0):
+    return self.spec.sample(params, key, shape, steps, labels=labels,
+                            guidance=guidance, sampler=sampler)
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+  """The run's denoiser when a method defines it rather than config.model
+  (a teacher imported from another framework): the module, how to read
+  its output, whether it takes class labels, and the schedule it was
+  trained on (None: config.diffusion's). `null_label`: whether it embeds a
+  label past the data's classes, the unconditional input that
+  classifier-free guidance needs."""
+  module: Any
+  parameterization: str
+  conditional: bool
+  schedule: Any = None
+  null_label: bool = True
+
+
+@dataclasses.dataclass
+class Context:
+  """What a method sees of the run besides its config view.
+
+  `data` is the run's data as stored (points, pixels); `dataset` is what
+  the diffusion models train on: `data` through the run's space (the same
+  object unless the run is latent). Both are `data.Dataset`s, or
+  `data.DataShape`s where nothing is loaded (describe, bench).
+  """
+  workdir: str
+  mesh: Any
+  data: Any
+  dataset: Any
+  spec: Any                        # denoiser.DenoiserSpec on `dataset`
+  space: Any                       # .decode(samples) -> data space
+  # (dataset, global batch, seed salt) -> data.batches.BatchStream
+  stream: Callable[[Any, int, int], Any]
+
+
+class Method:
+  """Base class; subclasses set the class attributes and override what
+  applies. See the module docstring."""
+  name: str = ''
+  sections: tuple = ()     # config sections it reads
+  needs: tuple = ()        # artifacts it takes from earlier jobs
+  provides: tuple = ()     # artifacts it publishes
+  in_space: bool = True    # trains in the run's space; False: on the data
+  benched: bool = True     # in `mmd_jax.bench`'s default set
+  networks: tuple = ()     # parameter sets it trains, each one denoiser
+
+  def validate(self, cfg, data) -> None:
+    """One-line ConfigErrors for bad values of its sections. `data` is the
+    run's `DataShape`."""
+
+  def network(self, cfg, data, workdir: str) -> Optional[Network]:
+    """The run's network, when this method brings one (an imported
+    teacher); None: the one config.model describes."""
+    return None
+
+  def jobs(self, cfg) -> list:
+    raise NotImplementedError
+
+  def build(self, job: Job, cfg, ctx: Context, artifacts: dict) -> Build:
+    """`artifacts` holds `needs` (and 'parent_params' when the job has a
+    parent and is trained); values are abstract (ShapeDtypeStruct trees)
+    when the state is only restored or described."""
+    raise NotImplementedError
+
+  def sampling(self, job: Job, cfg, ctx: Context) -> Optional[Sampling]:
+    return None
+
+  def publish(self, job: Job, cfg, ctx: Context, state) -> dict:
+    """The artifacts of `provides`, from the job's trained state."""
+    return {}
+
+  def artifact_shapes(self, cfg, ctx: Context) -> dict:
+    """`provides` as abstract values: consumers restore and describe
+    without this method's trained state."""
+    return {}
+
+  def placeholder_artifacts(self, cfg, ctx: Context) -> dict:
+    """`provides` as concrete stand-ins of the right shapes (bench, the
+    contract test)."""
+    return {}
+
+  def import_state(self, job: Job, cfg, ctx: Context, state):
+    """A job whose `source` is a file: its freshly initialised state with
+    the file's contents in place."""
+    raise NotImplementedError(f'{self.name} cannot import {job.source!r}')
+
+  def report(self, job: Job, cfg, ctx: Context, state, seed: int):
+    """Report rows scored by the method itself, and pictures:
+    (rows, {title: file under the workdir})."""
+    return [], {}
+
+  def preview(self, job: Job, cfg, ctx: Context):
+    """A (state, path) picture writer replacing the runner's samples
+    picture, or None."""
+    return None
+
+  def network_sizes(self, cfg, ctx: Context) -> dict:
+    """{network name: parameter count} for describe."""
+    import jax
+    import jax.numpy as jnp
+    x = jnp.zeros((1,) + tuple(ctx.dataset.example_shape))
+    n = sum(int(l.size) for l in jax.tree.leaves(jax.eval_shape(
+        ctx.spec.init_params, jax.random.PRNGKey(0), x)))
+    return {net: n for net in self.networks}
+
+  def bench_name(self, job: Job) -> str:
+    return self.name
+
+  def job_for(self, cfg, name: str, meta: dict) -> Job:
+    """The job of an existing directory `name` (mmd_jax.sample)."""
+    jobs = self.jobs(cfg)
+    for job in jobs:
+      if job.name == name:
+        return job
+    if len(jobs) == 1:
+      return jobs[0]
+    raise ValueError(f'{self.name} has no job {name!r}; it has '
+                     f'{[j.name for j in jobs]}')
+
+
+def maybe_abstract(fn, *trees):
+  """fn(*trees), or its shapes when the trees are abstract."""
+  import jax
+  leaves = jax.tree.leaves(trees)
+  if leaves and isinstance(leaves[0], jax.ShapeDtypeStruct):
+    return jax.eval_shape(fn, *trees)
+  return fn(*trees)

@@ -1,0 +1,92 @@
+"""Consistency distillation (methods/consistency.py): one consistency model
+per k of `distill.sampling_steps`, `consistency_k<k>`, each sampled with
+k-step multistep consistency sampling. The training does not depend on k:
+each directory is its own run on the per-student budget, so every k row
+costs what a moment-matching student at that k costs."""
+from __future__ import annotations
+
+import dataclasses
+
+from mmd_jax.blocks import optim
+from mmd_jax.run.checks import need, positive_int
+from mmd_jax.methods import consistency as cd
+from mmd_jax.plugins import base, register
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsistencySampler:
+  spec: object
+  hp: cd.CDHParams
+
+  def __call__(self, params, key, shape, labels, steps, sampler='ancestral',
+               guidance=0.0):
+    del sampler, guidance
+    return cd.sample(self.spec, self.hp, params, key, shape, steps, labels)
+
+
+class Consistency(base.Method):
+  name = 'consistency'
+  sections = ('distill', 'consistency')
+  needs = ('teacher_params',)
+  networks = ('student', 'target')
+
+  def validate(self, cfg, data):
+    d, c = cfg.distill, cfg.consistency
+    need(len(d.sampling_steps) > 0, 'distill.sampling_steps', 'is empty')
+    for key in ('num_train_steps', 'batch_size'):
+      positive_int(cfg, f'distill.{key}')
+    need(isinstance(c.num_points, int) and c.num_points >= 2,
+         'consistency.num_points', f'must be an integer >= 2, got '
+         f'{c.num_points!r}')
+    need(0.0 <= c.ema_decay < 1.0, 'consistency.ema_decay',
+         f'must be in [0, 1), got {c.ema_decay}')
+    need(c.solver in cd.SOLVERS, 'consistency.solver',
+         f'unknown {c.solver!r}; known: {cd.SOLVERS}')
+    need(c.huber_c > 0, 'consistency.huber_c', 'must be > 0')
+    need(0 < c.sigma_min < c.sigma_max, 'consistency.sigma_min',
+         f'must be in (0, consistency.sigma_max), got {c.sigma_min}')
+    need(c.learning_rate > 0, 'consistency.learning_rate', 'must be > 0')
+    n = cfg.grad_accum_steps
+    need(d.batch_size % n == 0, 'grad_accum_steps',
+         f'{n} does not divide distill.batch_size={d.batch_size}')
+
+  def hparams(self, cfg):
+    c = cfg.consistency
+    return cd.CDHParams(num_points=c.num_points, ema_decay=c.ema_decay,
+                        solver=c.solver, huber_c=c.huber_c,
+                        sigma_min=c.sigma_min, sigma_max=c.sigma_max,
+                        guidance=cfg.distill.guidance,
+                        grad_accum_steps=cfg.grad_accum_steps)
+
+  def jobs(self, cfg):
+    d, hp = cfg.distill, self.hparams(cfg)
+    setting = {k: v for k, v in dataclasses.asdict(hp).items()
+               if k != 'grad_accum_steps'}
+    setting['learning_rate'] = cfg.consistency.learning_rate
+    evals = (2.0 if hp.solver == 'heun' else 1.0) * (2.0 if hp.guidance
+                                                      else 1.0)
+    return [base.Job(
+        method=self.name, name=f'{self.name}_k{k}', model=self.name, steps=k,
+        num_steps=d.num_train_steps, batch_size=d.batch_size,
+        batch_key='distill.batch_size', data_salt=1,
+        micro_batches=cfg.grad_accum_steps, setting=setting,
+        teacher_evals_per_example=evals) for k in d.sampling_steps]
+
+  def build(self, job, cfg, ctx, artifacts):
+    c, spec, hp = cfg.consistency, ctx.spec, self.hparams(cfg)
+    # [paper]: Adam at a constant rate (RAdam/Adam, no decay) after warm-up.
+    tx, _ = optim.make_optimizer(c.learning_rate, c.warmup_steps,
+                                 job.num_steps, c.grad_clip, b1=0.9,
+                                 b2=0.999, eps=1e-8, decay=False)
+
+    def init(key, batch, frozen):
+      return cd.init(key, frozen['teacher_params'], spec, hp, tx, batch)
+    return base.Build(init, cd.step,
+                      {'teacher_params': artifacts['teacher_params']})
+
+  def sampling(self, job, cfg, ctx):
+    return base.Sampling(ConsistencySampler(ctx.spec, self.hparams(cfg)),
+                         steps=job.steps)
+
+
+register(Consistency())

@@ -1,0 +1,113 @@
+"""Progressive distillation (methods/progressive.py): rounds from the
+teacher's DDIM at `progressive.start_steps` down to the smallest k of
+`distill.sampling_steps`, one directory per round, `progressive_k<k>`.
+Each round starts from the previous round's student (its job's parent)."""
+from __future__ import annotations
+
+import dataclasses
+
+from mmd_jax.blocks import optim
+from mmd_jax.run.checks import need, positive_int
+from mmd_jax.methods import progressive as pd
+from mmd_jax.plugins import base, register
+
+
+def rounds(start: int, smallest: int) -> list:
+  """The students' step counts, round by round: start/2, start/4, ...,
+  smallest."""
+  out, k = [], start // 2
+  while k >= smallest and k >= 1:
+    out.append(k)
+    k //= 2
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class DDIMSampler:
+  """A progressive student samples with deterministic DDIM, as it was
+  trained to."""
+  spec: object
+
+  def __call__(self, params, key, shape, labels, steps, sampler='ancestral',
+               guidance=0.0):
+    del sampler, guidance
+    return self.spec.sample(params, key, shape, steps, labels=labels,
+                            sampler='ddim')
+
+
+class Progressive(base.Method):
+  name = 'progressive'
+  sections = ('distill', 'progressive')
+  needs = ('teacher_params',)
+  networks = ('student',)
+
+  def validate(self, cfg, data):
+    d, p = cfg.distill, cfg.progressive
+    positive_int(cfg, 'progressive.start_steps')
+    positive_int(cfg, 'distill.batch_size')
+    positive_int(cfg, 'distill.num_train_steps')
+    ks = tuple(d.sampling_steps)
+    need(len(ks) > 0, 'distill.sampling_steps', 'is empty')
+    reached = rounds(p.start_steps, min(ks))
+    for k in ks:
+      need(k in reached, 'progressive.start_steps',
+           f'{p.start_steps} does not halve to k={k} of '
+           f'distill.sampling_steps; use a power of two times every k, '
+           'larger than all of them')
+    need(p.steps_per_round >= 0, 'progressive.steps_per_round',
+         'must be >= 0 (0: distill.num_train_steps split over the rounds)')
+    need(self._steps(cfg) >= 1, 'distill.num_train_steps',
+         f'{d.num_train_steps} steps do not cover {len(reached)} rounds')
+    need(p.learning_rate > 0, 'progressive.learning_rate', 'must be > 0')
+    n = cfg.grad_accum_steps
+    need(d.batch_size % n == 0, 'grad_accum_steps',
+         f'{n} does not divide distill.batch_size={d.batch_size}')
+
+  def _steps(self, cfg) -> int:
+    p = cfg.progressive
+    if p.steps_per_round:
+      return p.steps_per_round
+    n = len(rounds(p.start_steps, min(cfg.distill.sampling_steps)))
+    return cfg.distill.num_train_steps // max(n, 1)
+
+  def hparams(self, cfg, k):
+    return pd.PDHParams(k=k, guidance=cfg.distill.guidance,
+                        grad_accum_steps=cfg.grad_accum_steps)
+
+  def jobs(self, cfg):
+    d, p = cfg.distill, cfg.progressive
+    out, parent = [], ''
+    for k in rounds(p.start_steps, min(d.sampling_steps)):
+      name = f'{self.name}_k{k}'
+      out.append(base.Job(
+          method=self.name, name=name, model=self.name, steps=k,
+          num_steps=self._steps(cfg), batch_size=d.batch_size,
+          batch_key='distill.batch_size', data_salt=1,
+          micro_batches=cfg.grad_accum_steps, parent=parent,
+          setting={'k': k, 'teacher_steps': 2 * k,
+                   'start_steps': p.start_steps, 'guidance': d.guidance,
+                   'learning_rate': p.learning_rate},
+          # Two DDIM steps of the round's teacher per example.
+          teacher_evals_per_example=4.0 if d.guidance else 2.0))
+      parent = name
+    return out
+
+  def build(self, job, cfg, ctx, artifacts):
+    p, spec = cfg.progressive, ctx.spec
+    hp = self.hparams(cfg, job.steps)
+    tx, _ = optim.global_step_adam(p.learning_rate, p.warmup_steps,
+                                   job.num_steps, p.grad_clip, b1=0.9,
+                                   b2=0.999, eps=1e-8)
+    # Round 1 distils the teacher; later rounds the previous student (when
+    # only restored, its shapes: the teacher's).
+    teacher = artifacts.get('parent_params', artifacts['teacher_params'])
+
+    def init(key, batch, frozen):
+      return pd.init(key, frozen['teacher_params'], spec, hp, tx, batch)
+    return base.Build(init, pd.step, {'teacher_params': teacher})
+
+  def sampling(self, job, cfg, ctx):
+    return base.Sampling(DDIMSampler(ctx.spec), steps=job.steps)
+
+
+register(Progressive())

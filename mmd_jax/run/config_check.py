@@ -1,0 +1,108 @@
+"""Early config validation: one clear line naming the key, before any
+compile. This file checks the run-level sections (data, model, diffusion,
+eval, mesh, ...) and the plan; each method checks its own sections
+(`Method.validate`, called by plan.make_plan)."""
+from __future__ import annotations
+
+
+from mmd_jax.workdir import fs
+from mmd_jax.numerics import diffusion
+from mmd_jax.device import parallel
+from mmd_jax.run import plan as plan_lib
+from mmd_jax.run.checks import ConfigError, need as _need
+from mmd_jax.run.checks import one_of, positive_int as _positive_int
+from mmd_jax.data import DATASETS, data_shape
+from mmd_jax.data.images import IMAGE_DATASETS
+from mmd_jax.data.toy2d import TOY2D_NAMES
+from mmd_jax.models import DTYPES, MODELS
+
+FROZEN_DTYPES = ('float32', 'bfloat16')
+
+# Kept importable from here.
+__all__ = ['ConfigError', 'validate']
+
+
+def validate(config) -> plan_lib.Plan:
+  """Checks the config; returns the run's plan."""
+  stages = tuple(config.stages)
+  d = config.data
+  _need(d.name in DATASETS, 'data.name',
+        f'unknown dataset {d.name!r}; known: {DATASETS}')
+  if d.name == 'toy2d':
+    _need(d.toy_name in TOY2D_NAMES, 'data.toy_name',
+          f'unknown toy2d distribution {d.toy_name!r}; known: {TOY2D_NAMES}')
+    _positive_int(config, 'data.num_train')
+  if d.name == 'points':
+    _need(bool(d.path), 'data.path', 'points data needs a .npy file path')
+    _need(fs.isfile(d.path), 'data.path', f'file {d.path!r} does not exist')
+
+  m = config.model
+  _need(m.name in MODELS, 'model.name', f'unknown model {m.name!r}; known: {MODELS}')
+  _need(m.parameterization in diffusion.PARAMETERIZATIONS,
+        'model.parameterization',
+        f'unknown {m.parameterization!r}; known: {diffusion.PARAMETERIZATIONS}')
+  _need(0.0 <= m.dropout < 1.0, 'model.dropout', 'must be in [0, 1)')
+  images = d.name == 'digits' or d.name in IMAGE_DATASETS
+  if m.conditional:
+    _need(images, 'model.conditional',
+          f'dataset {d.name!r} has no labels; set it to False')
+  if m.name != 'mlp':
+    _need(images, 'model.name',
+          f'the {m.name} needs image data, not data.name={d.name!r}')
+  if m.name == 'uvit':
+    _need(m.dtype in DTYPES, 'model.dtype',
+          f'unknown {m.dtype!r}; known: {DTYPES}')
+    for key in ('patch_size', 'transformer_width', 'transformer_depth',
+                'num_heads', 'mlp_ratio', 'channels', 'num_res_blocks'):
+      _positive_int(config, f'model.{key}')
+    _need(m.transformer_width % m.num_heads == 0, 'model.transformer_width',
+          f'{m.transformer_width} is not divisible by model.num_heads='
+          f'{m.num_heads}')
+
+  _need(config.diffusion.schedule in diffusion.SCHEDULES, 'diffusion.schedule',
+        f'unknown schedule {config.diffusion.schedule!r}; '
+        f'known: {diffusion.SCHEDULES}')
+  _need(config.diffusion.logsnr_min < config.diffusion.logsnr_max,
+        'diffusion.logsnr_min', 'must be below diffusion.logsnr_max')
+
+  _positive_int(config, 'checkpoint.keep')
+  _need(config.checkpoint.every_steps >= 0, 'checkpoint.every_steps',
+        'must be >= 0')
+  _positive_int(config, 'log.every_steps')
+  _positive_int(config, 'grad_accum_steps')
+  one_of(config, 'matmul_precision', parallel.PRECISIONS)
+  one_of(config, 'teacher.frozen_dtype', FROZEN_DTYPES)
+  _positive_int(config, 'max_nonfinite_steps')
+  for axis in config.mesh.keys():
+    _need(axis in ('data', 'fsdp'), 'mesh', f'unknown mesh axis {axis!r}')
+
+  e = config.eval
+  _positive_int(config, 'eval.num_samples')
+  _positive_int(config, 'eval.batch_size')
+  _positive_int(config, 'eval.num_seeds')
+  for k in e.teacher_steps:
+    _need(isinstance(k, int) and k >= 1, 'eval.teacher_steps',
+          f'every k must be an integer >= 1, got {k!r}')
+  for key in ('inception_weights', 'fid_reference'):
+    if e[key]:
+      _need(fs.isfile(e[key]), f'eval.{key}', f'file {e[key]!r} does not exist')
+  if e.inception_weights:
+    _need(images, 'eval.inception_weights', 'Inception metrics need image data')
+  if d.name in IMAGE_DATASETS and plan_lib.EVALUATE in stages:
+    _need(bool(e.inception_weights), 'eval.inception_weights',
+          f'FID on {d.name} needs the Inception weights file: convert '
+          "pytorch-fid's .pth with `python -m "
+          'mmd_jax.evaluation.convert_inception` (README, "Evaluation")')
+  _need(isinstance(e.every_steps, int) and e.every_steps >= 0,
+        'eval.every_steps', f'must be an integer >= 0, got {e.every_steps!r}')
+  _positive_int(config, 'eval.num_reference')
+  _positive_int(config, 'eval.pr_num_samples')
+  for s in e.samplers:
+    _need(s in ('ancestral', 'ddim'), 'eval.samplers', f'unknown sampler {s!r}')
+
+  plan = plan_lib.make_plan(config, data_shape(d))
+  if plan.latent:
+    _need(d.name not in IMAGE_DATASETS, 'latent',
+          f'latent diffusion needs in-memory data (digits, toy2d, points); '
+          f'{d.name} is streamed')
+  return plan

@@ -1,0 +1,184 @@
+"""--mode=describe: what a config costs, without data and without training.
+
+Parameter counts come from `jax.eval_shape` of each network's init, and each
+stage's FLOPs and memory per step from XLA's cost and memory analysis of
+the jitted step, lowered on abstract shapes (`ShapeDtypeStruct`): nothing
+the size of the model is allocated, so a 400M-parameter config describes
+itself on a laptop. Written to W/describe.json and printed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+
+from mmd_jax.workdir import fs
+from mmd_jax.device import collectives, parallel, targets, timing
+from mmd_jax.run import config_check, runner
+from mmd_jax import plugins as registry
+from mmd_jax.data import DataShape, data_shape
+from mmd_jax.run.plan import EVALUATE
+
+# Kept importable from here.
+__all__ = ['DataShape', 'data_shape', 'describe', 'format_summary']
+
+
+def _abstract_batch(ds: DataShape, batch: int, mesh):
+  sh = parallel.batch_sharding(mesh)
+  out = {'x': jax.ShapeDtypeStruct((batch,) + tuple(ds.example_shape),
+                                   jnp.float32, sharding=sh)}
+  if ds.num_classes:
+    out['label'] = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sh)
+  return out
+
+
+def _stage_cost(stage, batch, mesh) -> dict:
+  key = jax.random.PRNGKey(0)
+  abstract = jax.eval_shape(stage.init, key, batch, stage.frozen)
+  shardings = parallel.state_sharding(mesh, abstract)
+  t0 = time.time()
+  compiled = parallel.jit(
+      stage.step, mesh, in_shardings=(shardings,
+                                      parallel.batch_sharding(mesh),
+                                      parallel.replicated(mesh)),
+      out_shardings=None, donate_argnums=0,
+      precision=stage.matmul_precision).lower(abstract, batch, key).compile()
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older JAX: one dict per module
+    cost = cost[0] if cost else {}
+  mem = compiled.memory_analysis()
+  out = {'flops_per_step': float(cost.get('flops', float('nan'))),
+         'compile_seconds': round(time.time() - t0, 1),
+         'collectives': collectives.count(compiled.as_text())}
+  if mem is not None:
+    parts = {k: int(getattr(mem, f'{k}_size_in_bytes', 0))
+             for k in ('argument', 'output', 'alias', 'temp')}
+    # Donated state aliases its output, so it is counted once.
+    out['memory_bytes'] = (parts['argument'] + parts['output']
+                           - parts['alias'] + parts['temp'])
+    out['memory_breakdown_bytes'] = parts
+  out['flops_per_example'] = out['flops_per_step'] / batch['x'].shape[0]
+  return out
+
+
+def _float_bytes(tree) -> float:
+  return float(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)
+                   if jnp.issubdtype(x.dtype, jnp.inexact)))
+
+
+def _on_targets(chosen, stage, method, networks, cost, batch, job) -> dict:
+  """targets.estimate for one stage on each chosen target: FLOPs counted
+  once, with every scan unrolled (Langevin chains, micro-batches), sizes
+  from the abstract state, activations from this compile's temporaries
+  per row."""
+  key = jax.random.PRNGKey(0)
+  abstract = jax.eval_shape(stage.init, key, batch, stage.frozen)
+  frozen = {f: getattr(abstract, f) for f in stage.frozen_fields}
+  trained = 4.0 * sum(networks[n]['params'] for n in method.networks
+                      if n in networks)
+  rows = cost['per_device_batch']
+  temp = cost.get('memory_breakdown_bytes', {}).get('temp', 0)
+  sizes = dict(
+      flops_per_step=timing.count_flops(stage.step, abstract, batch, key),
+      trained_bytes=trained, state_bytes=_float_bytes(abstract),
+      gathered_bytes=_float_bytes(frozen) + trained,
+      activation_bytes_per_row=temp / max(rows, 1),
+      global_batch=job.batch_size, micro_batches=job.micro_batches,
+      steps=job.num_steps)
+  return {t.name: targets.estimate(t, **sizes) for t in chosen}
+
+
+def describe(config, workdir: str) -> dict:
+  # Describing needs neither data nor Inception weights: validate the
+  # training stages only.
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.stages = tuple(s for s in config.stages if s != EVALUATE) or (
+        config.stages)
+  plan = config_check.validate(config)
+  env = runner.Env(config, workdir, parallel.make_mesh(config.mesh),
+                   data_shape(config.data), plan)
+  mesh = env.mesh
+  if plan.latent:   # the space's shape, without a trained autoencoder
+    provider = registry.provider_of('space')
+    env.set_space(provider.artifact_shapes(plan.view_of(provider),
+                                           env.context(provider))['space'])
+  networks = {}
+  for step in plan.steps:
+    networks.update({k: {'params': v} for k, v in step.method.network_sizes(
+        step.cfg, env.context(step.method)).items()})
+  trained = [s for s in plan.steps if s.train]
+  n_dev = mesh.devices.size
+  chosen = [targets.get(n.strip()) for n in
+            config.describe.target.split(',') if n.strip()]
+  accum = config.grad_accum_steps
+  out = {'config': {'data': env.data.name, 'model': config.model.name},
+         'networks': networks,
+         'mesh': dict(zip(mesh.axis_names,
+                          (int(s) for s in mesh.devices.shape))),
+         'devices': n_dev, 'backend': jax.default_backend(),
+         'global_batch': int(trained[0].job.batch_size) if trained else 0,
+         'grad_accum_steps': accum,
+         'note': ('XLA cost analysis counts a loop body once (EMD Langevin '
+                  'and score-update scans, micro-batch scans); memory is '
+                  'per device'),
+         'stages': {}}
+  for step in trained:
+    job = step.job
+    logging.info('describe: compiling %s (batch %d) on abstract shapes',
+                 job.name, job.batch_size)
+    parallel.check_batch(job.batch_size, mesh, job.batch_key,
+                         job.micro_batches)
+    ctx = env.context(step.method)
+    stage = runner.build_stage(
+        env, step, runner.abstract_artifacts(env, plan, step.method), ctx)
+    cost = _stage_cost(stage, _abstract_batch(ctx.dataset, job.batch_size,
+                                              mesh), mesh)
+    cost.update(global_batch=int(job.batch_size),
+                per_device_batch=job.batch_size // n_dev // job.micro_batches)
+    if chosen:
+      cost['targets'] = _on_targets(
+          chosen, stage, step.method, networks, cost,
+          _abstract_batch(ctx.dataset, job.batch_size, mesh), job)
+    out['stages'][job.name] = cost
+    logging.info('describe: %s %s', job.name, cost)
+  if jax.process_index() == 0:
+    fs.makedirs(workdir)
+    fs.write_text(os.path.join(workdir, 'describe.json'),
+                  json.dumps(out, indent=2))
+  return out
+
+
+def format_summary(d: dict) -> str:
+  lines = [f"networks: " + ', '.join(f"{k} {v['params'] / 1e6:.1f}M params"
+                                     for k, v in d['networks'].items()),
+           f"mesh {d['mesh']} ({d['devices']} {d['backend']} devices); "
+           f"grad_accum_steps {d['grad_accum_steps']}"]
+  for name, s in d['stages'].items():
+    mem = s.get('memory_bytes')
+    lines.append(
+        f"  {name:24s} batch {s['global_batch']:6d} "
+        f"({s['per_device_batch']}/device) "
+        f"{s['flops_per_step'] / 1e12:10.2f} TFLOP/step "
+        f"{s['flops_per_example'] / 1e9:9.2f} GFLOP/example  "
+        + (f'{mem / 2**30:8.2f} GiB/device' if mem is not None else ''))
+    if 'collectives' in s:
+      lines.append(' ' * 28 + 'collectives: '
+                   + collectives.format_counts(s['collectives']))
+    for t in s.get('targets', {}).values():
+      lines.append(
+          ' ' * 28 + f"on {t['target']} {t['mesh']}: {t['per_chip_batch']:g}"
+          f"/chip, {t['memory_per_chip_bytes'] / 2**30:.1f} GiB/chip "
+          f"({'fits' if t['fits'] else 'DOES NOT FIT'} in "
+          f"{t['hbm_bytes'] / 2**30:.0f}"
+          + (f"; fits with {t['grad_accum_factor_to_fit']}x the "
+             'micro-batches' if not t['fits'] and t['grad_accum_factor_to_fit']
+             else '') + f"); >= {t['flops_bound_s'] * 1e3:.1f}"
+          f" ms/step compute, >= {t['comm_bound_s'] * 1e3:.1f} ms/step "
+          f"communication ({t['dominant']} bound); {t['steps']} steps >= "
+          f"{t['days_at_bound']:.2f} days")
+  return '\n'.join(lines)

@@ -1,0 +1,1 @@
+"""Science tools: the E-step check, the fake-score check, DNCP."""

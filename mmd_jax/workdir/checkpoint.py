@@ -1,0 +1,161 @@
+"""The only file that talks to orbax."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import sys
+import time
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+from mmd_jax.workdir import fs
+from mmd_jax.workdir.stage_meta import WorkdirError
+
+FULL_DISK_MARKERS = ('RESOURCE_EXHAUSTED', 'No space left', 'Disk quota exceeded',
+         'File too large')
+
+
+class CheckpointWriteError(WorkdirError):
+  """A save failed (typically a full disk); the message is the one line."""
+
+
+def _silence_closed_loops():
+  """After a failed async write, tensorstore's pending callbacks hit the
+  closed event loop of orbax's writer and each report an unraisable
+  RuntimeError, printed as a bare traceback. The run ends with its own line
+  (CheckpointWriteError), so those, and only those, are dropped. Only a
+  failed write produces them; installed once, with the first Checkpointer."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'mmd_jax', False):
+    return
+
+  def hook(u):
+    if not (isinstance(u.exc_value, RuntimeError)
+            and 'Event loop is closed' in str(u.exc_value)):
+      previous(u)
+  hook.mmd_jax = True
+  sys.unraisablehook = hook
+
+
+class Checkpointer:
+  """Periodic, asynchronous saves of one stage state plus JSON metadata."""
+
+  def __init__(self, directory: str, every_steps: int, keep: int = 3,
+               asynchronous: bool = True):
+    self.directory = fs.absolute(directory)
+    self.every_steps = every_steps
+    self._options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, enable_async_checkpointing=asynchronous,
+        create=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=self._options)
+    _silence_closed_loops()
+
+  def restore_latest_valid(self, abstract_state):
+    """(state, step) from the newest checkpoint that restores, or (None,
+    None). An unreadable one is moved aside to `<dir>_corrupt/<step>-<time>`
+    (kept, never deleted) with a warning, and the previous one is tried."""
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        return self.restore(abstract_state, step), step
+      except Exception as e:  # orbax/tensorstore raise many types
+        self._quarantine(step, e)
+    return None, None
+
+  def _quarantine(self, step: int, err: Exception):
+    self.manager.wait_until_finished()
+    dst = None
+    if jax.process_index() == 0:
+      dst = os.path.join(self.directory + '_corrupt',
+                         f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+      fs.makedirs(os.path.dirname(dst))
+      fs.move(os.path.join(self.directory, str(step)), dst)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f'quarantine {self.directory} {step}')
+    logging.warning('checkpoint %s step %d is unreadable (%s: %s); moved to '
+                    '%s, falling back to the previous one', self.directory,
+                    step, type(err).__name__, str(err)[:200], dst)
+    self.manager.close()
+    self.manager = ocp.CheckpointManager(self.directory, options=self._options)
+
+  @contextlib.contextmanager
+  def _writing(self, step=None):
+    """Turns a failed write, which orbax raises from its async writer as
+    any of several types, into one line; removes the partial checkpoint so
+    that the space comes back and the previous one stays the latest."""
+    try:
+      yield
+    except CheckpointWriteError:
+      raise
+    except Exception as e:  # orbax/tensorstore raise many types
+      full = (isinstance(e, OSError) and e.errno in (
+          errno.ENOSPC, errno.EDQUOT, errno.EFBIG)) or any(
+              s in str(e) for s in FULL_DISK_MARKERS)
+      if not full and not isinstance(e, OSError):
+        raise
+      self._drop_partial()
+      done = [int(n) for n in fs.listdir(self.directory) if n.isdigit()
+              ] if fs.isdir(self.directory) else []
+      last = (f'the last complete checkpoint is step {max(done)}'
+              if done else 'no checkpoint was completed')
+      why = 'the disk is full' if full else f'{type(e).__name__}: {e}'
+      raise CheckpointWriteError(
+          f'saving a checkpoint in {self.directory} failed: '
+          f'{why.splitlines()[0][:200]}; {last}. Free space and re-run: '
+          'the run resumes from it') from None
+
+  def _drop_partial(self):
+    if jax.process_index() != 0 or not fs.isdir(self.directory):
+      return
+    for name in fs.listdir(self.directory):
+      if 'orbax-checkpoint-tmp' in name:
+        fs.rmtree(os.path.join(self.directory, name))
+
+  def latest_step(self):
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def due(self, step: int) -> bool:
+    return self.every_steps > 0 and step % self.every_steps == 0
+
+  def save(self, step: int, state, meta: dict | None = None,
+           force: bool = False) -> bool:
+    if not force and (self.every_steps <= 0 or step % self.every_steps):
+      return False
+    args = {'state': ocp.args.StandardSave(state)}
+    if meta is not None:
+      args['meta'] = ocp.args.JsonSave(meta)
+    with self._writing():
+      return self.manager.save(step, args=ocp.args.Composite(**args),
+                               force=force)
+
+  def restore(self, abstract_state, step: int | None = None):
+    """Restores onto the shardings that `abstract_state` carries."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      return None
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    out = self.manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+    logging.info('restored %s at step %d', self.directory, step)
+    return out['state']
+
+  def restore_meta(self, step: int | None = None):
+    step = self.latest_step() if step is None else step
+    out = self.manager.restore(
+        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return out['meta']
+
+  def wait(self):
+    with self._writing():
+      self.manager.wait_until_finished()
+
+  def close(self):
+    with self._writing():
+      self.manager.wait_until_finished()
+    self.manager.close()

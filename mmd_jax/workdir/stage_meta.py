@@ -1,0 +1,96 @@
+"""What a stage directory records in stage.json, and the checks that
+compare it with the config: a directory holds one setting, and an imported
+one must hold what the run expects."""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+
+from mmd_jax.workdir import fs
+from mmd_jax.run.checks import ConfigError
+
+
+class WorkdirError(ValueError):
+  """The workdir lacks (or holds a damaged copy of) what the run needs."""
+
+
+def read(stage_dir: str):
+  path = os.path.join(stage_dir, 'stage.json')
+  if not fs.exists(path):
+    return None
+  try:
+    return json.loads(fs.read_text(path))
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise WorkdirError(f'{path} is damaged ({e}); restore it or remove the '
+                       'directory') from None
+
+
+def build(step, ctx) -> dict:
+  """stage.json of a planned job: what it is, the data it trains on, and
+  its setting."""
+  job = step.job
+  meta = {'method': job.method, 'k': job.steps, 'model': job.model,
+          'dataset': ctx.dataset.name,
+          'example_shape': list(ctx.dataset.example_shape),
+          'num_classes': ctx.dataset.num_classes if not step.method.in_space
+          else ctx.spec.num_classes}
+  if job.setting is not None:
+    meta['setting'] = job.setting
+  meta.update(job.meta)
+  return meta
+
+
+def check_same(stage_dir: str, meta: dict, key_name: str = ''):
+  """A directory holds one setting: refuse to resume, skip or score one
+  trained with other hyperparameters. Settings compare on the keys both
+  record, so a field added or dropped since does not refuse old runs."""
+  old = read(stage_dir)
+  if old is None:
+    return
+  where = f'config.{key_name}: ' if key_name else ''
+  diffs = [(k, old[k], meta[k]) for k in ('method', 'k') if k in old
+           and old[k] != meta[k]]
+  old_set, new_set = old.get('setting'), meta.get('setting')
+  if isinstance(old_set, dict) and isinstance(new_set, dict):
+    diffs += [(k, old_set[k], new_set[k]) for k in new_set
+              if k in old_set and old_set[k] != new_set[k]]
+  diffs += [(k, old[k], v) for k, v in meta.items()
+            if k not in ('method', 'k', 'setting', 'model', 'dataset',
+                         'example_shape', 'num_classes') and k in old
+            and old[k] != v]
+  if diffs:
+    k, was, now = diffs[0]
+    raise ConfigError(f'{where}{stage_dir} was trained with {k}={was!r}, the '
+                      f'config now asks for {now!r}; use a new workdir or '
+                      'remove it')
+
+
+def check_source(step, ctx):
+  """An imported stage directory must hold this method's results, trained
+  on data of this run's shape."""
+  job = step.job
+  old = read(job.stage_dir)
+  key = job.source_key
+  if old is None:
+    raise ConfigError(
+        f'config.{key}: {job.stage_dir} holds no {job.model} (no stage.json); '
+        f'train one with stage {job.method!r} or point {key} at one')
+  meta = build(step, ctx)
+  have = old.get('example_shape'), old.get('num_classes', meta['num_classes'])
+  want = meta['example_shape'], meta['num_classes']
+  if tuple(have) != tuple(want):
+    raise ConfigError(
+        f'config.{key}: the {job.model} in {job.stage_dir} was trained on '
+        f"{old.get('dataset')} (example shape {have[0]}, {have[1]} classes); "
+        f"this run has {meta['dataset']} (example shape {want[0]}, {want[1]} "
+        'classes)')
+  check_same(job.stage_dir, meta, key)
+
+
+def save_config(config, stage_dir: str):
+  fs.makedirs(stage_dir)
+  if jax.process_index() == 0:
+    fs.write_text(os.path.join(stage_dir, 'config.json'),
+                  config.to_json_best_effort(indent=2))
