@@ -376,13 +376,11 @@ def settings(config, backend: str, given=None) -> dict:
 def main(argv):
   del argv
   import jax  # after flag parsing
-  from mmd_jax.run import config_check
-  from mmd_jax.device import parallel
-  from mmd_jax.data import DataError
+  from mmd_jax.errors import Error
   try:
     result = run(_CONFIG.value,
                  **settings(_CONFIG.value, jax.default_backend()))
-  except (config_check.ConfigError, DataError, parallel.MeshError) as e:
+  except Error as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   from mmd_jax.run.cli import write_json

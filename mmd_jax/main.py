@@ -82,12 +82,8 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax  # after flag parsing, so --help is fast
   _init_distributed(jax)
-  from mmd_jax.workdir import checkpoint, param_files
-  from mmd_jax.run import config_check, runner
-  from mmd_jax.device import parallel
-  from mmd_jax.loop import train
-  from mmd_jax.data import DataError
-  from mmd_jax.models import diffusers_unet
+  from mmd_jax import errors
+  from mmd_jax.run import runner
   logging.info('JAX %s: %d processes, %d devices (%s)', jax.__version__,
                jax.process_count(), jax.device_count(), jax.default_backend())
   try:
@@ -100,22 +96,19 @@ def main(argv):
                               _CKPT_STEP.value)
     else:
       runner.run(_CONFIG.value, _WORKDIR.value)
-  except train.Preempted as e:
+  except errors.Preempted as e:
     # Non-zero, so job controllers (SLURM --requeue, GKE/xpk) restart it.
     logging.warning('%s', e)
     print(f'pre-empted: {e}', file=sys.stderr)
     sys.exit(143)
-  except (config_check.ConfigError, DataError, parallel.MeshError,
-          param_files.TeacherImportError, diffusers_unet.DiffusersImportError,
-          train.NonFiniteError, runner.WorkdirError) as e:
+  except errors.Error as e:
     print(f'error: {e}', file=sys.stderr)
-    if isinstance(e, checkpoint.CheckpointWriteError):
+    if getattr(e, 'exit_at_once', False):
       # orbax's writer threads, torn down at interpreter exit after a failed
       # write, print tracebacks after this line; the state is on disk.
       sys.stderr.flush()
       os._exit(2)
     sys.exit(2)
-
 
 if __name__ == '__main__':
   from mmd_jax.run.cli import parse_flags

@@ -16,6 +16,7 @@ import sys
 
 from absl import app, flags
 
+from mmd_jax.errors import Error
 from mmd_jax.workdir import fs
 
 
@@ -38,7 +39,7 @@ def _fail(msg):
   sys.exit(2)
 
 
-class SampleError(ValueError):
+class SampleError(Error, ValueError):
   """The stage cannot be sampled as asked; the message is the one line."""
 
 
@@ -75,14 +76,11 @@ def draw(stage_dir: str, steps=None, num_samples: int = 1000, seed: int = 0,
 
 def main(argv):
   del argv
-
-  from mmd_jax.run import runner
-  from mmd_jax.data import DataError
   f = flags.FLAGS
   try:
     samples, labels, k = draw(f.workdir, f.steps, f.num_samples, f.seed,
                               f.sampler, f.guidance, f.batch_size)
-  except (runner.WorkdirError, DataError, SampleError) as e:
+  except Error as e:
     _fail(str(e))
   out = {'samples': samples}
   if labels is not None:

@@ -5,10 +5,11 @@ import io
 
 import numpy as np
 
+from mmd_jax.errors import Error
 from mmd_jax.workdir import fs
 
 
-class DataError(ValueError):
+class DataError(Error, ValueError):
   """Bad data input; the message names the file and the problem."""
 
 

@@ -9,11 +9,13 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mmd_jax.errors import Error
+
 AXES = ('data', 'fsdp')
 BATCH_AXES = ('data', 'fsdp')
 
 
-class MeshError(ValueError):
+class MeshError(Error, ValueError):
   pass
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from mmd_jax import errors
 
-class Preempted(Exception):
+
+class Preempted(errors.Preempted):
   """SIGTERM: the state was saved at `step`; re-running resumes there."""
 
   def __init__(self, stage: str, step: int):

@@ -17,6 +17,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from clu.metric_writers import interface as writer_interface
 
+from mmd_jax.errors import Error
 from mmd_jax.workdir import checkpoint as ckpt_lib
 from mmd_jax.workdir import fs, stage_meta
 from mmd_jax.blocks import guard
@@ -25,7 +26,7 @@ from mmd_jax.loop.preemption import Preempted, SigtermFlag
 from mmd_jax.device.timing import fmt_duration
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(Error, RuntimeError):
   """Too many non-finite steps in a row; the message is the one line."""
 
 

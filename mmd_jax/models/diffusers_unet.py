@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmd_jax.errors import Error
 from mmd_jax.workdir import fs
 from mmd_jax.models.layers import GroupNorm
 
@@ -43,7 +44,7 @@ ACTIVATIONS = {'silu': nn.silu, 'swish': nn.silu, 'mish':
                'relu': nn.relu}
 
 
-class DiffusersImportError(ValueError):
+class DiffusersImportError(Error, ValueError):
   """The directory does not hold a UNet2DModel this port can build."""
 
 

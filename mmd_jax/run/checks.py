@@ -2,8 +2,10 @@
 uses: the runner's (config_check.py) and each method's own `validate`."""
 from __future__ import annotations
 
+from mmd_jax.errors import Error
 
-class ConfigError(ValueError):
+
+class ConfigError(Error, ValueError):
   """A bad config value. str() is the one line shown to the user."""
 
 

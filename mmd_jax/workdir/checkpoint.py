@@ -20,6 +20,9 @@ FULL_DISK_MARKERS = ('RESOURCE_EXHAUSTED', 'No space left', 'Disk quota exceeded
 
 class CheckpointWriteError(WorkdirError):
   """A save failed (typically a full disk); the message is the one line."""
+  # The command exits straight after the line (os._exit): orbax's writer
+  # threads would print tracebacks at interpreter exit.
+  exit_at_once = True
 
 
 def _silence_closed_loops():

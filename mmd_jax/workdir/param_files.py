@@ -11,12 +11,13 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from mmd_jax.errors import Error
 from mmd_jax.workdir import fs
 
 PARAM_FILE_SUFFIXES = ('.npz', '.msgpack')
 
 
-class TeacherImportError(ValueError):
+class TeacherImportError(Error, ValueError):
   """The file does not hold the configured module's parameters."""
 
 

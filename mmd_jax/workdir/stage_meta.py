@@ -8,11 +8,12 @@ import os
 
 import jax
 
+from mmd_jax.errors import Error
 from mmd_jax.workdir import fs
 from mmd_jax.run.checks import ConfigError
 
 
-class WorkdirError(ValueError):
+class WorkdirError(Error, ValueError):
   """The workdir lacks (or holds a damaged copy of) what the run needs."""
 
 
