@@ -75,37 +75,25 @@ def _selected(only):
   return sorted(methods, key=lambda m: bool(m.needs))
 
 
-def _placeholders(env, plan_cfg, method, cache: dict) -> dict:
-  """Concrete stand-ins for what `method` needs, one set per provider."""
-  from mmd_jax import plugins as registry
-  out = {}
-  for a in method.needs:
-    p = registry.provider_of(a)
-    if p.name not in cache:
-      cache[p.name] = p.placeholder_artifacts(plan_cfg(p), env.context(p))
-    out[a] = cache[p.name][a]
-  return out
-
-
-def bench_step(stage, batch, mesh, num_steps: int, warmup: int,
+def bench_step(loop, batch, mesh, num_steps: int, warmup: int,
                guard_ab: bool = True) -> dict:
   import jax
   from mmd_jax.device import collectives, parallel
   from mmd_jax.blocks import guard
   from mmd_jax.loop import train
   key = jax.random.PRNGKey(0)
-  abstract = jax.eval_shape(stage.init, key, batch, stage.frozen)
+  abstract = jax.eval_shape(loop.init, key, batch, loop.frozen)
   shardings = parallel.state_sharding(mesh, abstract)
-  state = jax.jit(stage.init, out_shardings=shardings)(key, batch,
-                                                       stage.frozen)
+  state = jax.jit(loop.init, out_shardings=shardings)(key, batch,
+                                                       loop.frozen)
   rep = parallel.replicated(mesh)
   counts = jax.device_put(guard.init_counts(), rep)
   step_key = jax.device_put(jax.random.PRNGKey(1), rep)
   t0 = time.perf_counter()
-  compiled = train.jit_step(stage, shardings, mesh).lower(
+  compiled = train.jit_step(loop, shardings, mesh).lower(
       state, batch, step_key, counts).compile()
   compile_s = time.perf_counter() - t0
-  flops = count_flops(stage.step, jax.eval_shape(lambda s: s, state), batch,
+  flops = count_flops(loop.step, jax.eval_shape(lambda s: s, state), batch,
                       step_key)
   box = {'state': state, 'counts': counts}
 
@@ -116,7 +104,7 @@ def bench_step(stage, batch, mesh, num_steps: int, warmup: int,
 
   out = {}
   if guard_ab:
-    times, ab = _guard_ab(stage, shardings, mesh, batch, step_key, state,
+    times, ab = _guard_ab(loop, shardings, mesh, batch, step_key, state,
                           one, num_steps, warmup)
     out.update(ab, guard_compile_overhead=compile_s / ab.pop(
         'unguarded_compile_s') - 1.0)
@@ -139,7 +127,7 @@ def bench_step(stage, batch, mesh, num_steps: int, warmup: int,
               collectives=collectives.count(compiled.as_text()))
 
 
-def _guard_ab(stage, shardings, mesh, batch, step_key, state, guarded,
+def _guard_ab(loop, shardings, mesh, batch, step_key, state, guarded,
               num_steps: int, warmup: int):
   """The guard's cost as an A/B in one process: the same step compiled
   under `guard.disabled()`, on its own copy of the state (both donate
@@ -151,10 +139,10 @@ def _guard_ab(stage, shardings, mesh, batch, step_key, state, guarded,
   rep = parallel.replicated(mesh)
   t0 = time.perf_counter()
   with guard.disabled():
-    bare = parallel.jit(stage.step, mesh, in_shardings=(
+    bare = parallel.jit(loop.step, mesh, in_shardings=(
         shardings, parallel.batch_sharding(mesh), rep), out_shardings=(
             shardings, rep), donate_argnums=(0,),
-        precision=stage.matmul_precision).lower(state, batch,
+        precision=loop.matmul_precision).lower(state, batch,
                                                 step_key).compile()
   compile_s = time.perf_counter() - t0
   box = {'bare': jax.tree.map(jax.numpy.copy, state)}
@@ -193,25 +181,25 @@ def synthetic_batch(ds, batch_size: int, mesh):
 # Sampling.
 
 
-def bench_sampling(env, methods, view_of, params, sample_batch: int,
+def bench_sampling(env, opened, params, sample_batch: int,
                    teacher_steps) -> dict:
+  """Samples/s of every bound job in `opened` that samples."""
   import jax
   from mmd_jax.evaluation import evaluate
-  shape = tuple(env.dataset.example_shape)
+  ctx = env.context(_AnyMethod)
+  shape = tuple(ctx.dataset.example_shape)
   labels = None
-  if env.spec.num_classes:
+  if ctx.spec.num_classes:
     import jax.numpy as jnp
-    labels = jnp.arange(sample_batch, dtype=jnp.int32) % env.spec.num_classes
+    labels = jnp.arange(sample_batch, dtype=jnp.int32) % ctx.spec.num_classes
   runs = {}
-  for m in methods:
-    cfg = view_of(m)
-    for job in m.jobs(cfg):
-      sampling = m.sampling(job, cfg, env.context(m))
-      if sampling is None:
-        continue
-      guidance = env.config.eval.guidance if sampling.steps is None else 0.0
-      for k in ([sampling.steps] if sampling.steps else teacher_steps):
-        runs.setdefault(f'{m.name}_k{k}', (sampling.draw, k, guidance))
+  for o in opened:
+    sampling = o.bound.sampling
+    if sampling is None:
+      continue
+    guidance = env.config.eval.guidance if sampling.steps is None else 0.0
+    for k in ([sampling.steps] if sampling.steps else teacher_steps):
+      runs.setdefault(f'{o.method.name}_k{k}', (sampling.draw, k, guidance))
   out = {}
   for name, (draw, k, guidance) in runs.items():
     fn = evaluate.draw_fn(draw, k, 'ancestral', (sample_batch,) + shape,
@@ -240,64 +228,27 @@ def run(config, num_steps: int = 20, warmup: int = 3, batch_size: int = 0,
         only=(), sample_batch: int = 0, teacher_steps=(8, 256),
         matmul_sizes=(1024, 2048, 4096), guard_ab: bool = True,
         matmul_dtype: str = '') -> dict:
-  import jax
-  import jax.numpy as jnp
-  from mmd_jax.run import config_check, plan, runner
-  from mmd_jax.device import parallel
-  from mmd_jax.data import data_shape
+  from mmd_jax.run.artifacts import placeholders
+  from mmd_jax.run.jobs import abstract_jobs, bind, loop_of, needs_of
 
-  config = config.copy_and_resolve_references()
-  with config.unlocked():
-    config.stages = tuple(s for s in config.stages if s != plan.EVALUATE) or (
-        config.stages)
-    reduced = bool(jax.default_backend() == 'cpu' and
-                   config.get('bench', {}).get('cpu'))
-    if reduced:   # the config's tiny stand-in for CPU (device_check)
-      config.update({k: v for k, v in config.bench.cpu.items()
-                     if k != 'bench'})
-  config_check.validate(config)
+  config, reduced = _for_backend(config)
   methods = _selected(only)
-  ds = data_shape(config.data)
-  plan.validate_methods(config, [m.name for m in methods], ds)
-  mesh = parallel.make_mesh(config.mesh)
-  env = runner.Env(config, '/nonexistent', mesh, ds)
-  view_of = lambda m: plan.view(config, m)
-  # Default: the first method's (the teacher's) batch.
-  batch_size = batch_size or methods[0].jobs(view_of(methods[0]))[0].batch_size
-  parallel.check_batch(batch_size, mesh, '--batch_size',
-                       config.grad_accum_steps)
-  backend = jax.default_backend()
-  dtype = matmul_dtype or peak_dtype(backend)
-  logging.info('bench: %s on %d %s devices (%s), batch %d', ds.name,
-               mesh.devices.size, backend, jax.devices()[0].device_kind,
-               batch_size)
-  peak = matmul_peak(dtype, tuple(matmul_sizes))
-  params = jax.jit(env.spec.init_params)(
-      jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(ds.example_shape)))
-  batch = synthetic_batch(ds, batch_size, mesh)
-  out = {'peak_matmul_flops': peak['flops_per_s'],
-         'peak_matmul': dict(peak, dtype=dtype),
-         'device': {'backend': backend, 'kind': jax.devices()[0].device_kind,
-                    'count': mesh.devices.size,
-                    'mesh': dict(zip(mesh.axis_names,
-                                     map(int, mesh.devices.shape)))},
-         'config': {'data': ds.name, 'model': config.model.name,
-                    'params': int(sum(x.size for x in jax.tree.leaves(params))),
-                    'batch_size': batch_size, 'dtype': config.model.dtype,
-                    'grad_accum_steps': config.grad_accum_steps,
-                    'reduced_for_cpu': reduced},
-         'steps': {}}
-  cache, root = {}, None
+  env, batch_size = _env(config, methods, batch_size)
+  out, params = _header(config, env, batch_size, reduced, matmul_dtype,
+                        matmul_sizes)
+  batch = synthetic_batch(env.data, batch_size, env.mesh)
+  jobs, shapes = abstract_jobs(env, config, methods)
+  peak, root = out['peak_matmul'], None
   for m in methods:
-    cfg = view_of(m)
     # The job with the most sampling steps: step cost does not depend on k.
-    job = max(m.jobs(cfg), key=lambda j: j.steps or 0)
-    step = plan.Step(m, cfg, job, train=True)
-    stage = runner.build_stage(env, step,
-                               _placeholders(env, view_of, m, cache))
-    name = m.bench_name(job)
+    opened = max((o for o in jobs.values() if o.method is m),
+                 key=lambda o: o.job.steps or 0)
+    bound = bind(opened, placeholders({a: shapes[a]
+                                       for a in needs_of(opened.planned)}))
+    name = bound.bench_name or m.name
     logging.info('bench: %s', name)
-    r = bench_step(stage, batch, mesh, num_steps, warmup, guard_ab)
+    r = bench_step(loop_of(env, opened), batch, env.mesh, num_steps, warmup,
+                   guard_ab)
     r['mfu'] = r['achieved_flops'] / peak['flops_per_s']
     out['steps'][name] = r
     root = root or (name if not m.needs else None)
@@ -313,9 +264,79 @@ def run(config, num_steps: int = 20, warmup: int = 3, batch_size: int = 0,
       r['relative_to_teacher'] = r['step_time_s'] / t
   if not only or 'sampling' in only:
     out['sampling'] = bench_sampling(
-        env, methods, view_of, params, sample_batch or config.eval.batch_size,
-        teacher_steps)
+        env, [o for o in jobs.values() if o.method in methods], params,
+        sample_batch or config.eval.batch_size, teacher_steps)
   return out
+
+
+def _for_backend(config):
+  """(the config without `evaluate`, with the config's tiny stand-in for
+  CPU where it has one (device_check), whether it was reduced)."""
+  import jax
+  from mmd_jax.run import config_check, plan
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.stages = tuple(s for s in config.stages if s != plan.EVALUATE) or (
+        config.stages)
+    reduced = bool(jax.default_backend() == 'cpu' and
+                   config.get('bench', {}).get('cpu'))
+    if reduced:
+      config.update({k: v for k, v in config.bench.cpu.items()
+                     if k != 'bench'})
+  config_check.validate(config)
+  return config, reduced
+
+
+def _env(config, methods, batch_size: int):
+  """(the run's Env on the data's shapes, the batch: by default the first
+  method's, the teacher's)."""
+  from mmd_jax.data import data_shape
+  from mmd_jax.device import parallel
+  from mmd_jax.run import plan
+  from mmd_jax.run.env import Env
+  ds = data_shape(config.data)
+  plan.validate_methods(config, [m.name for m in methods], ds)
+  mesh = parallel.make_mesh(config.mesh)
+  env = Env(config, '/nonexistent', mesh, ds)
+  batch_size = batch_size or methods[0].jobs(plan.view(
+      config, methods[0]))[0].batch_size
+  parallel.check_batch(batch_size, mesh, '--batch_size',
+                       config.grad_accum_steps)
+  return env, batch_size
+
+
+def _header(config, env, batch_size, reduced, matmul_dtype, matmul_sizes):
+  """(the result's header and empty `steps`, the teacher network's
+  parameters)."""
+  import jax
+  import jax.numpy as jnp
+  ds, mesh = env.data, env.mesh
+  backend = jax.default_backend()
+  dtype = matmul_dtype or peak_dtype(backend)
+  logging.info('bench: %s on %d %s devices (%s), batch %d', ds.name,
+               mesh.devices.size, backend, jax.devices()[0].device_kind,
+               batch_size)
+  peak = matmul_peak(dtype, tuple(matmul_sizes))
+  params = jax.jit(env.context(_AnyMethod).spec.init_params)(
+      jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(ds.example_shape)))
+  out = {'peak_matmul_flops': peak['flops_per_s'],
+         'peak_matmul': dict(peak, dtype=dtype),
+         'device': {'backend': backend, 'kind': jax.devices()[0].device_kind,
+                    'count': mesh.devices.size,
+                    'mesh': dict(zip(mesh.axis_names,
+                                     map(int, mesh.devices.shape)))},
+         'config': {'data': ds.name, 'model': config.model.name,
+                    'params': int(sum(x.size for x in jax.tree.leaves(params))),
+                    'batch_size': batch_size, 'dtype': config.model.dtype,
+                    'grad_accum_steps': config.grad_accum_steps,
+                    'reduced_for_cpu': reduced},
+         'steps': {}}
+  return out, params
+
+
+class _AnyMethod:
+  """Any method trained in the run's space: the network it sees."""
+  in_space = True
 
 
 def format_table(r: dict) -> str:

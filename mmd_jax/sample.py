@@ -5,7 +5,7 @@ python -m mmd_jax.sample --workdir=W/<stage> --steps=K --num_samples=N \
 
 Writes `samples` (float32, data space) and, for conditional models, `labels`.
 Any registered method's directory works: it samples the way the method says
-(stages/base.py, `Sampling`). Stages of a latent run are decoded to data
+(plugins/base.py, `Sampling`). Stages of a latent run are decoded to data
 space.
 The same seed gives the same samples, bit for bit, on the same machine.
 """
@@ -48,20 +48,20 @@ def draw(stage_dir: str, steps=None, num_samples: int = 1000, seed: int = 0,
          batch_size: int = 1000):
   """(samples in data space, labels or None, k) from a stage directory of
   any registered method, sampled the way the method says
-  (stages/base.py's `Sampling`)."""
+  (plugins/base.py's `Sampling`)."""
   import jax
   import numpy as np
 
-  from mmd_jax.run import runner
   from mmd_jax.evaluation import evaluate
+  from mmd_jax.run.stage_dir import open_stage
 
-  env, _, step, state = runner.open_stage(stage_dir)
-  ctx = env.context(step.method)
-  sampling = step.method.sampling(step.job, step.cfg, ctx)
+  stage = open_stage(stage_dir)
+  ctx, sampling, state, job = (stage.ctx, stage.bound.sampling, stage.state,
+                               stage.opened.job)
   if sampling is None:
-    raise SampleError(f'{step.job.name} ({step.job.method}) draws no samples')
+    raise SampleError(f'{job.name} ({job.method}) draws no samples')
   if not sampling.any_steps and steps is not None and steps != sampling.steps:
-    raise SampleError(f'{step.job.name} samples with exactly '
+    raise SampleError(f'{job.name} samples with exactly '
                       f'{sampling.steps} step(s); --steps must be '
                       f'{sampling.steps}')
   # Students sample with their own k by default.

@@ -33,20 +33,20 @@ def test_emd_flops_grow_linearly_in_langevin_steps():
   from mmd_jax.run import config_check, runner
   from mmd_jax.device import parallel
   from mmd_jax.data import data_shape
+  from mmd_jax.run import jobs
   flops = {}
   for k in (1, 2, 4):
     c = tiny.config('toy2d', 'tiny_emd', {'emd.langevin_steps': k,
                                           'emd.sweep': (), 'stages': ('emd',)})
     plan = config_check.validate(c)
-    step = [s for s in plan.steps if s.train][0]
     env = runner.Env(c, '/nonexistent', parallel.make_mesh(c.mesh),
                      data_shape(c.data))
-    stage = runner.build_stage(env, step, runner.abstract_artifacts(
-        env, plan, step.method))
+    opened, _ = jobs.abstract_jobs(env, c, [plan.jobs[-1].method])
+    loop = jobs.loop_of(env, opened['emd_k1'])
     batch = bench.synthetic_batch(env.data, 64, env.mesh)
-    state = jax.eval_shape(stage.init, jax.random.PRNGKey(0), batch,
-                           stage.frozen)
-    flops[k] = bench.count_flops(stage.step, state, batch,
+    state = jax.eval_shape(loop.init, jax.random.PRNGKey(0), batch,
+                           loop.frozen)
+    flops[k] = bench.count_flops(loop.step, state, batch,
                                  jax.random.PRNGKey(1))
   per_step = flops[2] - flops[1]
   assert per_step > 0

@@ -63,8 +63,8 @@ def test_diverging_run_stops_with_one_line_and_saves_only_finite(repo_root,
   assert line.startswith('error: teacher: 5 non-finite steps in a row'), line
   assert 'last good checkpoint: step' in line
   # Every checkpoint written holds finite parameters.
-  from mmd_jax.run import runner
-  _, _, _, state = runner.open_stage(str(w / 'teacher'))
+  from mmd_jax.run.stage_dir import open_stage
+  state = open_stage(str(w / 'teacher')).state
   assert all(np.all(np.isfinite(np.asarray(x)))
              for x in jax.tree.leaves(state.params))
   assert not (w / 'report.json').exists()

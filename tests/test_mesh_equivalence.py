@@ -13,6 +13,8 @@ from mmd_jax.device import collectives, parallel
 from mmd_jax.run import config_check, runner
 from mmd_jax.loop import train
 from mmd_jax.data import load_dataset
+from mmd_jax.plugins.teacher import SecondMoment
+from mmd_jax.run import jobs
 assert jax.device_count() == 8
 
 
@@ -25,17 +27,19 @@ def stages_for(accum):
   ds = load_dataset(cfg.data)
   plan = config_check.validate(cfg)
   env = runner.Env(cfg, '/tmp/unused', parallel.make_mesh(cfg.mesh), ds)
-  theta = env.spec.init_params(jax.random.PRNGKey(1), jnp.zeros((1, 2)))
+  theta = env.context(plan.jobs[0].method).spec.init_params(
+      jax.random.PRNGKey(1), jnp.zeros((1, 2)))
   # Non-zero heads, so every path carries gradient.
   theta = jax.tree.map(lambda l: l + 0.05 * jax.random.normal(
       jax.random.PRNGKey(l.size), l.shape), theta)
   # v-hat = 1/4: Lambda = 2.
-  arts = {'teacher_params': theta,
-          'teacher_second_moment': lambda n: jax.tree.map(
-              lambda l: jnp.full(l.shape, 0.25), theta)}
-  return env, ds, {s.method.name: (runner.build_stage(env, s, {
-      a: arts[a] for a in s.method.needs}), s.job.batch_size)
-      for s in plan.steps}
+  arts = {'teacher_params': theta, 'teacher_frozen_dtype': 'float32',
+          'teacher_second_moment': SecondMoment(
+              jax.tree.map(lambda l: jnp.full(l.shape, 0.25), theta), 1,
+              None, 0.0)}
+  return env, ds, {p.method.name: (jobs.bound_loop(env, p, {
+      a: arts[a] for a in p.method.needs}), p.job.batch_size)
+      for p in plan.jobs}
 
 
 MESHES = (('one', {'data': 1, 'fsdp': 1}, jax.devices()[:1]),

@@ -1,6 +1,6 @@
 """Every registered method through the interface the runner uses: jobs ->
-build -> a jitted, guarded step -> the restore shapes -> sampling -> an
-evaluation row. A method is covered here the moment it is registered; a
+bind -> a jitted, guarded step -> the restore shapes -> what it publishes
+-> sampling -> an evaluation row. A method is covered here the moment it is registered; a
 deliberately broken one fails."""
 import flax.struct
 import jax
@@ -11,7 +11,8 @@ import pytest
 import tiny
 from mmd_jax.blocks import guard
 from mmd_jax.device import parallel
-from mmd_jax.run import plan, runner
+from mmd_jax.run import jobs, plan, runner
+from mmd_jax.run.artifacts import placeholders
 from mmd_jax.loop import train
 from mmd_jax import plugins as registry
 from mmd_jax.data import data_shape, load_dataset
@@ -31,40 +32,40 @@ def _finite(tree) -> bool:
 
 def check_method(method, config, workdir):
   """Raises AssertionError (or the method's own error) where `method` breaks
-  the contract of stages/base.py."""
+  the contract of plugins/base.py."""
   data = load_dataset(config.data)
   plan.validate_methods(config, [method.name], data_shape(config.data))
   cfg = plan.view(config, method)
-  jobs = method.jobs(cfg)
-  assert jobs, f'{method.name}: no jobs'
-  names = [j.name for j in jobs]
+  method_jobs = method.jobs(cfg)
+  assert method_jobs, f'{method.name}: no jobs'
+  names = [j.name for j in method_jobs]
   assert len(set(names)) == len(names), f'{method.name}: repeated {names}'
-  for j in jobs:
+  for j in method_jobs:
     assert j.method == method.name and j.num_steps >= 1 and j.batch_size >= 1
   for a in method.needs:
     assert registry.provider_of(a) is not None, f'nobody publishes {a!r}'
 
   env = runner.Env(config, str(workdir), parallel.make_mesh(config.mesh),
                    data)
-  ctx = env.context(method)
-  job = jobs[0]
-  step = plan.Step(method, cfg, job, train=True)
-  artifacts = {}
-  for a in method.needs:
-    p = registry.provider_of(a)
-    artifacts[a] = p.placeholder_artifacts(plan.view(config, p),
-                                           env.context(p))[a]
-  stage = runner.build_stage(env, step, artifacts, ctx)
+  # The providers' shapes, as describe and bench get them, and stand-ins.
+  _, shapes = jobs.abstract_jobs(env, config, [method])
+  job = method_jobs[0]
+  planned = plan.PlannedJob(method, cfg, job, train=True)
+  needs = jobs.needs_of(planned)
+  opened = jobs.open_job(env, planned, read=False)
+  bound = jobs.bind(opened, placeholders({a: shapes[a] for a in needs}))
+  loop = jobs.loop_of(env, opened)
+  ctx = opened.ctx
   stream = env.stream(ctx.dataset, job.batch_size, job.data_salt)
-  state, shardings = train.build_state(stage, jax.random.PRNGKey(0), stream,
+  state, shardings = train.build_state(loop, jax.random.PRNGKey(0), stream,
                                        env.mesh)
-  before = jax.tree.map(np.asarray, stage.strip(state))
+  before = jax.tree.map(np.asarray, loop.strip(state))
   if hasattr(state, 'teacher_params'):   # teacher.frozen_dtype
     want = jnp.dtype(config.teacher.frozen_dtype)
     assert {x.dtype for x in jax.tree.leaves(state.teacher_params)} == {want}
     assert {x.dtype for x in jax.tree.leaves(state.sampling_params)} == {
         jnp.dtype(jnp.float32)}
-  step_fn = train.jit_step(stage, shardings, env.mesh)
+  step_fn = train.jit_step(loop, shardings, env.mesh)
   counts = guard.init_counts()
   key = jax.random.PRNGKey(1)
   for i in range(3):   # step 0 may run at a warm-up rate of 0
@@ -74,7 +75,7 @@ def check_method(method, config, workdir):
   assert int(counts['total']) == 0, f'{method.name}: non-finite steps'
   assert 'loss' in metrics and _finite(metrics), metrics
   assert int(state.step) == 3
-  after = jax.tree.map(np.asarray, stage.strip(state))
+  after = jax.tree.map(np.asarray, loop.strip(state))
   moved = [not np.array_equal(a, b) for a, b in zip(
       jax.tree.leaves(before), jax.tree.leaves(after))
            if np.issubdtype(a.dtype, np.floating)]
@@ -83,40 +84,52 @@ def check_method(method, config, workdir):
   # nothing but the step counter, and is counted.
   poisoned = jax.tree.map(
       lambda x: x * jnp.nan if jnp.issubdtype(x.dtype, jnp.floating) else x,
-      stage.strip(state))
+      loop.strip(state))
   good, state = state, poisoned.replace(**{
       f: jax.tree.map(jnp.copy, getattr(state, f))   # the step donates it
-      for f in stage.frozen_fields})
+      for f in loop.frozen_fields})
   held = jax.tree_util.tree_leaves_with_path(
-      jax.tree.map(np.asarray, stage.strip(state)))
+      jax.tree.map(np.asarray, loop.strip(state)))
   bad, _, counts = step_fn(
       state, stream.global_batch_at(3, parallel.batch_sharding(env.mesh)),
       key, counts)
   assert int(counts['total']) == 1 and int(bad.step) == 4, method.name
-  for (path, a), b in zip(held, jax.tree.leaves(stage.strip(bad))):
+  for (path, a), b in zip(held, jax.tree.leaves(loop.strip(bad))):
     if jax.tree_util.keystr(path) != '.step':
       np.testing.assert_array_equal(a, b, err_msg=f'{method.name} {path}')
   state = good
 
   # Restoring and describing build the state from abstract artifacts: the
-  # providers' shapes must be what their placeholders are.
-  abstract = runner.abstract_artifacts(env, plan.Plan([], False, config),
-                                       method)
-  shapes = jax.eval_shape(
-      runner.build_stage(env, step, abstract, ctx).init, jax.random.PRNGKey(0),
-      stream.global_batch_at(0, parallel.batch_sharding(env.mesh)),
-      runner.build_stage(env, step, abstract, ctx).frozen)
-  assert [(s.shape, s.dtype) for s in jax.tree.leaves(shapes)] == [
+  # providers' shapes must be what their stand-ins are.
+  abstract_bound = method.bind(job, cfg, ctx, {a: shapes[a] for a in needs})
+  batch0 = stream.global_batch_at(0, parallel.batch_sharding(env.mesh))
+  abstract = jax.eval_shape(abstract_bound.init, jax.random.PRNGKey(0),
+                            batch0, abstract_bound.frozen)
+  assert [(s.shape, s.dtype) for s in jax.tree.leaves(abstract)] == [
       (x.shape, x.dtype) for x in jax.tree.leaves(state)], (
           f'{method.name}: the abstract state differs from the real one')
 
-  for a, value in method.publish(job, cfg, ctx, state).items():
-    assert a in method.provides, f'{method.name} publishes undeclared {a!r}'
-    assert value is not None
-  assert set(method.artifact_shapes(cfg, ctx)) == set(method.provides)
+  if bound.publish is not None:
+    published = bound.publish(state)
+    for a, value in published.items():
+      assert a in method.provides or a.startswith(f'{job.name}/'), (
+          f'{method.name} publishes undeclared {a!r}')
+      assert value is not None
+    assert set(method.provides) <= set(published)
+    # The shapes describe and bench use are the published values' shapes.
+    published_shapes = abstract_bound.publish(abstract)
+    assert set(published_shapes) == set(published)
+    for a in published:
+      got = [(getattr(x, 'shape', None), getattr(x, 'dtype', None))
+             for x in jax.tree.leaves(published_shapes[a])]
+      want = [(getattr(x, 'shape', None), getattr(x, 'dtype', None))
+              for x in jax.tree.leaves(published[a])]
+      assert got == want, f'{method.name}: shapes of {a!r} differ'
+  else:
+    assert not method.provides, f'{method.name} publishes nothing'
 
-  rows, _ = method.report(job, cfg, ctx, state, 0)
-  sampling = method.sampling(job, cfg, ctx)
+  rows = bound.report(state, 0)[0] if bound.report else []
+  sampling = bound.sampling
   assert rows or sampling is not None, f'{method.name}: nothing to report'
   for r in rows:
     assert {'model', 'sampler', 'steps', 'metrics'} <= set(r), r
@@ -175,7 +188,7 @@ class _Broken(base.Method):
   """A method whose step returns a non-finite loss."""
   name = 'broken_dummy'
   sections = ('distill',)
-  needs = ('teacher_params',)
+  needs = ('teacher_params', 'teacher_frozen_dtype')
   networks = ('student',)
 
   def jobs(self, cfg):
@@ -183,7 +196,7 @@ class _Broken(base.Method):
     return [base.Job(self.name, f'{self.name}_k1', self.name, 1,
                      d.num_train_steps, d.batch_size, 'distill.batch_size')]
 
-  def build(self, job, cfg, ctx, artifacts):
+  def bind(self, job, cfg, ctx, artifacts):
     def init(key, batch, frozen):
       t = frozen['teacher_params']
       return _DummyState(jnp.zeros((), jnp.int32), key,
@@ -191,11 +204,10 @@ class _Broken(base.Method):
 
     def step(state, batch, key):
       return state.replace(step=state.step + 1), {'loss': jnp.full((), jnp.nan)}
-    return base.Build(init, step,
-                      {'teacher_params': artifacts['teacher_params']})
-
-  def sampling(self, job, cfg, ctx):
-    return base.Sampling(base.SpecSampler(ctx.spec), steps=1)
+    return base.Bound(init, step,
+                      {'teacher_params': artifacts['teacher_params']},
+                      sampling=base.Sampling(base.SpecSampler(ctx.spec),
+                                             steps=1))
 
 
 class _ReadsTeacherSection(_Broken):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import toy2d
-from mmd_jax.run import config_check, runner
+from mmd_jax.run import config_check, jobs, runner
 from mmd_jax.device import parallel
 from mmd_jax.loop import train
 from mmd_jax.data import load_dataset
@@ -25,16 +25,16 @@ def _setup(tmp_path, steps=20):
 def _env_step(cfg, ds, workdir):
   plan = config_check.validate(cfg)
   env = runner.Env(cfg, str(workdir), parallel.make_mesh(cfg.mesh), ds)
-  return env, plan, plan.steps[0]
+  return env, plan, plan.jobs[0]
 
 
 def _train(cfg, ds, spec, workdir):
   del spec
   env, _, step = _env_step(cfg, ds, workdir)
-  stage = runner.build_stage(env, step, {})
+  loop = jobs.bound_loop(env, step, {})
   stream = env.stream(ds, cfg.teacher.batch_size, 0)
-  return train.run(stage, stream, env.mesh, jax.random.PRNGKey(0),
-                   cfg.checkpoint, cfg.log)
+  return train.run(loop, stream, env.mesh, jax.random.PRNGKey(0),
+                   cfg.checkpoint, cfg.log)[0]
 
 
 def test_loss_decreases_and_teacher_keeps_adam_state(tmp_path):
@@ -79,7 +79,9 @@ def test_checkpoint_resume_continues_the_same_trajectory(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # The restored checkpoint is what the runner's restore sees.
   env, plan, step = _env_step(cfg, ds, tmp_path / 'b')
-  loaded = runner.restore(env, plan, step)
+  opened = jobs.open_job(env, step)
+  jobs.bind(opened, {})
+  loaded = jobs.restore(env, opened)
   for a, b in zip(jax.tree.leaves(loaded.ema_params),
                   jax.tree.leaves(resumed.ema_params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -2,17 +2,28 @@
 `bench` and `describe` know about a training method.
 
 A method (the teacher, a distillation algorithm, the VAE) is a `Method`
-subclass registered in `mmd_jax.plugins`. It turns its own config sections
-into `Job`s, one per trained directory; builds the loop's `Stage` parts
-for a job from its pure step module; says how a trained job draws samples;
-and publishes what later jobs need (artifacts, by name):
+subclass registered in `mmd_jax.plugins`, beside its pure step module in
+`mmd_jax.methods`. It turns its own config sections into `Job`s, one per
+stage directory, and binds each job once (`bind`) into a `Bound`: the
+loop's init and step, its frozen inputs, how it samples, what it publishes
+for later jobs, its report rows and its preview.
+
+Artifacts are what jobs publish, by name:
 
   'teacher_params'         the teacher's sampling parameters
-  'teacher_second_moment'  n -> Adam's bias-corrected v-hat of the teacher
-                           (estimated from n fresh gradients when the
-                           teacher has no Adam state), computed on first use
-  'space'                  the data space the diffusion models live in (a
+  'teacher_frozen_dtype'   the dtype a student keeps its frozen teacher in
+  'teacher_second_moment'  Adam's second moment of the teacher
+                           (`SecondMoment`, estimated from fresh gradients
+                           when the teacher has none, on first use)
+  SPACE ('space')          the data space the diffusion models live in (a
                            VAE's latents); absent: the data themselves
+  '<job name>/<what>'      a job's own output for a later job of the same
+                           method (a progressive round's student)
+
+A method's artifacts are its `provides` (and the job-scoped names its jobs'
+`needs` ask for). `Bound.publish(state)` must accept an abstract state
+(ShapeDtypeStruct leaves, from `jax.eval_shape` of `init`) and then return
+the artifacts' shapes: describe, bench and restoring consumers use those.
 
 A method reads only `cfg`: a view of its own sections plus the run-level
 keys (`RUN_KEYS`). Everything about the data and the network comes in the
@@ -26,10 +37,13 @@ from typing import Any, Callable, Optional
 RUN_KEYS = ('seed', 'mesh', 'checkpoint', 'log', 'grad_accum_steps',
             'max_nonfinite_steps', 'matmul_precision')
 
+# The artifact that sets the space of the methods trained `in_space`.
+SPACE = 'space'
+
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-  """One trained (or imported) directory of a method.
+  """One trained (or imported) stage directory of a method.
 
   `setting` and `meta` go into stage.json; resuming, skipping and
   evaluating refuse a directory whose recorded `setting` (or `meta` value)
@@ -46,32 +60,44 @@ class Job:
   micro_batches: int = 1       # gradient accumulation inside the step
   setting: Optional[dict] = None
   meta: dict = dataclasses.field(default_factory=dict)
-  report_setting: Optional[dict] = None   # the report row's `setting`
   # Imported rather than trained: a file (materialised as the job's
   # directory) or a stage directory elsewhere (`stage_dir`, read only).
   source: str = ''
   source_key: str = ''         # the config key that names `source`
   stage_dir: str = ''
   options: tuple = ()          # method-private, e.g. EMD's overrides
-  # An earlier job of the plan this one starts from (a progressive
-  # distillation round from the previous round's student): its build gets
-  # the parent's sampling parameters as artifacts['parent_params'], and its
-  # report cost includes the parent's.
-  parent: str = ''
+  # Job-scoped artifacts of earlier jobs ('<job name>/<what>') it needs
+  # beside its method's `needs`: a progressive round starts from the
+  # round before it. Its report cost includes theirs.
+  needs: tuple = ()
   # Teacher network evaluations per training example (a VJP or JVP counts
   # as two): the report row's cost.teacher_evals.
   teacher_evals_per_example: float = 0.0
 
 
 @dataclasses.dataclass
-class Build:
-  """The parts of a loop `Stage` that only the method knows."""
+class Bound:
+  """One job, bound once: everything the runner, evaluation, bench and
+  describe do with it."""
   init: Callable[[Any, Any, Any], Any]    # (key, batch, frozen) -> state
   # (state, batch, key) -> (state, metrics)
   step: Callable[[Any, Any, Any], Any]
   # Read-only state fields (teacher params, a preconditioner): passed to
   # `init` as jit arguments, saved once per directory, not checkpointed.
   frozen: Optional[dict] = None
+  sampling: Optional['Sampling'] = None
+  # state (concrete or abstract) -> {artifact: value (or its shapes)}
+  publish: Optional[Callable[[Any], dict]] = None
+  # (state, seed) -> (report rows scored by the method itself,
+  # {title: picture file under the workdir})
+  report: Optional[Callable[[Any, int], tuple]] = None
+  # (state, path): a picture replacing the runner's samples picture
+  preview: Optional[Callable[[Any, str], None]] = None
+  # An imported job: its fresh state -> the state with the source's
+  # contents in place.
+  load: Optional[Callable[[Any], Any]] = None
+  report_setting: Optional[dict] = None   # the report row's `setting`
+  bench_name: str = ''                    # bench's row name; '' = method's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,43 +184,11 @@ class Method:
   def jobs(self, cfg) -> list:
     raise NotImplementedError
 
-  def build(self, job: Job, cfg, ctx: Context, artifacts: dict) -> Build:
-    """`artifacts` holds `needs` (and 'parent_params' when the job has a
-    parent and is trained); values are abstract (ShapeDtypeStruct trees)
-    when the state is only restored or described."""
+  def bind(self, job: Job, cfg, ctx: Context, artifacts: dict) -> Bound:
+    """The job, bound. `artifacts` holds the method's `needs` and the job's
+    own; their values are abstract (ShapeDtypeStruct trees) when the job
+    is only restored or described."""
     raise NotImplementedError
-
-  def sampling(self, job: Job, cfg, ctx: Context) -> Optional[Sampling]:
-    return None
-
-  def publish(self, job: Job, cfg, ctx: Context, state) -> dict:
-    """The artifacts of `provides`, from the job's trained state."""
-    return {}
-
-  def artifact_shapes(self, cfg, ctx: Context) -> dict:
-    """`provides` as abstract values: consumers restore and describe
-    without this method's trained state."""
-    return {}
-
-  def placeholder_artifacts(self, cfg, ctx: Context) -> dict:
-    """`provides` as concrete stand-ins of the right shapes (bench, the
-    contract test)."""
-    return {}
-
-  def import_state(self, job: Job, cfg, ctx: Context, state):
-    """A job whose `source` is a file: its freshly initialised state with
-    the file's contents in place."""
-    raise NotImplementedError(f'{self.name} cannot import {job.source!r}')
-
-  def report(self, job: Job, cfg, ctx: Context, state, seed: int):
-    """Report rows scored by the method itself, and pictures:
-    (rows, {title: file under the workdir})."""
-    return [], {}
-
-  def preview(self, job: Job, cfg, ctx: Context):
-    """A (state, path) picture writer replacing the runner's samples
-    picture, or None."""
-    return None
 
   def network_sizes(self, cfg, ctx: Context) -> dict:
     """{network name: parameter count} for describe."""
@@ -204,9 +198,6 @@ class Method:
     n = sum(int(l.size) for l in jax.tree.leaves(jax.eval_shape(
         ctx.spec.init_params, jax.random.PRNGKey(0), x)))
     return {net: n for net in self.networks}
-
-  def bench_name(self, job: Job) -> str:
-    return self.name
 
   def job_for(self, cfg, name: str, meta: dict) -> Job:
     """The job of an existing directory `name` (mmd_jax.sample)."""
@@ -220,10 +211,32 @@ class Method:
                      f'{[j.name for j in jobs]}')
 
 
+def is_abstract(tree) -> bool:
+  import jax
+  leaves = jax.tree.leaves(tree)
+  return bool(leaves) and isinstance(leaves[0], jax.ShapeDtypeStruct)
+
+
 def maybe_abstract(fn, *trees):
   """fn(*trees), or its shapes when the trees are abstract."""
   import jax
-  leaves = jax.tree.leaves(trees)
-  if leaves and isinstance(leaves[0], jax.ShapeDtypeStruct):
+  if is_abstract(trees):
     return jax.eval_shape(fn, *trees)
   return fn(*trees)
+
+
+def with_frozen_teacher_in(init, dtype: str):
+  """`init`, whose state's frozen `teacher_params` are stored in `dtype`
+  (the teacher's 'teacher_frozen_dtype'). The trained networks were copied
+  from the teacher before this cast, so they stay float32."""
+  if dtype == 'float32':
+    return init
+
+  def cast(key, batch, frozen):
+    import jax
+    import jax.numpy as jnp
+    state = init(key, batch, frozen)
+    return state.replace(teacher_params=jax.tree.map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating)
+        else x, state.teacher_params))
+  return cast

@@ -27,7 +27,7 @@ class ConsistencySampler:
 class Consistency(base.Method):
   name = 'consistency'
   sections = ('distill', 'consistency')
-  needs = ('teacher_params',)
+  needs = ('teacher_params', 'teacher_frozen_dtype')
   networks = ('student', 'target')
 
   def validate(self, cfg, data):
@@ -72,7 +72,7 @@ class Consistency(base.Method):
         micro_batches=cfg.grad_accum_steps, setting=setting,
         teacher_evals_per_example=evals) for k in d.sampling_steps]
 
-  def build(self, job, cfg, ctx, artifacts):
+  def bind(self, job, cfg, ctx, artifacts):
     c, spec, hp = cfg.consistency, ctx.spec, self.hparams(cfg)
     # [paper]: Adam at a constant rate (RAdam/Adam, no decay) after warm-up.
     tx, _ = optim.make_optimizer(c.learning_rate, c.warmup_steps,
@@ -81,12 +81,10 @@ class Consistency(base.Method):
 
     def init(key, batch, frozen):
       return cd.init(key, frozen['teacher_params'], spec, hp, tx, batch)
-    return base.Build(init, cd.step,
-                      {'teacher_params': artifacts['teacher_params']})
-
-  def sampling(self, job, cfg, ctx):
-    return base.Sampling(ConsistencySampler(ctx.spec, self.hparams(cfg)),
-                         steps=job.steps)
+    return base.Bound(
+        base.with_frozen_teacher_in(init, artifacts['teacher_frozen_dtype']),
+        cd.step, {'teacher_params': artifacts['teacher_params']},
+        sampling=base.Sampling(ConsistencySampler(spec, hp), steps=job.steps))
 
 
 register(Consistency())

@@ -114,7 +114,7 @@ def _check_setting(v, where):
 
 class _OneStep(base.Method):
   sections = ('distill', 'emd')
-  needs = ('teacher_params',)
+  needs = ('teacher_params', 'teacher_frozen_dtype')
   networks = ('generator', 'student_score')
 
   def validate(self, cfg, data):
@@ -170,14 +170,13 @@ class _OneStep(base.Method):
         batch_key='distill.batch_size', data_salt=1,
         micro_batches=cfg.grad_accum_steps, setting=setting,
         meta={'logsnr_generator': hp.logsnr_generator},
-        report_setting={k: setting[k] for k in DESCRIBED_KEYS},
         options=tuple(overrides),
         # The E-step evaluates the teacher once per Langevin step (the
         # Diff-Instruct path once).
         teacher_evals_per_example=max(hp.langevin_steps, 1) * (
             2.0 if hp.guidance else 1.0))
 
-  def build(self, job, cfg, ctx, artifacts):
+  def bind(self, job, cfg, ctx, artifacts):
     d, e = cfg.distill, cfg.emd
     hp = hparams(cfg, job.options, _mixture_of(ctx.dataset))
     spec = ctx.spec
@@ -192,13 +191,16 @@ class _OneStep(base.Method):
     def init(key, batch, frozen):
       return emd.init(key, frozen['teacher_params'], spec, hp, gen_tx,
                       score_tx, batch)
-    return base.Build(init, emd.step,
-                      {'teacher_params': artifacts['teacher_params']})
+    return base.Bound(
+        base.with_frozen_teacher_in(init, artifacts['teacher_frozen_dtype']),
+        emd.step, {'teacher_params': artifacts['teacher_params']},
+        sampling=base.Sampling(GeneratorSampler(spec, hp.logsnr_generator),
+                               steps=1, any_steps=False),
+        report_setting={k: job.setting[k] for k in DESCRIBED_KEYS},
+        bench_name=self._bench_name(job))
 
-  def sampling(self, job, cfg, ctx):
-    return base.Sampling(
-        GeneratorSampler(ctx.spec, hparams(cfg, job.options).logsnr_generator),
-        steps=1, any_steps=False)
+  def _bench_name(self, job):
+    return self.name
 
   def job_for(self, cfg, name, meta):
     # The directory records its whole setting: a sweep member needs no
@@ -231,7 +233,7 @@ class EMD(_OneStep):
                            tuple(ov.items())))
     return out
 
-  def bench_name(self, job):
+  def _bench_name(self, job):
     return f"emd_K{job.setting['langevin_steps']}"
 
 

@@ -12,7 +12,7 @@ from mmd_jax.plugins import base, register
 
 class _MomentMatching(base.Method):
   sections = ('distill',)
-  needs = ('teacher_params',)
+  needs = ('teacher_params', 'teacher_frozen_dtype')
 
   def validate(self, cfg, data):
     d = cfg.distill
@@ -73,9 +73,12 @@ class _MomentMatching(base.Method):
     return mm.mm_optimizer(d.learning_rate, d.warmup_steps, d.num_train_steps,
                            d.grad_clip)
 
-  def sampling(self, job, cfg, ctx):
-    return base.Sampling(StudentSampler(ctx.spec, self.hparams(cfg, job.steps)),
-                         steps=job.steps)
+  def _bound(self, job, cfg, ctx, artifacts, init, step, frozen):
+    return base.Bound(
+        base.with_frozen_teacher_in(init, artifacts['teacher_frozen_dtype']),
+        step, frozen, sampling=base.Sampling(
+            StudentSampler(ctx.spec, self.hparams(cfg, job.steps)),
+            steps=job.steps))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,19 +103,19 @@ class Alternating(_MomentMatching):
   def teacher_evals(self, hp):
     return 2.0 if hp.guidance else 1.0   # the teacher at z_s (CFG: twice)
 
-  def build(self, job, cfg, ctx, artifacts):
+  def bind(self, job, cfg, ctx, artifacts):
     hp, tx, spec = self.hparams(cfg, job.steps), self._optimizer(cfg), ctx.spec
 
     def init(key, batch, frozen):
       return mm.init_alternating(key, frozen['teacher_params'], spec, hp, tx,
                                  batch)
-    return base.Build(init, mm.alternating_step,
-                      {'teacher_params': artifacts['teacher_params']})
+    return self._bound(job, cfg, ctx, artifacts, init, mm.alternating_step,
+                       {'teacher_params': artifacts['teacher_params']})
 
 
 class Parameter(_MomentMatching):
   name = 'mm_parameter'
-  needs = ('teacher_params', 'teacher_second_moment')
+  needs = ('teacher_params', 'teacher_frozen_dtype', 'teacher_second_moment')
   networks = ('student',)
 
   def teacher_evals(self, hp):
@@ -131,19 +134,22 @@ class Parameter(_MomentMatching):
          f'{n} does not divide half of distill.batch_size={d.batch_size} '
          '(mm_parameter splits it into batches A and B)')
 
-  def build(self, job, cfg, ctx, artifacts):
+  def bind(self, job, cfg, ctx, artifacts):
     hp, tx, spec = self.hparams(cfg, job.steps), self._optimizer(cfg), ctx.spec
     d = cfg.distill
-    v_hat = artifacts['teacher_second_moment'](d.precond_estimate_steps)
+    moment, params = (artifacts['teacher_second_moment'],
+                      artifacts['teacher_params'])
+    # Restored or described: the preconditioner's shapes are the teacher's.
+    v_hat = (moment.nu if base.is_abstract(params) else
+             moment.v_hat(params, d.precond_estimate_steps))
     precond = base.maybe_abstract(
         lambda v: mm.preconditioner_from_v_hat(v, d.precond_eps), v_hat)
 
     def init(key, batch, frozen):
       return mm.init_parameter(key, frozen['teacher_params'],
                                frozen['precond'], spec, hp, tx, batch)
-    return base.Build(init, mm.parameter_step,
-                      {'teacher_params': artifacts['teacher_params'],
-                       'precond': precond})
+    return self._bound(job, cfg, ctx, artifacts, init, mm.parameter_step,
+                       {'teacher_params': params, 'precond': precond})
 
 
 register(Alternating())

@@ -1,7 +1,8 @@
 """Progressive distillation (methods/progressive.py): rounds from the
 teacher's DDIM at `progressive.start_steps` down to the smallest k of
 `distill.sampling_steps`, one directory per round, `progressive_k<k>`.
-Each round starts from the previous round's student (its job's parent)."""
+Each round starts from the previous round's student: it needs the
+'<round>/student' artifact of the round before it."""
 from __future__ import annotations
 
 import dataclasses
@@ -38,7 +39,7 @@ class DDIMSampler:
 class Progressive(base.Method):
   name = 'progressive'
   sections = ('distill', 'progressive')
-  needs = ('teacher_params',)
+  needs = ('teacher_params', 'teacher_frozen_dtype')
   networks = ('student',)
 
   def validate(self, cfg, data):
@@ -76,38 +77,39 @@ class Progressive(base.Method):
 
   def jobs(self, cfg):
     d, p = cfg.distill, cfg.progressive
-    out, parent = [], ''
+    out, needs = [], ()
     for k in rounds(p.start_steps, min(d.sampling_steps)):
       name = f'{self.name}_k{k}'
       out.append(base.Job(
           method=self.name, name=name, model=self.name, steps=k,
           num_steps=self._steps(cfg), batch_size=d.batch_size,
           batch_key='distill.batch_size', data_salt=1,
-          micro_batches=cfg.grad_accum_steps, parent=parent,
+          micro_batches=cfg.grad_accum_steps, needs=needs,
           setting={'k': k, 'teacher_steps': 2 * k,
                    'start_steps': p.start_steps, 'guidance': d.guidance,
                    'learning_rate': p.learning_rate},
           # Two DDIM steps of the round's teacher per example.
           teacher_evals_per_example=4.0 if d.guidance else 2.0))
-      parent = name
+      needs = (f'{name}/student',)
     return out
 
-  def build(self, job, cfg, ctx, artifacts):
+  def bind(self, job, cfg, ctx, artifacts):
     p, spec = cfg.progressive, ctx.spec
     hp = self.hparams(cfg, job.steps)
     tx, _ = optim.global_step_adam(p.learning_rate, p.warmup_steps,
                                    job.num_steps, p.grad_clip, b1=0.9,
                                    b2=0.999, eps=1e-8)
-    # Round 1 distils the teacher; later rounds the previous student (when
-    # only restored, its shapes: the teacher's).
-    teacher = artifacts.get('parent_params', artifacts['teacher_params'])
+    # Round 1 distils the teacher; later rounds the previous student.
+    teacher = artifacts[job.needs[0]] if job.needs else artifacts[
+        'teacher_params']
 
     def init(key, batch, frozen):
       return pd.init(key, frozen['teacher_params'], spec, hp, tx, batch)
-    return base.Build(init, pd.step, {'teacher_params': teacher})
-
-  def sampling(self, job, cfg, ctx):
-    return base.Sampling(DDIMSampler(ctx.spec), steps=job.steps)
+    return base.Bound(
+        base.with_frozen_teacher_in(init, artifacts['teacher_frozen_dtype']),
+        pd.step, {'teacher_params': teacher},
+        sampling=base.Sampling(DDIMSampler(spec), steps=job.steps),
+        publish=lambda state: {f'{job.name}/student': state.sampling_params})
 
 
 register(Progressive())

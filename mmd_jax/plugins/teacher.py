@@ -7,14 +7,18 @@ Trained in W/teacher, or imported from `teacher.checkpoint`:
   becomes the run's network: students and generators are copies of it.
 A file or a diffusers model is written into W/teacher as a checkpoint at
 the final step, with a fresh optimiser. Publishes 'teacher_params' (the EMA
-when used) and 'teacher_second_moment' (Adam's v-hat, estimated from fresh
-gradients when the teacher has no Adam state, as an imported one has not).
+when used), 'teacher_frozen_dtype' (teacher.frozen_dtype: the dtype students
+keep their frozen copy in) and 'teacher_second_moment' (Adam's second
+moment; estimated from fresh gradients when the teacher has no Adam state,
+as an imported one has not).
 """
 from __future__ import annotations
 
 import functools
 import os
+from typing import Any, Callable
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 from absl import logging
@@ -36,7 +40,8 @@ def _abstract_params(ctx):
 class Teacher(base.Method):
   name = 'teacher'
   sections = ('teacher',)
-  provides = ('teacher_params', 'teacher_second_moment')
+  provides = ('teacher_params', 'teacher_frozen_dtype',
+              'teacher_second_moment')
   networks = ('teacher',)
 
   def validate(self, cfg, data):
@@ -110,20 +115,33 @@ class Teacher(base.Method):
         ema_decay=t.ema_decay, stratified_t=t.stratified_t,
         grad_accum_steps=cfg.grad_accum_steps)
 
-  def build(self, job, cfg, ctx, artifacts):
+  def bind(self, job, cfg, ctx, artifacts):
     t = cfg.teacher
     tx, _ = teacher.make_optimizer(t.learning_rate, t.warmup_steps,
                                    t.num_train_steps, t.grad_clip, t.b1, t.b2,
                                    t.adam_eps, t.lr_decay)
     hp, spec = self._hparams(cfg), ctx.spec
-    return base.Build(
+    estimator = _Estimator(functools.partial(self._estimate, cfg, ctx))
+
+    def publish(state):
+      try:
+        nu, count = teacher.adam_second_moment(state.opt_state)
+      except ValueError:   # no Adam state: estimated on first use
+        nu, count = jax.tree.map(jnp.zeros_like, state.sampling_params), 0
+      return {'teacher_params': state.sampling_params,
+              'teacher_frozen_dtype': t.frozen_dtype,
+              'teacher_second_moment': SecondMoment(nu, count, estimator,
+                                                    t.b2)}
+
+    return base.Bound(
         init=lambda key, batch, frozen: teacher.init(key, spec, hp, tx, batch),
-        step=teacher.step)
+        step=teacher.step,
+        sampling=base.Sampling(base.SpecSampler(spec), steps=None),
+        publish=publish,
+        load=(functools.partial(self._load, job, cfg, ctx) if job.source
+              and not job.stage_dir else None))
 
-  def sampling(self, job, cfg, ctx):
-    return base.Sampling(base.SpecSampler(ctx.spec), steps=None)
-
-  def import_state(self, job, cfg, ctx, state):
+  def _load(self, job, cfg, ctx, state):
     if fs.isdir(job.source):   # a diffusers model
       params = diffusers_import.load_params(job.source)
       t = cfg.teacher
@@ -139,21 +157,6 @@ class Teacher(base.Method):
     return state.replace(params=params,
                          ema_params=jax.tree.map(jnp.copy, params))
 
-  def publish(self, job, cfg, ctx, state):
-    params = state.sampling_params
-
-    @functools.lru_cache(maxsize=2)
-    def second_moment(estimate_steps: int):
-      try:
-        nu, count = teacher.adam_second_moment(state.opt_state)
-      except ValueError:
-        nu, count = None, 0
-      if nu is None or int(count) == 0:
-        nu, count = self._estimate(cfg, ctx, params, estimate_steps)
-      return teacher.bias_corrected(nu, count, cfg.teacher.b2)
-
-    return {'teacher_params': params, 'teacher_second_moment': second_moment}
-
   def _estimate(self, cfg, ctx, params, n: int):
     logging.info('teacher has no Adam state: estimating its second moment '
                  'from %d fresh teacher gradients', n)
@@ -167,17 +170,37 @@ class Teacher(base.Method):
                   jax.random.PRNGKey(i))
     return nu, jnp.asarray(n)
 
-  def artifact_shapes(self, cfg, ctx):
-    shapes = _abstract_params(ctx)
-    return {'teacher_params': shapes,
-            'teacher_second_moment': lambda n: shapes}
 
-  def placeholder_artifacts(self, cfg, ctx):
-    x = jnp.zeros((1,) + tuple(ctx.dataset.example_shape))
-    params = jax.jit(ctx.spec.init_params)(jax.random.PRNGKey(0), x)
-    return {'teacher_params': params,
-            'teacher_second_moment': lambda n: jax.tree.map(jnp.ones_like,
-                                                            params)}
+class _Estimator:
+  """Fresh-gradient estimates of the second moment, one per (params, n):
+  every mm_parameter job of a run shares one."""
+
+  def __init__(self, estimate):
+    self._estimate, self._done = estimate, {}
+
+  def __call__(self, params, n: int):
+    key = (id(params), n)
+    if key not in self._done:
+      self._done[key] = (params, self._estimate(params, n))
+    return self._done[key][1]
+
+
+@flax.struct.dataclass
+class SecondMoment:
+  """The 'teacher_second_moment' artifact: Adam's raw second moment and its
+  update count (0: the teacher has none, as an imported one has not)."""
+  nu: Any
+  count: Any
+  estimate: Callable = flax.struct.field(pytree_node=False)
+  b2: float = flax.struct.field(pytree_node=False)
+
+  def v_hat(self, params, estimate_steps: int):
+    """Adam's bias-corrected v-hat, estimated from `estimate_steps` fresh
+    gradients at `params` when the teacher has no Adam state."""
+    nu, count = self.nu, self.count
+    if int(count) == 0:
+      nu, count = self.estimate(params, estimate_steps)
+    return teacher.bias_corrected(nu, count, self.b2)
 
 
 register(Teacher())

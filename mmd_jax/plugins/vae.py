@@ -70,7 +70,7 @@ def held_out(data, limit: int = 10_000):
 class VAE(base.Method):
   name = 'vae'
   sections = ('vae', 'latent')
-  provides = ('space',)
+  provides = (base.SPACE,)
   in_space = False   # it trains on the data and defines the space
   # bench compares diffusion steps with the teacher's; `--only=vae` still
   # times this one.
@@ -112,19 +112,30 @@ class VAE(base.Method):
         micro_batches=cfg.grad_accum_steps,
         source=ckpt, source_key='latent.vae_checkpoint', stage_dir=ckpt)]
 
-  def build(self, job, cfg, ctx, artifacts):
+  def bind(self, job, cfg, ctx, artifacts):
     v = cfg.vae
     module = module_for(cfg, ctx.data)
     hp = vae.VAEHParams(num_samples=v.num_samples, likelihood=v.likelihood,
                         grad_accum_steps=cfg.grad_accum_steps)
     tx = (optax.adagrad(v.learning_rate) if v.optimizer == 'adagrad'
           else optax.adam(v.learning_rate))
-    return base.Build(
-        init=lambda key, batch, frozen: vae.init(key, module, hp, tx, batch),
-        step=vae.step)
 
-  def publish(self, job, cfg, ctx, state):
+    def preview(state, path):
+      self._pictures(cfg, state, path,
+                     os.path.join(os.path.dirname(path), 'manifold.png'),
+                     cfg.seed)
+    return base.Bound(
+        init=lambda key, batch, frozen: vae.init(key, module, hp, tx, batch),
+        step=vae.step,
+        publish=functools.partial(self._publish, job, cfg, ctx),
+        report=functools.partial(self._report, job, cfg, ctx),
+        preview=preview)
+
+  def _publish(self, job, cfg, ctx, state):
     v = cfg.vae
+    if base.is_abstract(state.params):   # the space's shape, for describe
+      return {base.SPACE: LatentSpace(f'vae{v.latent_dim}', v.latent_dim,
+                                      None, None)}
     raw = LatentSpace(f'vae{v.latent_dim}', v.latent_dim,
                       _encoder(state.module),
                       _decoder(state.module, v.likelihood), state.params)
@@ -133,13 +144,8 @@ class VAE(base.Method):
     logging.info('latent space: VAE %s, latent dim %d, encoder-mean std '
                  '%.4f, scale %.4f', job.stage_dir or job.name, v.latent_dim,
                  std, scale)
-    return {'space': LatentSpace(raw.name, v.latent_dim, raw.encoder,
-                                 raw.decoder, state.params, scale)}
-
-  def artifact_shapes(self, cfg, ctx):
-    v = cfg.vae
-    return {'space': LatentSpace(f'vae{v.latent_dim}', v.latent_dim,
-                                 None, None)}
+    return {base.SPACE: LatentSpace(raw.name, v.latent_dim, raw.encoder,
+                                    raw.decoder, state.params, scale)}
 
   def network_sizes(self, cfg, ctx):
     module = module_for(cfg, ctx.data)
@@ -185,14 +191,7 @@ class VAE(base.Method):
       return True
     return False
 
-  def preview(self, job, cfg, ctx):
-    def draw(state, path):
-      self._pictures(cfg, state, path,
-                     os.path.join(os.path.dirname(path), 'manifold.png'),
-                     cfg.seed)
-    return draw
-
-  def report(self, job, cfg, ctx, state, seed):
+  def _report(self, job, cfg, ctx, state, seed):
     v = cfg.vae
     module, params = state.module, state.params
     x, split = held_out(ctx.data)

@@ -1,7 +1,7 @@
 """What a trained job cost (report rows' `cost`, DESIGN.md §3.3): training
 examples, teacher network evaluations and training wall time, including
-the jobs it started from (a progressive distillation round's earlier
-rounds)."""
+the jobs whose own output it started from (a progressive distillation
+round's earlier rounds)."""
 from __future__ import annotations
 
 
@@ -11,8 +11,11 @@ def job_cost(job, jobs_by_name: dict, read_meta) -> dict:
   stage.json (None when no job of the chain recorded one)."""
   examples = teacher_evals = 0
   seconds, known = 0.0, False
-  seen = set()
-  while job is not None and job.name not in seen:
+  todo, seen = [job], set()
+  while todo:
+    job = todo.pop()
+    if job.name in seen:
+      continue
     seen.add(job.name)
     n = int(job.num_steps) * int(job.batch_size)
     examples += n
@@ -23,6 +26,7 @@ def job_cost(job, jobs_by_name: dict, read_meta) -> dict:
       s = meta['seconds_per_step'] * job.num_steps
     if s is not None:
       seconds, known = seconds + float(s), True
-    job = jobs_by_name.get(job.parent) if job.parent else None
+    todo += [jobs_by_name[n.split('/')[0]] for n in job.needs
+             if n.split('/')[0] in jobs_by_name]
   return {'train_examples': examples, 'teacher_evals': int(teacher_evals),
           'train_seconds': round(seconds, 1) if known else None}

@@ -16,37 +16,28 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from mmd_jax.workdir import fs
+from mmd_jax.data import DataShape, data_shape
 from mmd_jax.device import collectives, parallel, targets, timing
 from mmd_jax.run import config_check, runner
-from mmd_jax import plugins as registry
-from mmd_jax.data import DataShape, data_shape
+from mmd_jax.run.jobs import abstract_batch, loop_of
 from mmd_jax.run.plan import EVALUATE
+from mmd_jax.workdir import fs
 
 # Kept importable from here.
 __all__ = ['DataShape', 'data_shape', 'describe', 'format_summary']
 
 
-def _abstract_batch(ds: DataShape, batch: int, mesh):
-  sh = parallel.batch_sharding(mesh)
-  out = {'x': jax.ShapeDtypeStruct((batch,) + tuple(ds.example_shape),
-                                   jnp.float32, sharding=sh)}
-  if ds.num_classes:
-    out['label'] = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sh)
-  return out
-
-
-def _stage_cost(stage, batch, mesh) -> dict:
+def _stage_cost(loop, batch, mesh) -> dict:
   key = jax.random.PRNGKey(0)
-  abstract = jax.eval_shape(stage.init, key, batch, stage.frozen)
+  abstract = jax.eval_shape(loop.init, key, batch, loop.frozen)
   shardings = parallel.state_sharding(mesh, abstract)
   t0 = time.time()
   compiled = parallel.jit(
-      stage.step, mesh, in_shardings=(shardings,
+      loop.step, mesh, in_shardings=(shardings,
                                       parallel.batch_sharding(mesh),
                                       parallel.replicated(mesh)),
       out_shardings=None, donate_argnums=0,
-      precision=stage.matmul_precision).lower(abstract, batch, key).compile()
+      precision=loop.matmul_precision).lower(abstract, batch, key).compile()
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):  # older JAX: one dict per module
     cost = cost[0] if cost else {}
@@ -70,20 +61,20 @@ def _float_bytes(tree) -> float:
                    if jnp.issubdtype(x.dtype, jnp.inexact)))
 
 
-def _on_targets(chosen, stage, method, networks, cost, batch, job) -> dict:
+def _on_targets(chosen, loop, method, networks, cost, batch, job) -> dict:
   """targets.estimate for one stage on each chosen target: FLOPs counted
   once, with every scan unrolled (Langevin chains, micro-batches), sizes
   from the abstract state, activations from this compile's temporaries
   per row."""
   key = jax.random.PRNGKey(0)
-  abstract = jax.eval_shape(stage.init, key, batch, stage.frozen)
-  frozen = {f: getattr(abstract, f) for f in stage.frozen_fields}
+  abstract = jax.eval_shape(loop.init, key, batch, loop.frozen)
+  frozen = {f: getattr(abstract, f) for f in loop.frozen_fields}
   trained = 4.0 * sum(networks[n]['params'] for n in method.networks
                       if n in networks)
   rows = cost['per_device_batch']
   temp = cost.get('memory_breakdown_bytes', {}).get('temp', 0)
   sizes = dict(
-      flops_per_step=timing.count_flops(stage.step, abstract, batch, key),
+      flops_per_step=timing.count_flops(loop.step, abstract, batch, key),
       trained_bytes=trained, state_bytes=_float_bytes(abstract),
       gathered_bytes=_float_bytes(frozen) + trained,
       activation_bytes_per_row=temp / max(rows, 1),
@@ -100,57 +91,62 @@ def describe(config, workdir: str) -> dict:
     config.stages = tuple(s for s in config.stages if s != EVALUATE) or (
         config.stages)
   plan = config_check.validate(config)
-  env = runner.Env(config, workdir, parallel.make_mesh(config.mesh),
-                   data_shape(config.data), plan)
-  mesh = env.mesh
-  if plan.latent:   # the space's shape, without a trained autoencoder
-    provider = registry.provider_of('space')
-    env.set_space(provider.artifact_shapes(plan.view_of(provider),
-                                           env.context(provider))['space'])
+  r = runner.Run(config, workdir, data_shape(config.data), plan,
+                 abstract=True)
+  env, mesh = r.env, r.env.mesh
   networks = {}
-  for step in plan.steps:
-    networks.update({k: {'params': v} for k, v in step.method.network_sizes(
-        step.cfg, env.context(step.method)).items()})
-  trained = [s for s in plan.steps if s.train]
-  n_dev = mesh.devices.size
+  for planned in plan.jobs:   # in order: a latent run's space comes first
+    opened = r.open(planned)
+    r.bind_abstract(opened)
+    r.offer(opened)
+    networks.update({k: {'params': v} for k, v in planned.method.network_sizes(
+        planned.cfg, opened.ctx).items()})
+  trained = [r.opened[p.job.name] for p in plan.jobs if p.train]
+  out = _summary(config, env, networks, trained)
   chosen = [targets.get(n.strip()) for n in
             config.describe.target.split(',') if n.strip()]
-  accum = config.grad_accum_steps
-  out = {'config': {'data': env.data.name, 'model': config.model.name},
-         'networks': networks,
-         'mesh': dict(zip(mesh.axis_names,
-                          (int(s) for s in mesh.devices.shape))),
-         'devices': n_dev, 'backend': jax.default_backend(),
-         'global_batch': int(trained[0].job.batch_size) if trained else 0,
-         'grad_accum_steps': accum,
-         'note': ('XLA cost analysis counts a loop body once (EMD Langevin '
-                  'and score-update scans, micro-batch scans); memory is '
-                  'per device'),
-         'stages': {}}
-  for step in trained:
-    job = step.job
-    logging.info('describe: compiling %s (batch %d) on abstract shapes',
-                 job.name, job.batch_size)
-    parallel.check_batch(job.batch_size, mesh, job.batch_key,
-                         job.micro_batches)
-    ctx = env.context(step.method)
-    stage = runner.build_stage(
-        env, step, runner.abstract_artifacts(env, plan, step.method), ctx)
-    cost = _stage_cost(stage, _abstract_batch(ctx.dataset, job.batch_size,
-                                              mesh), mesh)
-    cost.update(global_batch=int(job.batch_size),
-                per_device_batch=job.batch_size // n_dev // job.micro_batches)
-    if chosen:
-      cost['targets'] = _on_targets(
-          chosen, stage, step.method, networks, cost,
-          _abstract_batch(ctx.dataset, job.batch_size, mesh), job)
-    out['stages'][job.name] = cost
-    logging.info('describe: %s %s', job.name, cost)
+  for opened in trained:
+    job = opened.job
+    out['stages'][job.name] = _job_cost(env, opened, networks, chosen)
   if jax.process_index() == 0:
     fs.makedirs(workdir)
     fs.write_text(os.path.join(workdir, 'describe.json'),
                   json.dumps(out, indent=2))
   return out
+
+
+def _summary(config, env, networks, trained) -> dict:
+  mesh = env.mesh
+  return {'config': {'data': env.data.name, 'model': config.model.name},
+          'networks': networks,
+          'mesh': dict(zip(mesh.axis_names,
+                           (int(s) for s in mesh.devices.shape))),
+          'devices': mesh.devices.size, 'backend': jax.default_backend(),
+          'global_batch': int(trained[0].job.batch_size) if trained else 0,
+          'grad_accum_steps': config.grad_accum_steps,
+          'note': ('XLA cost analysis counts a loop body once (EMD Langevin '
+                   'and score-update scans, micro-batch scans); memory is '
+                   'per device'),
+          'stages': {}}
+
+
+def _job_cost(env, opened, networks, chosen) -> dict:
+  job, mesh = opened.job, env.mesh
+  logging.info('describe: compiling %s (batch %d) on abstract shapes',
+               job.name, job.batch_size)
+  parallel.check_batch(job.batch_size, mesh, job.batch_key,
+                       job.micro_batches)
+  loop = loop_of(env, opened)
+  batch = abstract_batch(opened.ctx.dataset, job.batch_size, mesh)
+  cost = _stage_cost(loop, batch, mesh)
+  cost.update(global_batch=int(job.batch_size),
+              per_device_batch=job.batch_size // mesh.devices.size
+              // job.micro_batches)
+  if chosen:
+    cost['targets'] = _on_targets(chosen, loop, opened.method, networks, cost,
+                                  batch, job)
+  logging.info('describe: %s %s', job.name, cost)
+  return cost
 
 
 def format_summary(d: dict) -> str:

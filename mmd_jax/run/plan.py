@@ -4,7 +4,7 @@ order, with the earlier jobs whose artifacts they need.
 A method needing an artifact that no stage of the run publishes gets its
 provider restored, not trained: a run of one distillation stage reads the
 teacher of W/teacher or of `teacher.checkpoint`. A latent run is one where
-a method publishing the 'space' artifact (an autoencoder) is in the stages,
+a method publishing the SPACE artifact (an autoencoder) is in the stages,
 or names a trained one to import, and some method trains in the space.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import dataclasses
 
 from mmd_jax import plugins as registry
 from mmd_jax.run.checks import ConfigError, need
-from mmd_jax.plugins.base import RUN_KEYS, Job, Method
+from mmd_jax.plugins.base import RUN_KEYS, SPACE, Job, Method
 
 EVALUATE = 'evaluate'
 
@@ -65,9 +65,10 @@ def view(config, method: Method) -> SectionView:
 
 
 @dataclasses.dataclass
-class Step:
-  """One job of the plan. `train`: trained here (in config.stages and not
-  imported); otherwise only restored."""
+class PlannedJob:
+  """One job of the plan, with its method and config view. `train`:
+  trained here (in config.stages and not imported); otherwise only
+  restored."""
   method: Method
   cfg: SectionView
   job: Job
@@ -76,17 +77,27 @@ class Step:
 
 @dataclasses.dataclass
 class Plan:
-  items: list          # Steps and EVALUATE, in run order
+  items: list          # PlannedJobs and EVALUATE, in run order
   latent: bool         # the diffusion models live in a published space
   config: object
 
   @property
-  def steps(self) -> list:
+  def jobs(self) -> list:
+    """The PlannedJobs, in run order."""
     return [i for i in self.items if i is not EVALUATE]
 
   @property
   def jobs_by_name(self) -> dict:
-    return {s.job.name: s.job for s in self.steps}
+    return {p.job.name: p.job for p in self.jobs}
+
+  @property
+  def methods(self) -> list:
+    """Each planned method once, in run order."""
+    out = []
+    for p in self.jobs:
+      if p.method not in out:
+        out.append(p.method)
+    return out
 
   def view_of(self, method: Method) -> SectionView:
     return view(self.config, method)
@@ -145,7 +156,7 @@ def make_plan(config, data=None) -> Plan:
   views = {m.name: view(config, m) for m in methods}
 
   latent = False
-  space = registry.provider_of('space')
+  space = registry.provider_of(SPACE)
   diffusion = [m for m in methods if m.in_space]
   if space is not None and diffusion:
     if space.name in names:
@@ -169,22 +180,24 @@ def make_plan(config, data=None) -> Plan:
       continue
     m, in_stages = o
     for job in m.jobs(views[m.name]):
-      items.append(Step(m, views[m.name], job, in_stages and not job.source))
-  _check_parents(items)
+      items.append(PlannedJob(m, views[m.name], job,
+                              in_stages and not job.source))
+  _check_job_needs(items)
   return Plan(items, latent, config)
 
 
-def _check_parents(items):
+def _check_job_needs(items):
+  """A job-scoped artifact ('<job name>/<what>') comes from an earlier job."""
   seen = set()
   for item in items:
     if item is EVALUATE:
       continue
-    parent = item.job.parent
-    if parent and parent not in seen:
-      raise ConfigError(
-          f'stages: {item.job.name!r} starts from {parent!r}, which no earlier '
-          f'job of the run trains or restores ({item.job.method} must list '
-          'its jobs in order)')
+    for need_ in item.job.needs:
+      if need_.split('/')[0] not in seen:
+        raise ConfigError(
+            f'stages: {item.job.name!r} needs {need_!r}, which no earlier '
+            f'job of the run trains or restores ({item.job.method} must list '
+            'its jobs in order)')
     seen.add(item.job.name)
 
 

@@ -43,17 +43,18 @@ def compare(x_teacher, x_student, x_generator) -> dict:
 def check(stage_dir: str, lams, points: int = 400, grid: int = 500,
           seed: int = 0) -> list[dict]:
   """One row per (log-SNR, mode): signal, error and cos (module doc)."""
-  from mmd_jax.run import runner
+  from mmd_jax.run.stage_dir import open_stage
   from mmd_jax.data import toy2d
   from mmd_jax.methods import emd
 
-  env, _, step, state = runner.open_stage(stage_dir)
+  stage = open_stage(stage_dir)
+  env, state = stage.env, stage.state
   kind, _, toy = env.config.data.name.partition('/')
   toy = toy or env.config.data.toy_name
   if kind != 'toy2d' or not hasattr(state, 'score_params'):
     raise SystemExit(f'--stage_dir: {stage_dir} is not a one-step generator '
                      'on a toy2d mixture')
-  spec, hp = env.context(step.method).spec, state.hparams
+  spec, hp = stage.ctx.spec, state.hparams
   mixture = toy2d.get_mixture(toy)
   exact = analytic.AnalyticMixture.of(mixture)
   z, logw = quadrature.z_grid(grid)

@@ -28,14 +28,14 @@ def read(stage_dir: str):
                        'directory') from None
 
 
-def build(step, ctx) -> dict:
+def build(planned, ctx) -> dict:
   """stage.json of a planned job: what it is, the data it trains on, and
   its setting."""
-  job = step.job
+  job = planned.job
   meta = {'method': job.method, 'k': job.steps, 'model': job.model,
           'dataset': ctx.dataset.name,
           'example_shape': list(ctx.dataset.example_shape),
-          'num_classes': ctx.dataset.num_classes if not step.method.in_space
+          'num_classes': ctx.dataset.num_classes if not planned.method.in_space
           else ctx.spec.num_classes}
   if job.setting is not None:
     meta['setting'] = job.setting
@@ -43,11 +43,11 @@ def build(step, ctx) -> dict:
   return meta
 
 
-def check_same(stage_dir: str, meta: dict, key_name: str = ''):
+def check_same(stage_dir: str, meta: dict, old, key_name: str = ''):
   """A directory holds one setting: refuse to resume, skip or score one
-  trained with other hyperparameters. Settings compare on the keys both
-  record, so a field added or dropped since does not refuse old runs."""
-  old = read(stage_dir)
+  trained with other hyperparameters (`old`: its stage.json, or None).
+  Settings compare on the keys both record, so a field added or dropped
+  since does not refuse old runs."""
   if old is None:
     return
   where = f'config.{key_name}: ' if key_name else ''
@@ -68,17 +68,14 @@ def check_same(stage_dir: str, meta: dict, key_name: str = ''):
                       'remove it')
 
 
-def check_source(step, ctx):
-  """An imported stage directory must hold this method's results, trained
-  on data of this run's shape."""
-  job = step.job
-  old = read(job.stage_dir)
+def check_source(job, meta: dict, old):
+  """An imported stage directory (`old`: its stage.json, or None) must hold
+  this method's results, trained on data of this run's shape."""
   key = job.source_key
   if old is None:
     raise ConfigError(
         f'config.{key}: {job.stage_dir} holds no {job.model} (no stage.json); '
         f'train one with stage {job.method!r} or point {key} at one')
-  meta = build(step, ctx)
   have = old.get('example_shape'), old.get('num_classes', meta['num_classes'])
   want = meta['example_shape'], meta['num_classes']
   if tuple(have) != tuple(want):
@@ -87,7 +84,7 @@ def check_source(step, ctx):
         f"{old.get('dataset')} (example shape {have[0]}, {have[1]} classes); "
         f"this run has {meta['dataset']} (example shape {want[0]}, {want[1]} "
         'classes)')
-  check_same(job.stage_dir, meta, key)
+  check_same(job.stage_dir, meta, old, key)
 
 
 def save_config(config, stage_dir: str):

@@ -24,10 +24,9 @@ from mmd_jax.workdir.param_files import (  # noqa: F401 (public here too)
 def export(stage_dir: str, output: str) -> int:
   """Writes the stage's sampling parameters to `output`; returns the
   number of arrays."""
+  from mmd_jax.run.stage_dir import open_stage
   from mmd_jax.workdir import param_files
-  from mmd_jax.run import runner
-  _, _, _, state = runner.open_stage(stage_dir)
-  params = state.sampling_params
+  params = open_stage(stage_dir).state.sampling_params
   save_params(output, params)
   return len(param_files.flatten(params))
 
@@ -35,10 +34,10 @@ def export(stage_dir: str, output: str) -> int:
 def main(argv):
   from absl import flags
   del argv
-  from mmd_jax.run import runner
+  from mmd_jax.errors import Error
   try:
     n = export(flags.FLAGS.workdir, flags.FLAGS.output)
-  except runner.WorkdirError as e:
+  except Error as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   print(f'wrote {n} arrays to {flags.FLAGS.output}')
