@@ -112,7 +112,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # truncated-SNR weight, equal updates per round, a many-step start (the
   # paper: 1024-8192). 64 [ours, measured]: on toy2d at one budget, 6 rounds
   # from the teacher's 64-step DDIM beat 4 rounds from its 16-step DDIM at
-  # every k (README, the toy2d leaderboard).
+  # every k (docs/results.md, the toy2d leaderboard).
   c.progressive = ml_collections.ConfigDict()
   c.progressive.start_steps = 64
   # 0: distill.num_train_steps split evenly over the rounds, so the whole
@@ -161,7 +161,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.emd.t_min = 0.02               # t ~ U[t_min, t_max]
   c.emd.t_max = 0.98
   # Student-score updates per generator update. 4 halved Diff-Instruct's
-  # energy distance on the imbalanced toy (README, issue 14) at 2x its step
+  # energy distance on the imbalanced toy (docs/where_emd_should_win.md) at 2x its step
   # cost; 1 stays the default until digits/images are measured with it.
   c.emd.score_updates = 1
   # network | analytic: the toy mixtures' exact denoiser as the teacher of

@@ -10,7 +10,7 @@ Variants (`--config=configs/toy2d.py:ARG`):
           (K, parameterisation, noise cancellation, step sizes).
   imbalanced  teacher, Diff-Instruct and EMD on the 8-mode mixture with
           weights spanning 80x, with the trained and the exact teacher,
-          and the README's sweep (K, gamma_z, lambda*, exact fake score).
+          and the sweep of docs/where_emd_should_win.md (K, gamma_z, lambda*, exact fake score).
   leaderboard  one teacher; mm_alternating, mm_parameter, progressive and
           consistency students at k in {1, 2, 4, 8}, Diff-Instruct and EMD
           at k = 1, every one on the same budget of training examples
@@ -43,14 +43,15 @@ ABLATION = (
 
 
 def imbalanced(c):
-  """Issue 14: EMD against Diff-Instruct where mode-seeking must fail (8
-  modes, weights spanning 80x): each with the trained teacher, and a sweep
+  """EMD against Diff-Instruct where mode-seeking must fail (8 modes,
+  weights spanning 80x; docs/where_emd_should_win.md): each with the
+  trained teacher, and a sweep
   with the mixture's exact teacher (emd.teacher=analytic), also with the
   exact fake score (emd.fake_score=quadrature). 3000 steps x 256 each,
   scored over 3 seeds of 16k samples (the rarest mode then holds ~90).
-  About 1 hour per seed on 2 cores like those of README's second table
-  (about 3h on those of its first); README's tables add --config.seed=1,
-  and a 3x budget run (its command is in README)."""
+  About 1 hour per seed on 2 cores like those of that page's second table
+  (about 3h on those of its first); its tables add --config.seed=1,
+  and a 3x budget run (its command is on that page)."""
   c.data.toy_name = 'imbalanced8'
   c.stages = ('teacher', 'diff_instruct', 'emd', 'evaluate')
   di = _emd(1, 1.0, 0.0) + ',teacher=analytic'

@@ -94,9 +94,11 @@ def test_runner_evaluation_and_command_lines_name_no_method():
   names = [n for n in registry.names() if n != 'teacher']
   assert {'mm_alternating', 'mm_parameter', 'diff_instruct', 'emd',
           'vae'} <= set(names)
-  for rel in ('run/runner.py', 'run/plan.py', 'workdir/stage_meta.py',
-              'run/config_check.py', 'evaluation/evaluate.py', 'sample.py',
-              'bench.py', 'run/describe.py'):
+  for rel in RUNNER_SIDE + ('workdir/stage_meta.py', 'run/config_check.py',
+                            'run/costs.py', 'run/describe.py',
+                            'evaluation/evaluate.py', 'loop/train.py',
+                            'numerics/denoiser.py', 'main.py', 'sample.py',
+                            'bench.py'):
     src = open(os.path.join(PKG, rel)).read()
     for n in names:
       assert not re.search(rf'\b{n}\b', src), f'{rel} names {n!r}'
@@ -104,6 +106,68 @@ def test_runner_evaluation_and_command_lines_name_no_method():
     strings = {node.value for node in ast.walk(ast.parse(src))
                if isinstance(node, ast.Constant)}
     assert 'teacher' not in strings, f"{rel} has the string 'teacher'"
+
+
+# The runner and what it is made of: they name no method, no artifact and
+# no method's config section.
+RUNNER_SIDE = ('run/runner.py', 'run/plan.py', 'run/env.py', 'run/jobs.py',
+               'run/artifacts.py', 'run/scoring.py', 'run/stage_dir.py')
+
+
+def _names_a_method_section_or_artifact(src: str) -> list:
+  """`config.teacher` (any `.teacher` attribute) and artifact names."""
+  found = []
+  for node in ast.walk(ast.parse(src)):
+    if isinstance(node, ast.Attribute) and node.attr == 'teacher':
+      found.append(f'.teacher at line {node.lineno}')
+    if isinstance(node, ast.Constant) and isinstance(node.value, str) and (
+        node.value.startswith(('teacher_', 'parent_')) or
+        node.value == 'space'):
+      found.append(f'{node.value!r} at line {node.lineno}')
+  return found
+
+
+def test_the_runner_names_no_method_section_and_no_artifact():
+  for rel in RUNNER_SIDE:
+    src = open(os.path.join(PKG, rel)).read()
+    assert not _names_a_method_section_or_artifact(src), (
+        rel, _names_a_method_section_or_artifact(src))
+  # The check finds them.
+  assert _names_a_method_section_or_artifact(
+      'x = env.config.teacher.frozen_dtype')
+  assert _names_a_method_section_or_artifact("a = arts['teacher_params']")
+  assert _names_a_method_section_or_artifact("a = arts['parent_params']")
+  assert _names_a_method_section_or_artifact("env.set_space(arts['space'])")
+
+
+def _too_long(path: str, limit: int = 60) -> list:
+  tree = ast.parse(open(path).read())
+  return [(node.name, node.end_lineno - node.lineno + 1)
+          for node in ast.walk(tree)
+          if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+          and node.end_lineno - node.lineno + 1 > limit]
+
+
+def test_no_function_over_60_lines_and_no_module_over_400():
+  long_functions, long_modules = [], []
+  for name, path in _modules().items():
+    long_functions += [(name, f, n) for f, n in _too_long(path)]
+    lines = open(path).read().count('\n')
+    if lines > 400:
+      long_modules.append((name, lines))
+  assert not long_functions, long_functions
+  assert not long_modules, long_modules
+  # The checks see long ones.
+  import tempfile
+  with tempfile.NamedTemporaryFile('w', suffix='.py', delete=False) as f:
+    f.write('def f():\n' + '  x = 1\n' * 60)
+  assert _too_long(f.name) == [('f', 61)]
+  os.remove(f.name)
+
+
+def test_the_package_top_level_holds_only_the_command_lines():
+  top = sorted(f for f in os.listdir(PKG) if f.endswith('.py'))
+  assert len(top) <= 8, top
 
 
 def test_evaluation_imports_neither_the_loop_nor_a_method():

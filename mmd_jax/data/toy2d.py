@@ -36,7 +36,7 @@ def get_mixture(name: str) -> Mixture:
     return _mixture(_circle(6, 2.0), 0.1, (.35, .25, .15, .12, .08, .05))
   if name == 'imbalanced8':
     # 8 modes 15 stds apart with weights spanning 80x (geometric): where a
-    # mode-seeking objective must under-weight the rare ones (issue 14).
+    # mode-seeking objective must under-weight the rare ones (docs/where_emd_should_win.md).
     return _mixture(_circle(8, 2.0), 0.1, 80.0 ** (-np.arange(8) / 7.0))
   if name == 'ring8':
     return _mixture(_circle(8, 2.0), 0.1)

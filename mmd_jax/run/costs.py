@@ -1,7 +1,7 @@
 """What a trained job cost (report rows' `cost`, DESIGN.md §3.3): training
 examples, teacher network evaluations and training wall time, including
-the jobs whose own output it started from (a progressive distillation
-round's earlier rounds)."""
+the earlier jobs whose own output it started from (those its `needs`
+name)."""
 from __future__ import annotations
 
 

@@ -1,4 +1,4 @@
-"""EMD's E-step against its exact target (issue 14):
+"""EMD's E-step against its exact target (docs/where_emd_should_win.md):
 
   python -m mmd_jax.science.estep_check --output_dir=DIR [--toy=imbalanced8]
 
