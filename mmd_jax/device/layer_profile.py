@@ -131,8 +131,25 @@ def profile(config, batch_size: int = 0, reps: int = 10) -> dict:
   logging.info('network fwd+bwd: %.2f ms, %.2f GFLOP', whole_t * 1e3,
                whole_flops / 1e9)
 
+  rows = _time_layers(model, (params, x, lam, labels), key, reps)
+  listed = _add_other_and_rates(rows, whole_t, whole_flops,
+                                peak['flops_per_s'])
+  return {'model': config.model.name, 'data': ds.name, 'batch_size': b,
+          'peak_matmul_flops': peak['flops_per_s'],
+          'listed_share': listed / whole_t,
+          'network_fwd_bwd': {'seconds': whole_t, 'flops': whole_flops,
+                              'fraction_of_peak': whole_flops / whole_t
+                              / peak['flops_per_s']},
+          'layers': dict(sorted(rows.items(),
+                                key=lambda kv: -kv[1]['seconds']))}
+
+
+def _time_layers(model, args, key, reps: int) -> dict:
+  """{layer kind: summed calls, seconds, flops} over the layers
+  model.apply(*args) calls, each distinct layer timed once alone."""
+  import jax
   groups = collections.defaultdict(list)
-  for kind, module, shapes, kw in record_layers(model, params, x, lam, labels):
+  for kind, module, shapes, kw in record_layers(model, *args):
     groups[(kind, repr(module), shapes, tuple(sorted(kw.items())))].append(
         module)
   rows = collections.defaultdict(lambda: {'calls': 0, 'seconds': 0.0,
@@ -141,14 +158,22 @@ def profile(config, batch_size: int = 0, reps: int = 10) -> dict:
     module, kw = modules[0], dict(kw)
     inputs = tuple(jax.random.normal(key, s.shape, s.dtype) for s in shapes)
     p = module.init(key, *inputs, **kw)
-    fn, args = _fwd_bwd(lambda p, *xs: module.apply(p, *xs, **kw), p, inputs)
-    t, fl = _time(fn, args, reps)
+    fn, fn_args = _fwd_bwd(lambda p, *xs: module.apply(p, *xs, **kw), p,
+                           inputs)
+    t, fl = _time(fn, fn_args, reps)
     logging.info('%-40s x%d %s: %.2f ms, %.1f GFLOP/s', kind, len(modules),
                  [s.shape for s in shapes], t * 1e3, fl / max(t, 1e-12) / 1e9)
     r = rows[kind]
     r['calls'] += len(modules)
     r['seconds'] += t * len(modules)
     r['flops'] += fl * len(modules)
+  return rows
+
+
+def _add_other_and_rates(rows: dict, whole_t: float, whole_flops: float,
+                         peak_flops_per_s: float) -> float:
+  """Adds the "other" row and each row's share, FLOP/s and fraction of
+  peak; returns the listed layers' summed seconds."""
   listed = sum(r['seconds'] for r in rows.values())
   # Layers timed alone can sum to more than the network: inside one program
   # XLA fuses across layer boundaries. Then "other" is empty and
@@ -159,15 +184,8 @@ def profile(config, batch_size: int = 0, reps: int = 10) -> dict:
   for r in rows.values():
     r['share'] = r['seconds'] / whole_t
     r['flops_per_s'] = r['flops'] / r['seconds'] if r['seconds'] else 0.0
-    r['fraction_of_peak'] = r['flops_per_s'] / peak['flops_per_s']
-  return {'model': config.model.name, 'data': ds.name, 'batch_size': b,
-          'peak_matmul_flops': peak['flops_per_s'],
-          'listed_share': listed / whole_t,
-          'network_fwd_bwd': {'seconds': whole_t, 'flops': whole_flops,
-                              'fraction_of_peak': whole_flops / whole_t
-                              / peak['flops_per_s']},
-          'layers': dict(sorted(rows.items(),
-                                key=lambda kv: -kv[1]['seconds']))}
+    r['fraction_of_peak'] = r['flops_per_s'] / peak_flops_per_s
+  return listed
 
 
 def format_table(r: dict) -> str:

@@ -238,34 +238,8 @@ def run(config, workdir: str, dataset, entries, extra_rows=(),
   # noise: rows report the mean and the standard deviation over seeds.
   keys = seed_keys(config.eval.seed, config.eval.get('num_seeds', 1))
   for e in entries:
-    per_seed, gen_s = [], []
-    for i, key in enumerate(keys):
-      t0 = time.time()
-      samples, labels = generate(
-          e.draw, e.params, key, config.eval.num_samples, e.steps,
-          e.draw_sampler, config.eval.batch_size, e.shape, e.num_classes,
-          e.guidance, decode=e.decode, quantize=dataset.kind == 'images')
-      gen_s.append(time.time() - t0)
-      per_seed.append(scorer.score(samples, labels))
-      if i == 0:
-        first = samples
-    metrics, std = mean_and_std(per_seed)
-    logging.info('evaluate %s %s k=%d: %s (%.1fs to sample, %d seed%s)',
-                 e.model, e.sampler, e.steps,
-                 {m: round(v, 5) for m, v in metrics.items()}, sum(gen_s),
-                 len(keys), 's' if len(keys) > 1 else '')
-    row = {'model': e.model, 'sampler': e.sampler, 'steps': int(e.steps),
-           'metrics': metrics, 'sample_seconds': round(gen_s[0], 3)}
-    if std is not None:
-      row['metrics_std'] = std
-      row['num_seeds'] = len(keys)
-    if e.train_seconds_per_step is not None:
-      row['train_seconds_per_step'] = round(e.train_seconds_per_step, 5)
-    if e.cost is not None:
-      row['cost'] = e.cost
-    if e.setting is not None:
-      row['setting'] = e.setting
-    rows.append(row)
+    per_seed, gen_s, first = _sample_and_score(config, scorer, e, keys)
+    rows.append(_row(e, per_seed, gen_s))
     # One picture per model (the first seed's samples): a many-step model's
     # across its step counts (one per sampler), a student's (or
     # generator's) at its own k.
@@ -286,13 +260,60 @@ def run(config, workdir: str, dataset, entries, extra_rows=(),
   rep = {'dataset': dataset.name, 'reference': scorer.reference, 'rows': rows,
          **scorer.extra}
   if jax.process_index() == 0:
-    plots.quality_vs_steps(rows, metric, scorer.reference.get(metric),
-                           os.path.join(workdir, 'quality_vs_steps.png'))
-    pictures = {f'{metric} vs sampling steps': 'quality_vs_steps.png'}
-    if plots.leaderboard(rows, metric, scorer.reference.get(metric),
-                         os.path.join(workdir, 'leaderboard.png')):
-      pictures[f'leaderboard: {metric} of the students against k'] = (
-          'leaderboard.png')
-    images = {**pictures, **images}
-    report.write_report(workdir, rep, images, metric)
+    _write_report(workdir, rep, images, metric)
   return rep
+
+
+def _sample_and_score(config, scorer: Scorer, e: Entry, keys):
+  """(metrics per seed, seconds to sample per seed, the first seed's
+  samples) of entry `e`."""
+  per_seed, gen_s = [], []
+  for i, key in enumerate(keys):
+    t0 = time.time()
+    samples, labels = generate(
+        e.draw, e.params, key, config.eval.num_samples, e.steps,
+        e.draw_sampler, config.eval.batch_size, e.shape, e.num_classes,
+        e.guidance, decode=e.decode,
+        quantize=scorer.dataset.kind == 'images')
+    gen_s.append(time.time() - t0)
+    per_seed.append(scorer.score(samples, labels))
+    if i == 0:
+      first = samples
+  return per_seed, gen_s, first
+
+
+def _row(e: Entry, per_seed: list, gen_s: list) -> dict:
+  """The report row of entry `e`: the mean over seeds, and their standard
+  deviation when there are several."""
+  num_seeds = len(per_seed)
+  metrics, std = mean_and_std(per_seed)
+  logging.info('evaluate %s %s k=%d: %s (%.1fs to sample, %d seed%s)',
+               e.model, e.sampler, e.steps,
+               {m: round(v, 5) for m, v in metrics.items()}, sum(gen_s),
+               num_seeds, 's' if num_seeds > 1 else '')
+  row = {'model': e.model, 'sampler': e.sampler, 'steps': int(e.steps),
+         'metrics': metrics, 'sample_seconds': round(gen_s[0], 3)}
+  if std is not None:
+    row['metrics_std'] = std
+    row['num_seeds'] = num_seeds
+  if e.train_seconds_per_step is not None:
+    row['train_seconds_per_step'] = round(e.train_seconds_per_step, 5)
+  if e.cost is not None:
+    row['cost'] = e.cost
+  if e.setting is not None:
+    row['setting'] = e.setting
+  return row
+
+
+def _write_report(workdir: str, rep: dict, images: dict, metric: str):
+  """The quality-vs-steps and leaderboard plots, then the report linking
+  them before `images`."""
+  reference = rep['reference'].get(metric)
+  plots.quality_vs_steps(rep['rows'], metric, reference,
+                         os.path.join(workdir, 'quality_vs_steps.png'))
+  pictures = {f'{metric} vs sampling steps': 'quality_vs_steps.png'}
+  if plots.leaderboard(rep['rows'], metric, reference,
+                       os.path.join(workdir, 'leaderboard.png')):
+    pictures[f'leaderboard: {metric} of the students against k'] = (
+        'leaderboard.png')
+  report.write_report(workdir, rep, {**pictures, **images}, metric)

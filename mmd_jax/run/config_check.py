@@ -26,6 +26,22 @@ def validate(config) -> plan_lib.Plan:
   """Checks the config; returns the run's plan."""
   stages = tuple(config.stages)
   d = config.data
+  images = d.name == 'digits' or d.name in IMAGE_DATASETS
+  _check_data(config)
+  _check_model(config, images)
+  _check_diffusion(config)
+  _check_run(config)
+  _check_eval(config, images, stages)
+  plan = plan_lib.make_plan(config, data_shape(d))
+  if plan.latent:
+    _need(d.name not in IMAGE_DATASETS, 'latent',
+          f'latent diffusion needs in-memory data (digits, toy2d, points); '
+          f'{d.name} is streamed')
+  return plan
+
+
+def _check_data(config):
+  d = config.data
   _need(d.name in DATASETS, 'data.name',
         f'unknown dataset {d.name!r}; known: {DATASETS}')
   if d.name == 'toy2d':
@@ -36,13 +52,14 @@ def validate(config) -> plan_lib.Plan:
     _need(bool(d.path), 'data.path', 'points data needs a .npy file path')
     _need(fs.isfile(d.path), 'data.path', f'file {d.path!r} does not exist')
 
-  m = config.model
+
+def _check_model(config, images: bool):
+  d, m = config.data, config.model
   _need(m.name in MODELS, 'model.name', f'unknown model {m.name!r}; known: {MODELS}')
   _need(m.parameterization in diffusion.PARAMETERIZATIONS,
         'model.parameterization',
         f'unknown {m.parameterization!r}; known: {diffusion.PARAMETERIZATIONS}')
   _need(0.0 <= m.dropout < 1.0, 'model.dropout', 'must be in [0, 1)')
-  images = d.name == 'digits' or d.name in IMAGE_DATASETS
   if m.conditional:
     _need(images, 'model.conditional',
           f'dataset {d.name!r} has no labels; set it to False')
@@ -59,12 +76,17 @@ def validate(config) -> plan_lib.Plan:
           f'{m.transformer_width} is not divisible by model.num_heads='
           f'{m.num_heads}')
 
+
+def _check_diffusion(config):
   _need(config.diffusion.schedule in diffusion.SCHEDULES, 'diffusion.schedule',
         f'unknown schedule {config.diffusion.schedule!r}; '
         f'known: {diffusion.SCHEDULES}')
   _need(config.diffusion.logsnr_min < config.diffusion.logsnr_max,
         'diffusion.logsnr_min', 'must be below diffusion.logsnr_max')
 
+
+def _check_run(config):
+  """Checkpoints, logging, numerics and the mesh."""
   _positive_int(config, 'checkpoint.keep')
   _need(config.checkpoint.every_steps >= 0, 'checkpoint.every_steps',
         'must be >= 0')
@@ -76,7 +98,9 @@ def validate(config) -> plan_lib.Plan:
   for axis in config.mesh.keys():
     _need(axis in ('data', 'fsdp'), 'mesh', f'unknown mesh axis {axis!r}')
 
-  e = config.eval
+
+def _check_eval(config, images: bool, stages: tuple):
+  d, e = config.data, config.eval
   _positive_int(config, 'eval.num_samples')
   _positive_int(config, 'eval.batch_size')
   _positive_int(config, 'eval.num_seeds')
@@ -99,10 +123,3 @@ def validate(config) -> plan_lib.Plan:
   _positive_int(config, 'eval.pr_num_samples')
   for s in e.samplers:
     _need(s in ('ancestral', 'ddim'), 'eval.samplers', f'unknown sampler {s!r}')
-
-  plan = plan_lib.make_plan(config, data_shape(d))
-  if plan.latent:
-    _need(d.name not in IMAGE_DATASETS, 'latent',
-          f'latent diffusion needs in-memory data (digits, toy2d, points); '
-          f'{d.name} is streamed')
-  return plan
