@@ -228,7 +228,7 @@ def load_params(path: str) -> dict:
         f'Inception weights {path!r} not found; set config.eval.'
         'inception_weights to the .npz written by `python -m '
         'mmd_jax.evaluation.convert_inception pt_inception-2015-12-05-'
-        '6726825d.pth OUT.npz` (see README: Evaluation)')
+        '6726825d.pth OUT.npz` (see docs/evaluation_and_sampling.md)')
   flat = fs.load_npz(path)
   abstract = jax.eval_shape(InceptionV3().init, jax.random.PRNGKey(0),
                             jnp.zeros((1, 75, 75, 3)))['params']

@@ -116,7 +116,7 @@ def _check_eval(config, images: bool, stages: tuple):
     _need(bool(e.inception_weights), 'eval.inception_weights',
           f'FID on {d.name} needs the Inception weights file: convert '
           "pytorch-fid's .pth with `python -m "
-          'mmd_jax.evaluation.convert_inception` (README, "Evaluation")')
+          'mmd_jax.evaluation.convert_inception` (docs/evaluation_and_sampling.md)')
   _need(isinstance(e.every_steps, int) and e.every_steps >= 0,
         'eval.every_steps', f'must be an integer >= 0, got {e.every_steps!r}')
   _positive_int(config, 'eval.num_reference')
