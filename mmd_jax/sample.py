@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
+import numpy as np
 from absl import app, flags
 
 from mmd_jax.errors import Error
@@ -43,6 +44,41 @@ class SampleError(Error, ValueError):
   """The stage cannot be sampled as asked; the message is the one line."""
 
 
+# Samples are held in memory and written as one .npz: refuse a request
+# larger than this many bytes of float32 samples (8 GiB) up front.
+MAX_SAMPLE_BYTES = 8 * 2**30
+
+
+def _check_request(steps, num_samples, batch_size):
+  for flag, v in (('num_samples', num_samples), ('batch_size', batch_size)):
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+      raise SampleError(f'--{flag} must be an integer >= 1, got {v!r}')
+  if steps is not None and (not isinstance(steps, int) or steps < 1):
+    raise SampleError(f'--steps must be an integer >= 1, got {steps!r} (leave '
+                      "it out for the stage's own k, or 256 for a many-step "
+                      'model)')
+
+
+def _check_stage(job, ctx, sampling, steps, num_samples, guidance):
+  if sampling is None:
+    raise SampleError(f'{job.name} ({job.method}) draws no samples')
+  if not sampling.any_steps and steps is not None and steps != sampling.steps:
+    raise SampleError(f'{job.name} samples with exactly '
+                      f'{sampling.steps} step(s); --steps must be '
+                      f'{sampling.steps}')
+  if guidance and not ctx.spec.num_classes:
+    raise SampleError(f'--guidance={guidance:g}: {job.name} is unconditional '
+                      '(its data have no labels), so classifier-free guidance '
+                      'has nothing to guide; leave it at 0')
+  size = 4 * num_samples * int(np.prod(ctx.dataset.example_shape))
+  if size > MAX_SAMPLE_BYTES:
+    raise SampleError(
+        f'--num_samples={num_samples}: {size / 2**30:.0f} GiB of samples, '
+        f'more than the {MAX_SAMPLE_BYTES / 2**30:.0f} GiB held in memory '
+        'and written in one file; draw them in several calls with '
+        'different --seed')
+
+
 def draw(stage_dir: str, steps=None, num_samples: int = 1000, seed: int = 0,
          sampler: str = 'ancestral', guidance: float = 0.0,
          batch_size: int = 1000):
@@ -50,20 +86,15 @@ def draw(stage_dir: str, steps=None, num_samples: int = 1000, seed: int = 0,
   any registered method, sampled the way the method says
   (plugins/base.py's `Sampling`)."""
   import jax
-  import numpy as np
 
   from mmd_jax.evaluation import evaluate
   from mmd_jax.run.stage_dir import open_stage
 
+  _check_request(steps, num_samples, batch_size)
   stage = open_stage(stage_dir)
   ctx, sampling, state, job = (stage.ctx, stage.bound.sampling, stage.state,
                                stage.opened.job)
-  if sampling is None:
-    raise SampleError(f'{job.name} ({job.method}) draws no samples')
-  if not sampling.any_steps and steps is not None and steps != sampling.steps:
-    raise SampleError(f'{job.name} samples with exactly '
-                      f'{sampling.steps} step(s); --steps must be '
-                      f'{sampling.steps}')
+  _check_stage(job, ctx, sampling, steps, num_samples, guidance)
   # Students sample with their own k by default.
   k = steps or sampling.steps or 256
   samples, labels = evaluate.generate(

@@ -92,6 +92,23 @@ def test_sample_is_bit_reproducible_and_the_cli_writes_it(
   assert 'is not a stage directory' in _one_error_line(r)
 
 
+@pytest.mark.parametrize('kwargs,message', [
+    ({'steps': -3}, '--steps must be an integer >= 1, got -3'),
+    ({'steps': 0}, '--steps must be an integer >= 1, got 0'),
+    ({'num_samples': -5}, '--num_samples must be an integer >= 1, got -5'),
+    ({'num_samples': 0}, '--num_samples must be an integer >= 1, got 0'),
+    ({'batch_size': 0}, '--batch_size must be an integer >= 1, got 0'),
+    ({'num_samples': 10**11}, '--num_samples=100000000000: 745 GiB'),
+    ({'guidance': 3.0}, '--guidance=3: teacher is unconditional'),
+])
+def test_sample_refuses_bad_requests_in_one_line(toy_workdir, kwargs,
+                                                 message):
+  with pytest.raises(sample.SampleError) as e:
+    sample.draw(str(toy_workdir / 'teacher'), **kwargs)
+  assert str(e.value).startswith(message), str(e.value)
+  assert '\n' not in str(e.value)
+
+
 def test_digits_pipeline_eval_mode_and_conditional_samples(tmp_path):
   w = tmp_path / 'd'
   c = tiny.run('digits', 'tiny', w)
@@ -153,6 +170,12 @@ def test_digits_pipeline_eval_mode_and_conditional_samples(tmp_path):
     ('toy2d', 'tiny_mm', {'grad_accum_steps': 3}, 'config.grad_accum_steps'),
     ('digits_latent', None, {'stages': ('teacher', 'vae', 'evaluate')},
      "config.stages: 'teacher' trains in the space of 'vae'"),
+    # Guidance on data without labels would be silently ignored.
+    ('toy2d', 'tiny', {'eval.guidance': 3.0}, 'config.eval.guidance: 3.0 asks'),
+    ('toy2d', 'tiny_mm', {'distill.guidance': 2.0},
+     'config.distill.guidance: 2.0 asks'),
+    ('toy2d', 'tiny_emd', {'distill.guidance': 2.0},
+     'config.distill.guidance: 2.0 asks'),
 ])
 def test_bad_config_is_one_line_naming_the_key(name, arg, overrides, message,
                                                tmp_path):

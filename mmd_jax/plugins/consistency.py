@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from mmd_jax.blocks import optim
-from mmd_jax.run.checks import need, positive_int
+from mmd_jax.run.checks import guidance_needs_labels, need, positive_int
 from mmd_jax.methods import consistency as cd
 from mmd_jax.plugins import base, register
 
@@ -31,6 +31,7 @@ class Consistency(base.Method):
   networks = ('student', 'target')
 
   def validate(self, cfg, data):
+    guidance_needs_labels(cfg, 'distill.guidance', data)
     d, c = cfg.distill, cfg.consistency
     need(len(d.sampling_steps) > 0, 'distill.sampling_steps', 'is empty')
     for key in ('num_train_steps', 'batch_size'):

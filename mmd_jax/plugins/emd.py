@@ -10,7 +10,8 @@ import dataclasses
 
 from mmd_jax.numerics import analytic, diffusion
 from mmd_jax.blocks import optim
-from mmd_jax.run.checks import ConfigError, need, positive_int
+from mmd_jax.run.checks import (ConfigError, guidance_needs_labels,
+                                need, positive_int)
 from mmd_jax.data import toy2d
 from mmd_jax.methods import emd
 from mmd_jax.plugins import base, register
@@ -118,6 +119,7 @@ class _OneStep(base.Method):
   networks = ('generator', 'student_score')
 
   def validate(self, cfg, data):
+    guidance_needs_labels(cfg, 'distill.guidance', data)
     d, e = cfg.distill, cfg.emd
     for key in ('num_train_steps', 'batch_size'):
       positive_int(cfg, f'distill.{key}')

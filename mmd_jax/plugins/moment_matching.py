@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from mmd_jax.run.checks import need, one_of, positive_int
+from mmd_jax.run.checks import (guidance_needs_labels, need,
+                                one_of, positive_int)
 from mmd_jax.methods import moment_matching as mm
 from mmd_jax.plugins import base, register
 
@@ -15,6 +16,7 @@ class _MomentMatching(base.Method):
   needs = ('teacher_params', 'teacher_frozen_dtype')
 
   def validate(self, cfg, data):
+    guidance_needs_labels(cfg, 'distill.guidance', data)
     d = cfg.distill
     need(len(d.sampling_steps) > 0, 'distill.sampling_steps', 'is empty')
     for k in d.sampling_steps:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from mmd_jax.blocks import optim
-from mmd_jax.run.checks import need, positive_int
+from mmd_jax.run.checks import guidance_needs_labels, need, positive_int
 from mmd_jax.methods import progressive as pd
 from mmd_jax.plugins import base, register
 
@@ -43,6 +43,7 @@ class Progressive(base.Method):
   networks = ('student',)
 
   def validate(self, cfg, data):
+    guidance_needs_labels(cfg, 'distill.guidance', data)
     d, p = cfg.distill, cfg.progressive
     positive_int(cfg, 'progressive.start_steps')
     positive_int(cfg, 'distill.batch_size')

@@ -30,3 +30,12 @@ def positive_int(config, key: str):
 def one_of(config, key: str, known):
   v = lookup(config, key)
   need(v in known, key, f'unknown {v!r}; known: {tuple(known)}')
+
+
+def guidance_needs_labels(config, key: str, data):
+  """Classifier-free guidance (`key`) guides towards a class: refused on
+  data without labels, where it would be silently ignored."""
+  v = lookup(config, key)
+  need(not v or bool(data.num_classes), key,
+       f'{v} asks for classifier-free guidance, but {data.name} has no '
+       'labels (an unconditional model); set it to 0')

@@ -9,7 +9,8 @@ from mmd_jax.workdir import fs
 from mmd_jax.numerics import diffusion
 from mmd_jax.device import parallel
 from mmd_jax.run import plan as plan_lib
-from mmd_jax.run.checks import ConfigError, need as _need
+from mmd_jax.run.checks import (ConfigError, guidance_needs_labels,
+                                need as _need)
 from mmd_jax.run.checks import one_of, positive_int as _positive_int
 from mmd_jax.data import DATASETS, data_shape
 from mmd_jax.data.images import IMAGE_DATASETS
@@ -32,7 +33,9 @@ def validate(config) -> plan_lib.Plan:
   _check_diffusion(config)
   _check_run(config)
   _check_eval(config, images, stages)
-  plan = plan_lib.make_plan(config, data_shape(d))
+  shape = data_shape(d)
+  guidance_needs_labels(config, 'eval.guidance', shape)
+  plan = plan_lib.make_plan(config, shape)
   if plan.latent:
     _need(d.name not in IMAGE_DATASETS, 'latent',
           f'latent diffusion needs in-memory data (digits, toy2d, points); '
