@@ -457,3 +457,32 @@ def test_the_cli_exits_2_with_one_error_line_and_writes_nothing(
             *args], repo_root, devices)
   assert message in _one_error_line(r)
   assert not w.exists()
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--config=configs/nope.py'],
+     "error: --config: [Errno 2] No such file or directory: 'configs/nope.py'"),
+    (['--config=configs/toy2d.py', '--config.trian.steps=3',
+      '--config.seed=1'],
+     "error: --config.trian.steps=3: the config has no key 'trian'"),
+    (['--config=configs/toy2d.py', '--config.seed=1',
+      '--config.teacher.num_train_stepz=3'],
+     "error: --config.teacher.num_train_stepz=3: the config has no key "
+     "'num_train_stepz'"),
+    (['--config=configs/toy2d.py', '--config.teacher.num_train_steps=abc'],
+     'error: flag --config.teacher.num_train_steps=abc: invalid literal'),
+])
+def test_config_flag_errors_are_one_line(args, message, repo_root, capsys,
+                                         monkeypatch):
+  from absl import flags
+  from ml_collections import config_flags
+  from mmd_jax.run import cli
+  monkeypatch.chdir(repo_root)
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'c', flag_values=fv,
+                                  lock_config=True, sys_argv=['main'] + args)
+  with pytest.raises(SystemExit) as e:
+    cli.parse_flags(['main'] + args, fv)
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith(message) and '\n' not in err and '\\n' not in err, err

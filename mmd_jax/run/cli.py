@@ -1,6 +1,7 @@
 """Shared by the command-line entry points (main, bench, layer_profile)."""
 from __future__ import annotations
 
+import re
 import sys
 
 from absl import flags
@@ -8,20 +9,51 @@ from absl import flags
 from mmd_jax.workdir import fs
 
 
-def parse_flags(argv):
-  """absl's parser, with bad --config.KEY overrides reported in one line."""
+def parse_flags(argv, flag_values=None):
+  """absl's parser, with a missing or broken --config file and bad
+  --config.KEY overrides reported in one line."""
+  fv = flags.FLAGS if flag_values is None else flag_values
   try:
-    return flags.FLAGS(argv)
+    rest = fv(argv)
+    if 'config' in fv and fv['config'].present:
+      # config_flags keeps a failed load as a stand-in that raises on use.
+      fv['config'].value.get('stages')
+    return rest
   except flags.Error as e:
-    print(f'error: {e}', file=sys.stderr)
+    print(f'error: {_one_line(e)}', file=sys.stderr)
   except SyntaxError as e:   # in the --config file itself
     print(f'error: {e.filename}:{e.lineno}: {e.msg} (config file syntax)',
           file=sys.stderr)
+  except OSError as e:   # the --config file cannot be read
+    print(f'error: --config: {_last_line(e)}', file=sys.stderr)
   except (KeyError, AttributeError, TypeError, ValueError) as e:
-    bad = [a for a in argv[1:] if a.startswith('--config.')]
-    print(f'error: bad config override {" ".join(bad)}: '
-          f'{type(e).__name__} {e}', file=sys.stderr)
+    print(f'error: {_bad_override(argv, e)}', file=sys.stderr)
   sys.exit(2)
+
+
+def _one_line(e) -> str:
+  return ' '.join(str(e).split())
+
+
+def _last_line(e) -> str:
+  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+  return lines[-1] if lines else type(e).__name__
+
+
+def _bad_override(argv, e) -> str:
+  """The override a KeyError names (a key the config lacks), else all."""
+  overrides = [a for a in argv[1:] if a.startswith('--config.')]
+  # KeyError('trian'), or AttributeError("'stepz'\nDid you mean ...").
+  # ml_collections' message may hold a literal backslash-n.
+  missing = re.split(r'\\n|\n', str(e.args[0]))[0].strip('\'"\\ ') if (
+      isinstance(e, (KeyError, AttributeError)) and e.args) else ''
+  named = [a for a in overrides
+           if missing and missing in a.split('=')[0].split('.')[1:]]
+  if named:
+    return (f'{named[0]}: the config has no key {missing!r} (see '
+            'configs/default.py for the keys)')
+  return (f'bad config override {" ".join(overrides)}: '
+          f'{type(e).__name__} {_one_line(e)}')
 
 
 def write_json(path: str, obj):
