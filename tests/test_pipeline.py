@@ -408,6 +408,8 @@ def _points_file(tmp_path, kind):
     np.save(f, np.zeros((4, 2, 2)))
   elif kind == 'empty':
     np.save(f, np.zeros((0, 2)))
+  elif kind == 'one_row':
+    np.save(f, np.zeros((1, 2)))
   return f
 
 
@@ -416,6 +418,7 @@ def _points_file(tmp_path, kind):
     ('text', DataError, 'real numeric array'),
     ('rank3', DataError, 'expected rank 2'),
     ('empty', DataError, 'is empty'),
+    ('one_row', DataError, r'has 1 row\(s\); at least 4 are needed'),
 ])
 def test_bad_points_file_is_refused_before_anything_is_written(
     kind, error, message, tmp_path):

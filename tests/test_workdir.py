@@ -128,3 +128,18 @@ def test_a_full_disk_gives_one_line_and_keeps_the_last_checkpoint(small_disk):
   r = _main(w, '--config.teacher.num_train_steps=60', *args)
   assert r.returncode == 0, r.stderr[-2000:]
   assert 'resuming at step 20 of 60' in r.stderr
+
+
+def test_a_read_only_workdir_gives_one_line(tmp_path, monkeypatch):
+  """Storage that refuses the lock file (EROFS here; root ignores chmod)."""
+  import errno
+  from mmd_jax.workdir import workdir_lock
+
+  def read_only(path, *a, **k):
+    raise OSError(errno.EROFS, 'Read-only file system', path)
+  monkeypatch.setattr(workdir_lock.os, 'open', read_only)
+  with pytest.raises(workdir_lock.WorkdirError) as e:
+    with workdir_lock.holding(str(tmp_path)):
+      pass
+  assert str(e.value) == (f'workdir {tmp_path} is not writable (Read-only '
+                          'file system); point --workdir at writable storage')

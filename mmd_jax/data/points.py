@@ -13,6 +13,11 @@ class DataError(Error, ValueError):
   """Bad data input; the message names the file and the problem."""
 
 
+# Evaluation scores samples against, and sets its real-vs-real floor with,
+# two disjoint halves of the data of at least two points each.
+MIN_POINTS = 4
+
+
 def load_points(path: str) -> np.ndarray:
   if not path:
     raise DataError('data.path is empty: give --config.data.path=FILE.npy')
@@ -31,6 +36,10 @@ def load_points(path: str) -> np.ndarray:
                     'expected rank 2 (N, D)')
   if arr.shape[0] == 0:
     raise DataError(f'data.path {path!r} is empty (0 rows)')
+  if arr.shape[0] < MIN_POINTS:
+    raise DataError(f'data.path {path!r} has {arr.shape[0]} row(s); at least '
+                    f'{MIN_POINTS} are needed (evaluation compares two '
+                    'disjoint halves of at least 2 points)')
   if not np.all(np.isfinite(arr)):
     raise DataError(f'data.path {path!r} contains NaN or inf')
   return arr.astype(np.float32)

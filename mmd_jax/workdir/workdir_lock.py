@@ -96,6 +96,11 @@ class WorkdirLock:
         except FileNotFoundError:
           pass
         continue
+      except OSError as e:   # read-only storage, or not ours
+        raise WorkdirError(
+            f'workdir {os.path.dirname(self.path)} is not writable '
+            f'({e.strerror or e}); point --workdir at writable '
+            'storage') from None
       self._held = True
       self._thread = threading.Thread(target=self._refresh, daemon=True,
                                       name='workdir-lock')
