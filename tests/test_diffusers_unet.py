@@ -175,6 +175,22 @@ def test_a_diffusers_teacher_that_does_not_fit_the_data_is_refused(tmp_path):
                                                 str(bad)})
 
 
+@pytest.mark.parametrize('name', ['config.json', 'scheduler_config.json'])
+def test_a_damaged_diffusers_json_file_is_named_in_one_line(tmp_path, name):
+  import tiny
+  from mmd_jax.run.checks import ConfigError
+  bad = _copy(tmp_path)
+  (bad / name).write_text('{"_class_name": "UNet2DModel",')   # cut short
+  with pytest.raises(ConfigError) as e:
+    tiny.run('digits', 'tiny', tmp_path / 'w', {'teacher.checkpoint':
+                                                str(bad)})
+  assert str(e.value).startswith(
+      f'config.teacher.checkpoint: {bad / name} is not valid JSON'), str(
+          e.value)
+  assert '\n' not in str(e.value)
+  assert not (tmp_path / 'w').exists()
+
+
 def test_schedule_and_prediction_come_from_the_scheduler_config(tmp_path):
   """Read beside the model or in a pipeline's ../scheduler/; the oldest
   configs name the step count 'timesteps'; an EDM scheduler makes the

@@ -73,6 +73,23 @@ def test_rerun_skips_finished_stages(toy_workdir):
   assert sorted(os.listdir(toy_workdir / 'teacher' / 'checkpoints')) == ckpts
 
 
+def test_a_finished_stage_without_checkpoints_is_one_line(toy_workdir,
+                                                          tmp_path):
+  w = tmp_path / 'w'
+  shutil.copytree(toy_workdir, w)
+  shutil.rmtree(w / 'teacher' / 'checkpoints')
+  stage_json = (w / 'teacher' / 'stage.json').read_text()
+  want = (f'no checkpoint in {w / "teacher"} (its stage.json says it '
+          'finished); restore its checkpoints/ from a copy, or remove')
+  with pytest.raises(runner.WorkdirError) as e:
+    tiny.run('toy2d', 'tiny', w)
+  assert str(e.value).startswith(want), str(e.value)
+  with pytest.raises(runner.WorkdirError) as e:
+    sample.draw(str(w / 'teacher'), 4, 10)
+  assert str(e.value).startswith(want), str(e.value)
+  assert (w / 'teacher' / 'stage.json').read_text() == stage_json
+
+
 def test_sample_is_bit_reproducible_and_the_cli_writes_it(
     toy_workdir, repo_root, tmp_path):
   stage = str(toy_workdir / 'teacher')

@@ -45,7 +45,9 @@ def is_diffusers_dir(path: str) -> bool:
   try:
     d = json.loads(fs.read_text(cfg))
   except (OSError, ValueError):
-    return False
+    # No stage.json and a damaged config.json: a diffusers model whose
+    # import names the file (not "no stage.json").
+    return True
   return isinstance(d, dict) and ('_class_name' in d or
                                   'down_block_types' in d)
 
@@ -55,7 +57,7 @@ def _scheduler_config(model_dir: str) -> dict:
             os.path.join(os.path.dirname(fs.absolute(model_dir)),
                          'scheduler', 'scheduler_config.json')):
     if fs.isfile(p):
-      return json.loads(fs.read_text(p))
+      return du.read_json(p)
   return {}
 
 
@@ -65,7 +67,7 @@ def settings(model_dir: str, noise_schedule: str = 'auto',
   'prediction_type'}; import.json's when the directory is an import copy."""
   saved = os.path.join(model_dir, 'import.json')
   if fs.isfile(saved):
-    return json.loads(fs.read_text(saved))
+    return du.read_json(saved)
   sched = _scheduler_config(model_dir)
   kind = noise_schedule
   if kind == 'auto':
@@ -100,7 +102,10 @@ def check(model_dir: str, noise_schedule: str, prediction_type: str, data):
     fail(str(e))
   if not fs.isfile(os.path.join(model_dir, du.WEIGHTS_FILE)):
     fail(f'{model_dir} has no {du.WEIGHTS_FILE} (the safetensors weights)')
-  s = settings(model_dir, noise_schedule, prediction_type)
+  try:
+    s = settings(model_dir, noise_schedule, prediction_type)
+  except du.DiffusersImportError as e:
+    fail(str(e))
   if s['prediction_type'] not in PREDICTIONS:
     fail(f"prediction_type {s['prediction_type']!r} is not one of "
          f'{tuple(PREDICTIONS)}')

@@ -99,12 +99,25 @@ def config_from_dict(d: dict, where: str = 'config.json') -> UNetConfig:
   return c
 
 
+def read_json(path: str) -> dict:
+  """A diffusers JSON file (config.json, scheduler_config.json); a damaged
+  one is a one-line DiffusersImportError naming it."""
+  try:
+    d = json.loads(fs.read_text(path))
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise DiffusersImportError(f'{path} is not valid JSON ({e})') from None
+  if not isinstance(d, dict):
+    raise DiffusersImportError(f'{path} holds a JSON {type(d).__name__}, not '
+                               'an object of settings')
+  return d
+
+
 def read_config(directory: str) -> UNetConfig:
   path = os.path.join(directory, 'config.json')
   if not fs.isfile(path):
     raise DiffusersImportError(f'{directory} has no config.json: not a '
                                'diffusers model directory')
-  return config_from_dict(json.loads(fs.read_text(path)), path)
+  return config_from_dict(read_json(path), path)
 
 
 # ----------------------------------------------------------------------------

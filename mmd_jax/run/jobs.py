@@ -126,10 +126,18 @@ def stream_of(env, opened: Opened):
 def restore(env, opened: Opened, checkpoint_step=None) -> Any:
   """The job's latest (or given) checkpoint, its frozen inputs left out
   (None)."""
-  return train.restore_latest(loop_of(env, opened), stream_of(env, opened),
-                              env.mesh,
-                              stage_key(env.config.seed, opened.job.name),
-                              checkpoint_step)
+  try:
+    return train.restore_latest(loop_of(env, opened), stream_of(env, opened),
+                                env.mesh,
+                                stage_key(env.config.seed, opened.job.name),
+                                checkpoint_step)
+  except FileNotFoundError as e:
+    if checkpoint_step is not None:   # the steps it has are in the message
+      raise stage_meta.WorkdirError(str(e)) from None
+    done = ' (its stage.json says it finished)' if opened.finished else ''
+    raise stage_meta.WorkdirError(
+        f'{e}{done}; restore its checkpoints/ from a copy, or remove '
+        f'{opened.stage_dir} to train it again') from None
 
 
 def _preview(env, opened: Opened):

@@ -221,12 +221,9 @@ def evaluate_workdir(config, workdir: str, checkpoint_step: int | None = None):
   if missing:
     raise WorkdirError(f'{workdir} has no stage {missing[0]!r} (config.stages '
                        f'names it); train it first or drop it from the stages')
-  try:
-    with workdir_lock.holding(workdir):
-      for planned in plan.jobs:
-        opened = r.open(planned)
-        r.bind_abstract(opened)
-        r.offer(opened)
-      return scoring.evaluate(r, plan.jobs, checkpoint_step)
-  except FileNotFoundError as e:
-    raise WorkdirError(str(e)) from None
+  with workdir_lock.holding(workdir):
+    for planned in plan.jobs:
+      opened = r.open(planned)
+      r.bind_abstract(opened)
+      r.offer(opened)
+    return scoring.evaluate(r, plan.jobs, checkpoint_step)

@@ -74,18 +74,15 @@ def open_stage(stage_dir: str) -> Stage:
       method.job_for(cfg, os.path.basename(stage_dir), meta),
       stage_dir=stage_dir, source='', source_key='')
   r = Run(config, os.path.dirname(stage_dir), load_dataset(config.data), plan)
-  try:
-    # The jobs before it offer what it needs (shapes, or a latent run's
-    # space, restored when asked for); their directories are not checked.
-    for planned in plan.jobs:
-      if planned.job.name == job.name:
-        break
-      opened = r.opened[planned.job.name] = open_job(r.env, planned,
-                                                     read=False)
-      r.bind_abstract(opened)
-      r.offer(opened)
-    opened = r.open(plan_lib.PlannedJob(method, cfg, job, train=False))
+  # The jobs before it offer what it needs (shapes, or a latent run's
+  # space, restored when asked for); their directories are not checked.
+  for planned in plan.jobs:
+    if planned.job.name == job.name:
+      break
+    opened = r.opened[planned.job.name] = open_job(r.env, planned,
+                                                   read=False)
     r.bind_abstract(opened)
-    return Stage(r.env, opened, restore(r.env, opened))
-  except FileNotFoundError as e:
-    raise WorkdirError(str(e)) from None
+    r.offer(opened)
+  opened = r.open(plan_lib.PlannedJob(method, cfg, job, train=False))
+  r.bind_abstract(opened)
+  return Stage(r.env, opened, restore(r.env, opened))
