@@ -106,3 +106,36 @@ def test_guard_reverts_optimizer_state_and_keeps_frozen_leaves():
     np.testing.assert_array_equal(a, b)
   state, _, c = g(state, {'g': jnp.ones(3)}, None, c)
   assert int(c['total']) == 1 and np.all(np.isfinite(state.params))
+
+
+def test_apply_if_finite_when_updates_only_the_chosen_part():
+  """`when`: the update runs only where it holds and the state is finite;
+  the returned flag is finiteness alone; no state copies in the program."""
+  def apply(s, g):
+    return jax.tree.map(lambda p: p - g, s), jnp.float32(1.0)
+
+  part = {'w': jnp.ones((4,)), 'b': jnp.zeros((2,))}
+  for when, loss, want_ok, want_step in ((True, 1.0, True, True),
+                                         (False, 1.0, True, False),
+                                         (True, np.nan, False, False)):
+    new, rate, ok = guard.apply_if_finite(
+        (jnp.float32(loss),), apply, part, jnp.float32(0.5),
+        when=jnp.asarray(when))
+    assert bool(ok) == want_ok
+    assert float(rate) == (1.0 if want_step else 0.0)
+    want = 0.5 if want_step else 1.0
+    np.testing.assert_array_equal(new['w'], np.full((4,), want, np.float32))
+  with guard.disabled():   # `when` still holds with the guard off
+    new, _, _ = guard.apply_if_finite((jnp.float32(np.nan),), apply, part,
+                                      jnp.float32(0.5),
+                                      when=jnp.asarray(False))
+  np.testing.assert_array_equal(new['w'], np.ones((4,), np.float32))
+
+  def two_parts(a, b, g, is_a):
+    a, _, _ = guard.apply_if_finite((g,), apply, a, g, when=is_a)
+    b, _, _ = guard.apply_if_finite((g,), apply, b, g, when=~is_a)
+    return a, b
+  big = jnp.zeros((1 << 16,))
+  hlo = jax.jit(two_parts, donate_argnums=(0, 1)).lower(
+      big, big + 1, jnp.float32(0.5), jnp.asarray(True)).compile().as_text()
+  assert 'f32[65536]{0} copy(' not in hlo

@@ -303,3 +303,17 @@ def test_one_step_generator_form_reads_the_student_at_the_fixed_logsnr():
       mm.student_sample(spec, params, k_s, (64, 2), 1,
                         hp=mm.MMHParams(k=1, k1_generator=False)),
       spec.sample(params, k_s, (64, 2), 1))
+
+
+def test_alternating_step_updates_in_place():
+  """The donated step copies no parameter-sized buffer: each network's
+  update writes it in place or passes it through (a select between the two
+  networks' updates made XLA copy the whole trained state twice a step)."""
+  spec = DenoiserSpec(ResMLP(width=64, num_blocks=1), SCHED, 'v')
+  x = jax.random.normal(jax.random.PRNGKey(0), (8, 2))
+  theta = _random_params(spec, jax.random.PRNGKey(1), x)
+  st = mm.init_alternating(jax.random.PRNGKey(2), theta, spec,
+                           mm.MMHParams(k=4), mm.mm_optimizer(1e-3, 2, 10))
+  hlo = jax.jit(mm.alternating_step, donate_argnums=(0,)).lower(
+      st, {'x': x}, jax.random.PRNGKey(3)).compile().as_text()
+  assert ' f32[64,64]{1,0} copy(' not in hlo

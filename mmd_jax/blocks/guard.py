@@ -44,7 +44,7 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-def apply_if_finite(check, apply, state, *operands):
+def apply_if_finite(check, apply, state, *operands, when=None):
   """(apply(state, *operands), True) when every value in `check` (the loss
   and the gradient norm, whose finiteness is every gradient leaf's) is
   finite, else (state and zeros, False): `apply` returns (new state, a
@@ -58,15 +58,25 @@ def apply_if_finite(check, apply, state, *operands):
   against +2% this way. A finite gradient gives a finite update under
   every optimiser here (clipping, Adam, SGD at a finite rate), so checking
   the gradient checks the update; the new state is not re-read.
+
+  `when` (a traced bool) applies the update only where it also holds (the
+  returned flag is still finiteness alone). A step that updates one of
+  several parts of its state guards each part with its own call, `state`
+  that part alone and `when` whether this step updates it: each cond then
+  writes its part in place or passes it through whole. Selecting between
+  parts, or one cond whose branches update different parts, reads every
+  part where it writes one, and XLA copies the whole state each step
+  (mm_alternating: +60% of the step on CPU).
   """
   ok = _all_finite(check)
-  if _OFF.get():
+  if _OFF.get() and when is None:
     return (*apply(state, *operands), ok)
   extras = jax.eval_shape(lambda *a: apply(*a)[1], state, *operands)
 
   def keep(s, *_):
     return s, jax.tree.map(lambda e: jnp.zeros(e.shape, e.dtype), extras)
-  new, out = jax.lax.cond(ok, apply, keep, state, *operands)
+  run = ok if when is None else (when if _OFF.get() else ok & when)
+  new, out = jax.lax.cond(run, apply, keep, state, *operands)
   return new, out, ok
 
 

@@ -13,42 +13,20 @@ Student, auxiliary model and teacher are parameter sets of one module.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
 
-from mmd_jax.numerics import diffusion
 from mmd_jax.blocks import guard, optim
 from mmd_jax.numerics.denoiser import DenoiserSpec
 from mmd_jax.methods import teacher as teacher_lib
-from mmd_jax.blocks.microbatch import ALL, Rows, accumulate
-
-sg = jax.lax.stop_gradient
-
-WEIGHTINGS = ('v', 'edm', 'flat', 'snr', 'dmd')
-RENOISE = ('conditional', 'marginal')
-
-
-@dataclasses.dataclass(frozen=True)
-class MMHParams:
-  k: int = 8
-  weighting: str = 'v'          # w(s): v | edm | flat | snr | dmd
-  renoise: str = 'conditional'  # q(z_s|z_t, x~) (paper) or marginal q(z_s|x~)
-  guidance: float = 0.0         # CFG weight, used only inside the teacher
-  s_range: str = 'full'         # full: s in [0, 1]; grid: s in [0, 1-1/k]
-  grad_accum_steps: int = 1     # micro-batches per step (microbatch.py)
-  # k = 1 only: the student is EMD's generator form, the network read at
-  # log-SNR k1_logsnr on pure noise (t = 1, s over [0, 1]); False: the
-  # network at t = 1 (log-SNR lambda_min), which barely reads its input.
-  k1_generator: bool = True
-  k1_logsnr: float = 0.0
-
-  @property
-  def generator(self) -> bool:
-    return self.k == 1 and self.k1_generator
+from mmd_jax.blocks.microbatch import accumulate
+# The shared pieces live in mm_shared; every name is public here too.
+from mmd_jax.methods.mm_shared import (  # noqa: F401
+    RENOISE, S_RANGES, WEIGHTINGS, MMHParams, _copy, _draw, _Draw,
+    _per_example_mean, _pick_vjp, _renoise, _teacher_x, sample_times, sg,
+    student_sample, weight)
 
 
 def mm_optimizer(learning_rate, warmup_steps, total_steps, grad_clip=1.0):
@@ -61,132 +39,6 @@ def mm_optimizer(learning_rate, warmup_steps, total_steps, grad_clip=1.0):
   tx, _ = optim.global_step_adam(learning_rate, warmup_steps, total_steps,
                                  grad_clip, b1=0.0, b2=0.99, eps=1e-12)
   return tx
-
-
-# ----------------------------------------------------------------------------
-# Shared pieces.
-
-
-S_RANGES = ('auto', 'grid', 'full')
-
-
-def sample_times(key, batch: int, k: int, s_range: str = 'full',
-                 rows: Rows = ALL):
-  """delta ~ U[0, 1/k], t = min(s + delta, 1), with s ~ U[0, 1] ('full',
-  the default, as both public reimplementations draw it: the clip puts
-  part of the batch at t = 1, where sampling starts) or s ~ U[0, 1 - 1/k]
-  ('grid': the clip never binds; 'auto' is the old default, grid for
-  k >= 2). docs/ALGORITHMS.md §2 has the measurements behind the default.
-
-  k = 1 always draws the full range: there the grid range is the single
-  point s = 0, where z_s = x~ and both denoisers return x~, so the gradient
-  vanishes (measured: grad norm 3e-6 on toy2d).
-  """
-  k_s, k_d = jax.random.split(key)
-  full = s_range == 'full' or k == 1
-  s = rows.uniform(k_s, (batch,)) * (1.0 if full else 1.0 - 1.0 / k)
-  t = jnp.minimum(s + rows.uniform(k_d, (batch,)) / k, 1.0)
-  return s, t
-
-
-def weight(name: str, lam_s, sigma_data: float, x_student=None,
-           x_teacher=None):
-  """w(s). 'dmd' is DMD's per-sample normaliser 1 / mean|x~ - g_teacher|."""
-  if name == 'dmd':
-    err = jnp.abs(x_student - x_teacher).reshape(x_student.shape[0], -1)
-    return sg(1.0 / (jnp.mean(err, axis=-1) + 1e-4))
-  return diffusion.loss_weight(name, lam_s, sigma_data)
-
-
-def _renoise(key, hp: MMHParams, z_t, x_tilde, lam_t, lam_s,
-             rows: Rows = ALL):
-  """z_s from the student's x~ (no gradient flows through z_s)."""
-  x_tilde = sg(x_tilde)
-  noise = rows.normal(key, x_tilde.shape, x_tilde.dtype)
-  if hp.renoise == 'conditional':
-    mean, var = diffusion.posterior(z_t, x_tilde, lam_t, lam_s)
-    return sg(mean + jnp.sqrt(var) * noise)
-  return sg(diffusion.diffuse(x_tilde, lam_s, noise))
-
-
-def _teacher_x(spec, teacher_params, z, lam, labels, guidance):
-  """The teacher's x-prediction, with CFG when asked (teacher only)."""
-  den = spec.denoiser(teacher_params, labels if spec.num_classes else None,
-                      guidance)
-  return den(z, lam)
-
-
-def _copy(tree):
-  return jax.tree.map(jnp.copy, tree)
-
-
-def _per_example_mean(a):
-  return jnp.mean(a.reshape(a.shape[0], -1), axis=-1)
-
-
-@dataclasses.dataclass
-class _Draw:
-  """One batch's student rollout: z_t, x~ (with its VJP), z_s, weights."""
-  lam_s: jax.Array
-  z_s: jax.Array
-  x_tilde: jax.Array
-  student_vjp: object
-  labels: object
-  z_t: jax.Array | None = None
-  lam_t: jax.Array | None = None
-
-
-def _draw(key, spec, student_params, x, labels, hp: MMHParams,
-          rows: Rows = ALL, net=None):
-  """With `net(params, z, lam)` given, `student_vjp` is its VJP in all three
-  arguments (returning three cotangents); else in the params only.
-
-  The one-step generator form (hp.generator) reads the student at the fixed
-  log-SNR hp.k1_logsnr on pure noise z_1 (t = 1: no data in z_t), s over
-  the full range.
-  """
-  k_time, k_eps, k_renoise = jax.random.split(key, 3)
-  s, t = sample_times(k_time, x.shape[0], hp.k, hp.s_range, rows)
-  if hp.generator:
-    t = jnp.ones_like(t)
-  lam_s, lam_t = spec.schedule(s), spec.schedule(t)
-  noise = rows.normal(k_eps, x.shape)
-  if hp.generator:
-    z_t = noise
-    lam_net = jnp.full_like(lam_t, hp.k1_logsnr)
-  else:
-    z_t = diffusion.diffuse(x, lam_t, noise)
-    lam_net = lam_t
-  if net is None:
-    x_tilde, vjp = jax.vjp(lambda p: spec.x_hat(p, z_t, lam_net, labels),
-                           student_params)
-  else:
-    x_tilde, vjp = jax.vjp(net, student_params, z_t, lam_net)
-  z_s = _renoise(k_renoise, hp, z_t, x_tilde, lam_t, lam_s, rows)
-  return _Draw(lam_s, z_s, x_tilde, vjp, labels, z_t, lam_t)
-
-
-def _pick_vjp(pred, vjp_true, vjp_false):
-  """The VJP whose residuals are vjp_true's where `pred`, else vjp_false's.
-  Both must come from `jax.vjp` of one function on arguments of one shape,
-  so that their residuals correspond leaf by leaf."""
-  leaves_t, _ = jax.tree.flatten(vjp_true)
-  leaves_f, treedef = jax.tree.flatten(vjp_false)
-  shapes = lambda ls: [(l.shape, l.dtype) for l in ls]
-  if shapes(leaves_t) != shapes(leaves_f):
-    raise ValueError('the two VJPs do not have matching residuals')
-  return jax.tree.unflatten(treedef, [jnp.where(pred, a, b) for a, b
-                                      in zip(leaves_t, leaves_f)])
-
-
-def student_sample(spec, params, key, shape, k: int, labels=None,
-                   hp: MMHParams | None = None, sampler: str = 'ancestral'):
-  """A k-step student's samples: Algorithm 1 (or DDIM), or for the
-  one-step generator form one network call at hp.k1_logsnr on z_1, drawn
-  as the samplers draw it (same key, same noise)."""
-  if hp is not None and k == 1 and hp.generator:
-    return spec.sample_at_logsnr(params, key, shape, hp.k1_logsnr, labels)
-  return spec.sample(params, key, shape, k, labels=labels, sampler=sampler)
 
 
 # ----------------------------------------------------------------------------
@@ -223,73 +75,86 @@ def init_alternating(key, teacher_params, spec: DenoiserSpec, hp: MMHParams,
       aux_opt=tx.init(aux), rng=key, spec=spec, hparams=hp, tx=tx)
 
 
+def _alternating_grads(state: AlternatingState, key, is_aux, mb, rows):
+  """(gradient of whichever network trains, metrics) on one micro-batch."""
+  spec, hp = state.spec, state.hparams
+  labels = mb.get('label') if spec.num_classes else None
+  # One function object for both networks: their VJPs then have the same
+  # structure, and their residuals can be selected leaf by leaf.
+  net = lambda p, z, lam: spec.x_hat(p, z, lam, labels)
+  d = _draw(key, spec, state.student_params, mb['x'], labels, hp, rows,
+            net=net)
+  x_teacher = sg(_teacher_x(spec, state.teacher_params, d.z_s, d.lam_s,
+                            labels, hp.guidance))
+  w = weight(hp.weighting, d.lam_s, spec.sigma_data, d.x_tilde, x_teacher)
+  x_tilde = sg(d.x_tilde)
+  x_aux, aux_vjp = jax.vjp(net, state.aux_params, d.z_s, d.lam_s)
+  x_aux = sg(x_aux)
+  n, dim = x_tilde.shape[0], x_tilde[0].size
+  wb = w.reshape((-1,) + (1,) * (x_tilde.ndim - 1))
+  # Aux: L(phi) = mean_b w_b mean_d [(x~ - g_phi)^2 + (g_theta - g_phi)^2].
+  aux_loss = jnp.mean(w * (_per_example_mean(jnp.square(x_tilde - x_aux)) +
+                           _per_example_mean(jnp.square(x_teacher - x_aux))))
+  aux_ct = -2.0 * wb * ((x_tilde - x_aux) + (x_teacher - x_aux)) / (n * dim)
+  # Student: L(eta) = mean_b w_b mean_d x~ * sg(g_phi - g_theta).
+  diff = x_aux - x_teacher
+  student_loss = jnp.mean(w * _per_example_mean(x_tilde * diff))
+  student_ct = wb * diff / (n * dim)
+  vjp = _pick_vjp(is_aux, aux_vjp, d.student_vjp)
+  g, _, _ = vjp(jnp.where(is_aux, aux_ct, student_ct))
+  # Moment gap: how far the student's E[x|z_s] is from the teacher's.
+  gap = jnp.mean(_per_example_mean(jnp.square(diff)))
+  return g, {'loss': jnp.where(is_aux, aux_loss, student_loss),
+             'moment_gap': gap}
+
+
+def _alternating_update(state: AlternatingState, g, check, is_aux):
+  """(new state, rate, finite): one optimiser update, of whichever network
+  this step trains, under the non-finite guard.
+
+  One guarded cond per network, which updates it in place or passes it
+  through whole (guard.apply_if_finite's `when`). Selecting between the
+  two networks' updates read both networks where it wrote one, so XLA
+  copied the whole trained state (params and Adam moments of both, 63 MiB
+  on digits) twice: into the guard's cond and out of it, every step.
+  Both networks use the same optax transformation; the rate comes from
+  the global step, so both follow one schedule although each updates
+  every other step.
+  """
+  def update(net, g):
+    params, opt, rate = optim.update(state.tx, g, net[1], net[0], state.step)
+    return (params, opt), rate
+
+  (aux, aux_opt), aux_rate, ok = guard.apply_if_finite(
+      check, update, (state.aux_params, state.aux_opt), g, when=is_aux)
+  (student, student_opt), student_rate, _ = guard.apply_if_finite(
+      check, update, (state.student_params, state.student_opt), g,
+      when=~is_aux)
+  new = state.replace(aux_params=aux, aux_opt=aux_opt,
+                      student_params=student, student_opt=student_opt)
+  return new, jnp.where(is_aux, aux_rate, student_rate), ok
+
+
 def alternating_step(state: AlternatingState, batch, key):
   """Even steps update the auxiliary denoiser phi, odd steps the student eta.
 
-  Both parities run one program with no branch (a `lax.cond` between the two
-  gradients ran 1.5x slower on CPU than either branch alone). The student
-  (at z_t) and the aux net (at z_s) run forward once each, keeping their
-  VJP residuals; the step's parity selects parameters, residuals and
-  cotangent, and one backward pass gives the gradient of whichever network
-  trains. Five network passes per step against the teacher step's three.
-  The gradient is averaged over micro-batches.
+  The gradient runs as one program with no branch (a `lax.cond` between
+  the two gradients ran 1.5x slower on CPU than either branch alone). The
+  student (at z_t) and the aux net (at z_s) run forward once each, keeping
+  their VJP residuals; the step's parity selects residuals and cotangent,
+  and one backward pass gives the gradient of whichever network trains.
+  Five network passes per step against the teacher step's three. The
+  gradient is averaged over micro-batches; the update writes only the
+  network it trains (`_alternating_update`).
   """
   key = jax.random.fold_in(key, state.step)
-  spec, hp = state.spec, state.hparams
   is_aux = state.step % 2 == 0
-
-  def pick(a, b):
-    return jax.tree.map(lambda u, v: jnp.where(is_aux, u, v), a, b)
-
-  def grads_of(mb, rows):
-    labels = mb.get('label') if spec.num_classes else None
-    # One function object for both networks: their VJPs then have the same
-    # structure, and their residuals can be selected leaf by leaf.
-    net = lambda p, z, lam: spec.x_hat(p, z, lam, labels)
-    d = _draw(key, spec, state.student_params, mb['x'], labels, hp, rows,
-              net=net)
-    x_teacher = sg(_teacher_x(spec, state.teacher_params, d.z_s, d.lam_s,
-                              labels, hp.guidance))
-    w = weight(hp.weighting, d.lam_s, spec.sigma_data, d.x_tilde, x_teacher)
-    x_tilde = sg(d.x_tilde)
-    x_aux, aux_vjp = jax.vjp(net, state.aux_params, d.z_s, d.lam_s)
-    x_aux = sg(x_aux)
-    n, dim = x_tilde.shape[0], x_tilde[0].size
-    wb = w.reshape((-1,) + (1,) * (x_tilde.ndim - 1))
-    # Aux: L(phi) = mean_b w_b mean_d [(x~ - g_phi)^2 + (g_theta - g_phi)^2].
-    aux_loss = jnp.mean(w * (_per_example_mean(jnp.square(x_tilde - x_aux)) +
-                             _per_example_mean(jnp.square(x_teacher - x_aux))))
-    aux_ct = -2.0 * wb * ((x_tilde - x_aux) + (x_teacher - x_aux)) / (n * dim)
-    # Student: L(eta) = mean_b w_b mean_d x~ * sg(g_phi - g_theta).
-    diff = x_aux - x_teacher
-    student_loss = jnp.mean(w * _per_example_mean(x_tilde * diff))
-    student_ct = wb * diff / (n * dim)
-    vjp = _pick_vjp(is_aux, aux_vjp, d.student_vjp)
-    g, _, _ = vjp(jnp.where(is_aux, aux_ct, student_ct))
-    # Moment gap: how far the student's E[x|z_s] is from the teacher's.
-    gap = jnp.mean(_per_example_mean(jnp.square(diff)))
-    return g, {'loss': jnp.where(is_aux, aux_loss, student_loss),
-               'moment_gap': gap}
-
-  g, metrics = accumulate(grads_of, dict(batch), hp.grad_accum_steps)
+  g, metrics = accumulate(
+      lambda mb, rows: _alternating_grads(state, key, is_aux, mb, rows),
+      dict(batch), state.hparams.grad_accum_steps)
   grad_norm = optax.tree.norm(g)
-
-  def apply(state, g):
-    # One optimiser update, of whichever network this step trains (both
-    # use the same optax transformation, so their states have one
-    # structure). The rate comes from the global step, so both networks
-    # follow one schedule although each updates every other step.
-    new_params, opt, rate = optim.update(
-        state.tx, g, pick(state.aux_opt, state.student_opt),
-        pick(state.aux_params, state.student_params), state.step)
-    return state.replace(
-        aux_params=pick(new_params, state.aux_params),
-        student_params=pick(state.student_params, new_params),
-        aux_opt=pick(opt, state.aux_opt),
-        student_opt=pick(state.student_opt, opt)), rate
-
-  new, rate, ok = guard.apply_if_finite((metrics['loss'], grad_norm), apply,
-                                        state, g)
+  new, rate, ok = _alternating_update(state, g, (metrics['loss'], grad_norm),
+                                      is_aux)
   metrics.update(grad_norm=grad_norm, learning_rate=rate,
                  aux_step=is_aux.astype(jnp.float32), finite=ok)
   return new.replace(step=state.step + 1), metrics
