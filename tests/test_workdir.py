@@ -143,3 +143,59 @@ def test_a_read_only_workdir_gives_one_line(tmp_path, monkeypatch):
       pass
   assert str(e.value) == (f'workdir {tmp_path} is not writable (Read-only '
                           'file system); point --workdir at writable storage')
+
+
+def _tiny_teacher(w, steps, **over):
+  import tiny
+  tiny.run('toy2d', 'tiny', w, dict({
+      'stages': ('teacher',), 'teacher.num_train_steps': steps,
+      'checkpoint.every_steps': 10, 'eval.teacher_steps': ()}, **over))
+
+
+def _listing(w):
+  return sorted(os.path.relpath(os.path.join(r, f), w)
+                for r, _, fs in os.walk(w) for f in fs)
+
+
+def test_a_changed_config_on_resume_is_refused_not_treated_as_damage(
+    tmp_path):
+  from mmd_jax.run.checks import ConfigError
+  from mmd_jax.workdir.checkpoint import CheckpointMismatchError
+  w = tmp_path / 'w'
+  _tiny_teacher(w, 20)
+  before = {p: open(w / p, 'rb').read() for p in _listing(w)}
+  # Recorded in stage.json: refused before anything is read or written.
+  with pytest.raises(ConfigError) as e:
+    _tiny_teacher(w, 40, **{'model.width': 64})
+  assert str(e.value) == (
+      f'{w / "teacher"} was trained with network.width=32; the config now '
+      'asks for network.width=64; use the config it was trained with (its '
+      'config.json), a new workdir, or remove it')
+  assert {p: open(w / p, 'rb').read() for p in _listing(w)} == before
+  # A directory from before stage.json recorded the network: the restore
+  # itself tells a changed config from damage, and moves nothing.
+  meta = json.load(open(w / 'teacher' / 'stage.json'))
+  del meta['network']
+  (w / 'teacher' / 'stage.json').write_text(json.dumps(meta))
+  listing = _listing(w)
+  with pytest.raises(CheckpointMismatchError) as e:
+    _tiny_teacher(w, 40, **{'model.width': 64})
+  assert 'holds arrays of other shapes than this config builds' in str(e.value)
+  assert '\n' not in str(e.value)
+  assert _listing(w) == listing and not (
+      w / 'teacher' / 'checkpoints_corrupt').exists()
+
+
+def test_when_every_checkpoint_is_unreadable_the_run_stops(tmp_path):
+  w = tmp_path / 'w'
+  _tiny_teacher(w, 20)
+  ckpts = w / 'teacher' / 'checkpoints'
+  for root, _, files in os.walk(ckpts):
+    for f in files:
+      with open(os.path.join(root, f), 'wb') as fh:
+        fh.write(b'\x00garbage')
+  with pytest.raises(WorkdirError) as e:
+    _tiny_teacher(w, 40)
+  assert str(e.value).startswith(f'every checkpoint in {ckpts} is unreadable')
+  assert not os.listdir(ckpts) and len(os.listdir(
+      w / 'teacher' / 'checkpoints_corrupt')) == 2   # kept, not deleted

@@ -18,6 +18,20 @@ FULL_DISK_MARKERS = ('RESOURCE_EXHAUSTED', 'No space left', 'Disk quota exceeded
          'File too large')
 
 
+# What orbax/tensorstore say when a checkpoint's arrays do not fit the
+# requested state (a changed config), as against a damaged checkpoint.
+MISMATCH_MARKERS = ('is not compatible with the stored shape',
+                    'tree structures do not match')
+
+
+def _first_line(e) -> str:
+  return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+class CheckpointMismatchError(WorkdirError):
+  """A checkpoint holds another config's arrays; the message is the line."""
+
+
 class CheckpointWriteError(WorkdirError):
   """A save failed (typically a full disk); the message is the one line."""
   # The command exits straight after the line (os._exit): orbax's writer
@@ -58,13 +72,29 @@ class Checkpointer:
 
   def restore_latest_valid(self, abstract_state):
     """(state, step) from the newest checkpoint that restores, or (None,
-    None). An unreadable one is moved aside to `<dir>_corrupt/<step>-<time>`
-    (kept, never deleted) with a warning, and the previous one is tried."""
+    None) when there is none. An unreadable one is moved aside to
+    `<dir>_corrupt/<step>-<time>` (kept, never deleted) with a warning, and
+    the previous one is tried; when none is left, WorkdirError. A
+    checkpoint of other shapes than `abstract_state` is a changed config,
+    not damage: CheckpointMismatchError, nothing moved."""
+    moved = []
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         return self.restore(abstract_state, step), step
       except Exception as e:  # orbax/tensorstore raise many types
+        if any(m in str(e) for m in MISMATCH_MARKERS):
+          raise CheckpointMismatchError(
+              f'{self.directory} step {step} holds arrays of other shapes '
+              f'than this config builds ({_first_line(e)}): the config '
+              'changed since it was trained; use the config it was trained '
+              'with (its config.json) or a new workdir') from None
         self._quarantine(step, e)
+        moved.append(step)
+    if moved:
+      raise WorkdirError(
+          f'every checkpoint in {self.directory} is unreadable (steps '
+          f'{sorted(moved)} moved to {self.directory}_corrupt/); remove its '
+          'stage directory to train it again from step 0')
     return None, None
 
   def _quarantine(self, step: int, err: Exception):

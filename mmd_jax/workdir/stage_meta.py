@@ -39,8 +39,26 @@ def build(planned, ctx) -> dict:
           else ctx.spec.num_classes}
   if job.setting is not None:
     meta['setting'] = job.setting
+  if planned.method.networks:
+    meta['network'] = describe_network(ctx.spec.module)
   meta.update(job.meta)
   return meta
+
+
+def describe_network(module) -> dict:
+  """What stage.json records of the network: its class and its settings
+  (a Flax module's fields), which decide its parameters' shapes."""
+  import dataclasses
+  out = {'class': type(module).__name__}
+  for f in dataclasses.fields(module):
+    v = getattr(module, f.name)
+    if f.name in ('parent', 'name'):
+      continue
+    if dataclasses.is_dataclass(v) and not hasattr(v, 'apply'):
+      v = dataclasses.asdict(v)   # a config record, e.g. a port's
+    if isinstance(v, (bool, int, float, str, tuple, list, dict, type(None))):
+      out[f.name] = v
+  return json.loads(json.dumps(out, default=str))
 
 
 def check_same(stage_dir: str, meta: dict, old, key_name: str = ''):
@@ -51,21 +69,27 @@ def check_same(stage_dir: str, meta: dict, old, key_name: str = ''):
   if old is None:
     return
   where = f'config.{key_name}: ' if key_name else ''
-  diffs = [(k, old[k], meta[k]) for k in ('method', 'k') if k in old
-           and old[k] != meta[k]]
-  old_set, new_set = old.get('setting'), meta.get('setting')
-  if isinstance(old_set, dict) and isinstance(new_set, dict):
-    diffs += [(k, old_set[k], new_set[k]) for k in new_set
-              if k in old_set and old_set[k] != new_set[k]]
+  diffs = [(k, old[k], meta[k]) for k in ('method', 'k', 'example_shape',
+                                          'num_classes')
+           if k in old and k in meta and old[k] != meta[k]]
+  for section in ('setting', 'network'):
+    was, now = old.get(section), meta.get(section)
+    if isinstance(was, dict) and isinstance(now, dict):
+      prefix = '' if section == 'setting' else 'network.'
+      diffs += [(prefix + k, was[k], now[k]) for k in now
+                if k in was and was[k] != now[k]]
   diffs += [(k, old[k], v) for k, v in meta.items()
-            if k not in ('method', 'k', 'setting', 'model', 'dataset',
-                         'example_shape', 'num_classes') and k in old
-            and old[k] != v]
+            if k not in ('method', 'k', 'setting', 'network', 'model',
+                         'dataset', 'example_shape', 'num_classes')
+            and k in old and old[k] != v]
   if diffs:
-    k, was, now = diffs[0]
-    raise ConfigError(f'{where}{stage_dir} was trained with {k}={was!r}, the '
-                      f'config now asks for {now!r}; use a new workdir or '
-                      'remove it')
+    raise ConfigError(
+        f'{where}{stage_dir} was trained with '
+        + ', '.join(f'{k}={was!r}' for k, was, _ in diffs)
+        + '; the config now asks for '
+        + ', '.join(f'{k}={now!r}' for k, _, now in diffs)
+        + '; use the config it was trained with (its config.json), a new '
+        'workdir, or remove it')
 
 
 def check_source(job, meta: dict, old):
