@@ -199,3 +199,47 @@ def test_when_every_checkpoint_is_unreadable_the_run_stops(tmp_path):
   assert str(e.value).startswith(f'every checkpoint in {ckpts} is unreadable')
   assert not os.listdir(ckpts) and len(os.listdir(
       w / 'teacher' / 'checkpoints_corrupt')) == 2   # kept, not deleted
+
+
+def _float_files(step_dir):
+  """The array data files of a checkpoint, largest first."""
+  files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir / 'state')
+           for f in fs if os.sep + 'd' + os.sep in os.path.join(r, f)]
+  return sorted(files, key=os.path.getsize, reverse=True)
+
+
+def test_a_damaged_checkpoint_is_detected_and_the_previous_one_restored(
+    tmp_path):
+  """Bytes changed inside an array (here: the saved checksums no longer
+  match, as after a flip that leaves the file readable), and bytes flipped
+  in its data file: either way that checkpoint is moved aside and the run
+  resumes from the one before, with finite samples."""
+  from mmd_jax import sample
+  import numpy as np
+  from mmd_jax.run.stage_dir import open_stage
+  from mmd_jax.workdir.checkpoint import ChecksumError
+  w = tmp_path / 'w'
+  _tiny_teacher(w, 30, **{'checkpoint.keep': 3})
+  ckpts = w / 'teacher' / 'checkpoints'
+  meta_file = ckpts / '30' / 'meta' / 'metadata'
+  meta = json.load(open(meta_file))
+  meta['checksums'][0] ^= 1
+  meta_file.write_text(json.dumps(meta))
+  with pytest.raises(ChecksumError, match=r'step 30 is damaged: 1 array'):
+    open_stage(str(w / 'teacher'))
+  # Flipped bytes in the data file of step 20.
+  path = _float_files(ckpts / '20')[0]
+  data = bytearray(open(path, 'rb').read())
+  for i in range(len(data) // 3, len(data) // 3 + 200):
+    data[i] ^= 0xFF
+  open(path, 'wb').write(bytes(data))
+  _tiny_teacher(w, 40, **{'checkpoint.keep': 3})
+  moved = sorted(n.split('-')[0] for n in os.listdir(
+      w / 'teacher' / 'checkpoints_corrupt'))
+  assert moved == ['20', '30'], moved
+  assert json.load(open(w / 'teacher' / 'stage.json'))['finished_step'] == 40
+  logged = [json.loads(l)['step'] for l in open(
+      w / 'teacher' / 'metrics.jsonl')]
+  assert logged == [10, 20, 30, 20, 30, 40], logged   # resumed at step 10
+  x = sample.draw(str(w / 'teacher'), 4, 64)[0]
+  assert np.all(np.isfinite(x))

@@ -32,6 +32,42 @@ class CheckpointMismatchError(WorkdirError):
   """A checkpoint holds another config's arrays; the message is the line."""
 
 
+class ChecksumError(WorkdirError):
+  """A restored array differs from the one saved (flipped bytes)."""
+
+
+def _bits(x):
+  """x's bytes as uint32 words (narrower types widened)."""
+  import jax.numpy as jnp
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}.get(
+      x.dtype.itemsize, jnp.uint32)
+  return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+@jax.jit
+def _leaf_sums(leaves):
+  """One position-weighted uint32 sum per array: any flipped bit changes
+  it (an odd weight times a power of two is never 0 mod 2^32)."""
+  import jax.numpy as jnp
+  out = []
+  for x in leaves:
+    b = _bits(x).reshape(-1)
+    w = jnp.arange(b.size, dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
+    out.append(jnp.sum(b * w, dtype=jnp.uint32))
+  return out
+
+
+def checksums(tree) -> list[int]:
+  """The per-array checksums saved with a checkpoint (`None` leaves, a
+  state's stripped frozen fields, are not arrays)."""
+  leaves = [x for x in jax.tree.leaves(tree) if hasattr(x, 'dtype')]
+  return [int(v) for v in jax.device_get(_leaf_sums(leaves))]
+
+
 class CheckpointWriteError(WorkdirError):
   """A save failed (typically a full disk); the message is the one line."""
   # The command exits straight after the line (os._exit): orbax's writer
@@ -160,9 +196,11 @@ class Checkpointer:
            force: bool = False) -> bool:
     if not force and (self.every_steps <= 0 or step % self.every_steps):
       return False
-    args = {'state': ocp.args.StandardSave(state)}
-    if meta is not None:
-      args['meta'] = ocp.args.JsonSave(meta)
+    # Checksums of what is saved, checked on restore: orbax verifies the
+    # files' structure, not their bytes.
+    meta = dict(meta or {}, checksums=checksums(state))
+    args = {'state': ocp.args.StandardSave(state),
+            'meta': ocp.args.JsonSave(meta)}
     with self._writing():
       return self.manager.save(step, args=ocp.args.Composite(**args),
                                force=force)
@@ -175,8 +213,28 @@ class Checkpointer:
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
     out = self.manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+    self._verify(out['state'], step)
     logging.info('restored %s at step %d', self.directory, step)
     return out['state']
+
+  def _verify(self, state, step: int):
+    """ChecksumError when the restored arrays are not the saved ones
+    (checkpoints written before checksums pass unchecked)."""
+    try:
+      want = self.restore_meta(step).get('checksums')
+    except Exception:  # no meta item: an older checkpoint
+      return
+    if want is None:
+      return
+    got = checksums(state)
+    bad = [i for i, (a, b) in enumerate(zip(got, want)) if a != b]
+    if bad or len(got) != len(want):
+      paths = [jax.tree_util.keystr(p) for p, x in
+               jax.tree_util.tree_leaves_with_path(state) if hasattr(x, 'dtype')]
+      raise ChecksumError(
+          f'{self.directory} step {step} is damaged: {len(bad)} array(s) '
+          f'differ from what was saved (first: '
+          f'{paths[bad[0]] if bad else "their number"})')
 
   def restore_meta(self, step: int | None = None):
     step = self.latest_step() if step is None else step
