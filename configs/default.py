@@ -69,6 +69,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # parameter file of config.model's network, or a diffusers UNet2DModel
   # directory (config.json + diffusion_pytorch_model.safetensors).
   c.teacher.checkpoint = ''
+  # A teacher stage directory whose training did not finish is refused
+  # unless this is True (its step is logged).
+  c.teacher.allow_unfinished = False
   # A diffusers teacher: how it was trained (auto: from a
   # scheduler_config.json beside it, else DDPM's defaults), and what it
   # predicts (auto: the scheduler's, else epsilon; edm: sample).

@@ -4,6 +4,7 @@ hold random tiny models of every supported block type and diffusers'
 outputs on fixed inputs. No torch here."""
 import json
 import os
+import re
 import shutil
 
 import jax
@@ -278,3 +279,35 @@ def test_a_run_refuses_eval_guidance_without_a_null_label_before_training(
     tiny.run('digits', 'tiny_mm', tmp_path / 'w',
              {'teacher.checkpoint': unet, 'eval.guidance': 1.0})
   assert not (tmp_path / 'w' / 'teacher').exists()
+
+
+@pytest.mark.parametrize('damage,message', [
+    ('nan', r'has 1 non-finite value\(s\)'),
+    ('int8', 'has dtype int8; a teacher must be real floating point'),
+])
+def test_damaged_or_quantised_weights_are_refused_naming_the_tensor(
+    tmp_path, damage, message):
+  from safetensors.numpy import load_file, save_file
+  d = _copy(tmp_path)
+  path = str(d / du.WEIGHTS_FILE)
+  state = load_file(path)
+  name = sorted(state)[0]
+  if damage == 'nan':
+    state[name] = state[name].copy()
+    state[name].reshape(-1)[0] = np.nan
+  else:
+    state[name] = (state[name] * 100).astype(np.int8)
+  save_file(state, path)
+  with pytest.raises(du.DiffusersImportError) as e:
+    du.from_pretrained(str(d))
+  assert str(e.value).startswith(f'{path}: tensor {name} '), str(e.value)
+  assert re.search(message, str(e.value)) and '\n' not in str(e.value)
+
+
+def test_a_complex_parameter_file_is_refused_naming_the_tensor(tmp_path):
+  from mmd_jax.workdir import param_files
+  f = tmp_path / 'teacher.npz'
+  np.savez(f, **{'params/Dense_0/kernel': np.ones((2, 2), np.complex64)})
+  with pytest.raises(param_files.TeacherImportError,
+                     match='tensor params/Dense_0/kernel has dtype complex64'):
+    param_files.load_params(str(f), {})

@@ -243,3 +243,27 @@ def test_a_damaged_checkpoint_is_detected_and_the_previous_one_restored(
   assert logged == [10, 20, 30, 20, 30, 40], logged   # resumed at step 10
   x = sample.draw(str(w / 'teacher'), 4, 64)[0]
   assert np.all(np.isfinite(x))
+
+
+def test_an_unfinished_teacher_directory_is_refused_unless_asked_for(
+    tmp_path):
+  import tiny
+  from mmd_jax.run.checks import ConfigError
+  w = tmp_path / 'w'
+  _tiny_teacher(w, 20)
+  meta = json.load(open(w / 'teacher' / 'stage.json'))
+  meta['finished_step'] = None   # as a run stopped at its step-20 save
+  (w / 'teacher' / 'stage.json').write_text(json.dumps(meta))
+  over = {'stages': ('mm_alternating',), 'distill.sampling_steps': (2,),
+          'teacher.checkpoint': str(w / 'teacher')}
+  with pytest.raises(ConfigError) as e:
+    tiny.run('toy2d', 'tiny_mm', tmp_path / 'w2', over)
+  assert str(e.value) == (
+      f'config.teacher.checkpoint: {w / "teacher"} holds a teacher whose '
+      'training did not finish (its latest checkpoint is step 20); finish '
+      'it, or set teacher.allow_unfinished=True to distil it as it stands')
+  assert not (tmp_path / 'w2').exists()
+  tiny.run('toy2d', 'tiny_mm', tmp_path / 'w2',
+           dict(over, **{'teacher.allow_unfinished': True}))
+  assert json.load(open(tmp_path / 'w2' / 'mm_alternating_k2' /
+                        'stage.json'))['finished_step'] == 6

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmd_jax.errors import Error
-from mmd_jax.workdir import fs
+from mmd_jax.workdir import fs, param_files
 from mmd_jax.models.diffusers_net import (  # noqa: F401 (public here too)
     ACTIVATIONS, DOWN_BLOCKS, UP_BLOCKS, Attention, DownBlock,
     FourierProjection, MidBlock, ResnetBlock, TimestepEmbedding, UNet2D,
@@ -217,6 +217,7 @@ def from_pretrained(directory: str):
   except Exception as e:  # the package raises several types
     raise DiffusersImportError(f'{path} is not a readable safetensors file '
                                f'({type(e).__name__}: {e})') from None
+  param_files.check_values(state, path, DiffusersImportError)
   module = UNet2D(cfg)
   params = convert(state)
   _check(params, abstract_params(module), path)

@@ -25,7 +25,7 @@ from absl import logging
 
 from mmd_jax.models import diffusers_import
 from mmd_jax.numerics import diffusion
-from mmd_jax.workdir import fs, param_files
+from mmd_jax.workdir import fs, param_files, stage_meta
 from mmd_jax.device import parallel
 from mmd_jax.run.checks import need, one_of, positive_int
 from mmd_jax.methods import teacher
@@ -35,6 +35,27 @@ from mmd_jax.plugins import base, register
 def _abstract_params(ctx):
   x = jnp.zeros((1,) + tuple(ctx.dataset.example_shape))
   return jax.eval_shape(ctx.spec.init_params, jax.random.PRNGKey(0), x)
+
+
+def _check_finished(t):
+  """A teacher stage directory must hold a finished teacher, unless
+  teacher.allow_unfinished says to take it as it stands."""
+  meta = stage_meta.read(t.checkpoint) or {}
+  done = meta.get('finished_step')
+  if done is not None:
+    return
+  steps = [int(n) for n in fs.listdir(os.path.join(
+      t.checkpoint, 'checkpoints')) if n.isdigit()] if fs.isdir(
+          os.path.join(t.checkpoint, 'checkpoints')) else []
+  at = f'its latest checkpoint is step {max(steps)}' if steps else (
+      'it has no checkpoint')
+  need(bool(t.allow_unfinished), 'teacher.checkpoint',
+       f'{t.checkpoint} holds a teacher whose training did not finish '
+       f'({at}); finish it, or set teacher.allow_unfinished=True to distil '
+       'it as it stands')
+  logging.warning('teacher.checkpoint %s did not finish training; %s: '
+                  'distilling it as it stands (teacher.allow_unfinished)',
+                  t.checkpoint, at)
 
 
 class Teacher(base.Method):
@@ -70,6 +91,8 @@ class Teacher(base.Method):
       if diffusers_import.is_diffusers_dir(t.checkpoint):
         diffusers_import.check(t.checkpoint, t.noise_schedule,
                                t.prediction_type, data)
+      elif fs.isdir(t.checkpoint):
+        _check_finished(t)
     n = cfg.grad_accum_steps
     need(t.batch_size % n == 0, 'grad_accum_steps',
          f'{n} does not divide teacher.batch_size={t.batch_size}')

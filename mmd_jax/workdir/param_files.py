@@ -64,10 +64,27 @@ def read_flat(path: str) -> dict:
         f'({type(e).__name__}: {e})') from None
 
 
+def check_values(named: dict, where: str, error=None):
+  """Imported weights must be real floating point and finite: an int8
+  (quantised), complex or NaN tensor is one line naming it."""
+  error = error or TeacherImportError
+  for key in sorted(named):
+    v = np.asarray(named[key])
+    if np.issubdtype(v.dtype, np.complexfloating) or not np.issubdtype(
+        v.dtype, np.floating):
+      raise error(f'{where}: tensor {key} has dtype {v.dtype}; a teacher '
+                  'must be real floating point (dequantise it first)')
+    bad = int(v.size - np.count_nonzero(np.isfinite(v)))
+    if bad:
+      raise error(f'{where}: tensor {key} has {bad} non-finite value(s) '
+                  f'of {v.size}; the weights are damaged')
+
+
 def load_params(path: str, abstract_params) -> dict:
   """The file's parameters, checked name by name and shape by shape against
   the module's (abstract) params; the first difference is the error."""
   flat = read_flat(path)
+  check_values(flat, f'teacher.checkpoint {path!r}')
   expected = flatten(abstract_params)
   for key in sorted(set(expected) | set(flat)):
     if key not in flat:
