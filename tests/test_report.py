@@ -25,7 +25,8 @@ def test_seed_keys_keep_the_first_seed():
 
 def _job(name, steps, batch, evals, parent=''):
   return Job(method='m', name=name, model='m', steps=1, num_steps=steps,
-             batch_size=batch, batch_key='b', parent=parent,
+             batch_size=batch, batch_key='b',
+             needs=(f'{parent}/student',) if parent else (),
              teacher_evals_per_example=evals)
 
 
@@ -64,3 +65,31 @@ def test_leaderboard_table_has_mean_std_references_and_costs():
   assert '| teacher (ancestral, reference) |  | 0.2 ± 0.01 |' in text
   assert '1.54M ex, 3.07M teacher evals, 95 s' in text
   assert report.leaderboard(rows[:2], 'ed') == []
+
+
+def _nan_draw(params, key, shape, labels, steps, sampler='ancestral',
+              guidance=0.0):
+  import jax.numpy as jnp
+  del params, key, labels, steps, sampler, guidance
+  return jnp.full(shape, jnp.nan)
+
+
+def test_nonfinite_samples_score_nan_and_the_report_is_still_written(
+    tmp_path):
+  import json
+  import tiny
+  from mmd_jax.data import load_dataset
+  c = tiny.config('toy2d', 'tiny', {'eval.num_samples': 256,
+                                    'eval.batch_size': 128})
+  data = load_dataset(c.data)
+  entry = evaluate.Entry(model='broken', sampler='student', steps=1,
+                         draw=_nan_draw, params=None, shape=(2,))
+  rep = evaluate.run(c, str(tmp_path), data, [entry])
+  m = rep['rows'][0]['metrics']
+  assert m['nonfinite_fraction'] == 1.0
+  assert set(m) == set(rep['reference']) | {'nonfinite_fraction'}
+  assert all(np.isnan(v) for k, v in m.items() if k != 'nonfinite_fraction')
+  assert np.isnan(json.load(open(tmp_path / 'report.json'))['rows'][0][
+      'metrics']['energy_distance'])
+  assert (tmp_path / 'report.md').exists()
+  assert (tmp_path / 'quality_vs_steps.png').exists()

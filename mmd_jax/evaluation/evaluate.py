@@ -37,7 +37,7 @@ def draw_fn(draw, steps: int, sampler: str, shape, guidance: float = 0.0):
 def generate(draw, params, key, n: int, steps: int, sampler: str,
              batch_size: int, shape, num_classes: int = 0,
              guidance: float = 0.0, decode=None, quantize: bool = False,
-             progress_every_s: float = 30.0):
+             progress_every_s: float = 30.0, nonfinite: list | None = None):
   """n samples; labels cycle 0..C-1 for conditional models.
 
   `draw(params, key, shape, labels, steps, sampler, guidance)` is a job's
@@ -45,7 +45,9 @@ def generate(draw, params, key, n: int, steps: int, sampler: str,
   data space (a latent run's decoder). `quantize` returns uint8 images in
   [0, 255], as the standard FID protocol scores them (and 4x smaller to
   hold: 50k ImageNet-128 samples are 2.4 GB). Long runs log progress lines
-  (count, samples/s, ETA) every `progress_every_s` seconds.
+  (count, samples/s, ETA) every `progress_every_s` seconds. `nonfinite`
+  (a list) gets the number of samples holding NaN or inf, counted before
+  quantisation would hide them.
   """
   shape = tuple(shape)
   labels_all = (np.arange(n) % num_classes).astype(np.int32) if num_classes else None
@@ -58,6 +60,10 @@ def generate(draw, params, key, n: int, steps: int, sampler: str,
     x = np.asarray(fn(params, jax.random.fold_in(key, i), lab))
     if decode is not None:
       x = np.asarray(decode(x))
+    if nonfinite is not None:
+      kept = x[:max(0, min(batch_size, n - i))]
+      nonfinite.append(int(np.sum(~np.all(np.isfinite(
+          kept.reshape(len(kept), -1)), axis=1))))
     if quantize:
       x = np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
     out.append(x)
@@ -99,7 +105,7 @@ class Scorer:
     self.inception = None
     if dataset.kind == 'points':
       real_a, self.real = dataset.reference_sets(n, config.eval.seed)
-      self.reference = self.score(real_a)
+      self.reference = self._score(real_a)
       self.extra = {}
     elif dataset.kind == 'images':
       self._init_images(workdir, dataset)
@@ -173,7 +179,26 @@ class Scorer:
     self.reference.update(fid=ref['fid'],
                           inception_score=ref['inception_score'])
 
-  def score(self, samples, labels=None) -> dict:
+  def score(self, samples, labels=None, nonfinite: int = 0) -> dict:
+    """The metrics of `samples`; NaN for every metric, and the fraction in
+    `nonfinite_fraction`, when any sample is not finite (`nonfinite`: how
+    many were, counted before quantisation)."""
+    if nonfinite == 0 and np.issubdtype(np.asarray(samples).dtype,
+                                        np.floating):
+      nonfinite = int(np.sum(~np.all(np.isfinite(np.reshape(
+          samples, (len(samples), -1))), axis=1)))
+    if nonfinite:
+      return self.nonfinite(nonfinite / len(samples))
+    return self._score(samples, labels)
+
+  def nonfinite(self, fraction: float) -> dict:
+    """No score from samples some of which are NaN or inf: NaN for each."""
+    out = {k: float('nan') for k, v in getattr(self, 'reference', {}).items()
+           if isinstance(v, (int, float))}
+    out['nonfinite_fraction'] = float(fraction)
+    return out
+
+  def _score(self, samples, labels=None) -> dict:
     cfg = self.config.eval
     if self.dataset.kind == 'points':
       return toy_metrics.toy_metrics(samples, self.real, self.dataset.mixture,
@@ -269,16 +294,19 @@ def _sample_and_score(config, scorer: Scorer, e: Entry, keys):
   samples) of entry `e`."""
   per_seed, gen_s = [], []
   for i, key in enumerate(keys):
-    t0 = time.time()
+    t0, bad = time.time(), []
     samples, labels = generate(
         e.draw, e.params, key, config.eval.num_samples, e.steps,
         e.draw_sampler, config.eval.batch_size, e.shape, e.num_classes,
         e.guidance, decode=e.decode,
-        quantize=scorer.dataset.kind == 'images')
+        quantize=scorer.dataset.kind == 'images', nonfinite=bad)
     gen_s.append(time.time() - t0)
-    per_seed.append(scorer.score(samples, labels))
+    per_seed.append(scorer.score(samples, labels, sum(bad)))
     if i == 0:
       first = samples
+  if any('nonfinite_fraction' in m for m in per_seed):   # in every seed
+    per_seed = [dict(m, nonfinite_fraction=m.get('nonfinite_fraction', 0.0))
+                for m in per_seed]
   return per_seed, gen_s, first
 
 

@@ -77,7 +77,9 @@ def _groups(rows, metric, keep=lambda r: True):
   """{'model (sampler)': [(k, mean, std)]} sorted by k; std 0 without seeds."""
   groups = {}
   for r in rows:
-    if metric in r['metrics'] and keep(r):
+    # NaN (non-finite samples) has no place on the axes; the report says it.
+    if metric in r['metrics'] and keep(r) and np.isfinite(
+        r['metrics'][metric]):
       groups.setdefault(f"{r['model']} ({r['sampler']})", []).append(
           (r['steps'], r['metrics'][metric],
            r.get('metrics_std', {}).get(metric, 0.0)))
@@ -124,7 +126,8 @@ def _finish(ax, fig, groups, metric, reference, path):
   if reference is not None:
     ax.axhline(reference, color='black', ls=':', label='real vs real')
   ax.set_xscale('log', base=2)
-  if all(y > 0 for pts in groups.values() for _, y, _ in pts):
+  ys = [y for pts in groups.values() for _, y, _ in pts]
+  if ys and all(y > 0 for y in ys):
     ax.set_yscale('log')
   ax.set_xlabel('sampling steps')
   ax.set_ylabel(metric)

@@ -102,12 +102,14 @@ def _quality(r: Run, opened, scorer: list):
   def quality(state):
     if not scorer:
       scorer.append(evaluate.Scorer(env.config, env.data, env.workdir))
+    bad = []
     samples, labels = evaluate.generate(
         sampling.draw, state.sampling_params, jax.random.PRNGKey(e.seed),
         e.num_samples, sampling.steps, 'ancestral', e.batch_size,
         ctx.dataset.example_shape, ctx.spec.num_classes,
-        decode=ctx.space.decode, quantize=env.data.kind == 'images')
-    return scorer[0].score(samples, labels)
+        decode=ctx.space.decode, quantize=env.data.kind == 'images',
+        nonfinite=bad)
+    return scorer[0].score(samples, labels, sum(bad))
   return quality
 
 
