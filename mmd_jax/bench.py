@@ -307,6 +307,8 @@ def settings(config, backend: str, given=None) -> dict:
 
 def main(argv):
   del argv
+  from mmd_jax.run.cli import quiet_libraries
+  quiet_libraries()
   import jax  # after flag parsing
   from mmd_jax.errors import Error
   try:

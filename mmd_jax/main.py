@@ -7,6 +7,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mmd_jax.run.cli import parse_flags, quiet_libraries
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory.')
@@ -31,22 +33,6 @@ _DIST = flags.DEFINE_enum(
     'TPU slice, JAX_COORDINATOR_ADDRESS); on = always (TPU/SLURM/MPI '
     'auto-detection); off = never.')
 flags.mark_flags_as_required(['config', 'workdir'])
-
-
-class _QuietLibraries(logging.logging.Filter):
-  """Keeps library INFO chatter (orbax saves, clu notes) out of the log,
-  and orbax's tracebacks of a write that failed for want of space: the
-  run's one-line error (checkpoint.CheckpointWriteError) says it."""
-
-  def filter(self, record):
-    orbax = '/orbax/' in record.pathname
-    if orbax and record.levelno >= logging.logging.ERROR:
-      text = str(record.msg) + str(record.exc_info and record.exc_info[1])
-      from mmd_jax.workdir.checkpoint import FULL_DISK_MARKERS
-      return not any(m in text for m in FULL_DISK_MARKERS)
-    return record.levelno >= logging.logging.WARNING or not any(
-        f'/{lib}/' in record.pathname for lib in ('orbax', 'tensorflow')) and (
-            'work unit notes' not in str(record.msg))
 
 
 def _multi_process_env() -> bool:
@@ -79,7 +65,7 @@ def _init_distributed(jax):
 
 def main(argv):
   del argv
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  quiet_libraries()
   import jax  # after flag parsing, so --help is fast
   _init_distributed(jax)
   from mmd_jax import errors
@@ -111,5 +97,4 @@ def main(argv):
     sys.exit(2)
 
 if __name__ == '__main__':
-  from mmd_jax.run.cli import parse_flags
   app.run(main, flags_parser=parse_flags)

@@ -18,6 +18,7 @@ import numpy as np
 from absl import app, flags
 
 from mmd_jax.errors import Error
+from mmd_jax.run.cli import quiet_libraries
 from mmd_jax.workdir import fs
 
 
@@ -107,6 +108,7 @@ def draw(stage_dir: str, steps=None, num_samples: int = 1000, seed: int = 0,
 
 def main(argv):
   del argv
+  quiet_libraries()
   f = flags.FLAGS
   try:
     samples, labels, k = draw(f.workdir, f.steps, f.num_samples, f.seed,

@@ -103,6 +103,11 @@ def test_sample_is_bit_reproducible_and_the_cli_writes_it(
   r = _cli(['mmd_jax.sample', f'--workdir={stage}', '--steps=8',
             '--num_samples=300', '--seed=3', f'--output={out}'], repo_root)
   assert r.returncode == 0, r.stderr[-2000:]
+  # Quiet: no library notices, no orbax INFO lines; one line of its own.
+  for noise in ('oneDNN', "Unable to initialize backend 'tpu'", 'orbax',
+                'absl::InitializeLog'):
+    assert noise not in r.stderr, r.stderr
+  assert len(r.stderr.strip().splitlines()) <= 1, r.stderr
   np.testing.assert_array_equal(np.load(out)['samples'], a)
   r = _cli(['mmd_jax.sample', f'--workdir={tmp_path}', f'--output={out}'],
            repo_root)

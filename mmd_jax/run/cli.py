@@ -1,10 +1,40 @@
-"""Shared by the command-line entry points (main, bench, layer_profile)."""
+"""Shared by the command-line entry points (main, sample, bench,
+layer_profile): flag parsing with one-line errors, and quiet libraries."""
 from __future__ import annotations
 
+import os
 import re
 import sys
 
-from absl import flags
+from absl import flags, logging
+
+# TensorFlow (tfds input pipelines, clu's writers) announces its oneDNN
+# kernels at import; it computes nothing here that they would speed up
+# (JAX does the math), so they are off and the notice with them.
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+
+
+class _QuietLibraries(logging.logging.Filter):
+  """Keeps library INFO chatter (orbax saves, clu notes, JAX's search for a
+  TPU) out of the log, and orbax's tracebacks of a write that failed for
+  want of space: the run's one-line error (CheckpointWriteError) says it."""
+
+  def filter(self, record):
+    orbax = '/orbax/' in record.pathname
+    if orbax and record.levelno >= logging.logging.ERROR:
+      text = str(record.msg) + str(record.exc_info and record.exc_info[1])
+      from mmd_jax.workdir.checkpoint import FULL_DISK_MARKERS
+      return not any(m in text for m in FULL_DISK_MARKERS)
+    if record.levelno >= logging.logging.WARNING:
+      return True
+    return not any(f'/{lib}/' in record.pathname for lib in (
+        'orbax', 'tensorflow')) and not record.pathname.endswith(
+            'xla_bridge.py') and 'work unit notes' not in str(record.msg)
+
+
+def quiet_libraries():
+  logging.get_absl_handler().addFilter(_QuietLibraries())
 
 from mmd_jax.workdir import fs
 
