@@ -511,3 +511,23 @@ def test_config_flag_errors_are_one_line(args, message, repo_root, capsys,
   assert e.value.code == 2
   err = capsys.readouterr().err.strip()
   assert err.startswith(message) and '\n' not in err and '\\n' not in err, err
+
+
+def test_other_data_on_a_finished_workdir_is_refused_before_writing(
+    tmp_path):
+  """A points file with 3 columns where the teacher trained on 2: one line,
+  and neither W/config.json nor W/teacher/config.json is rewritten."""
+  rng = np.random.default_rng(0)
+  f = tmp_path / 'p.npy'
+  np.save(f, rng.standard_normal((256, 2)).astype(np.float32))
+  w = tmp_path / 'w'
+  over = {'data.name': 'points', 'data.path': str(f), 'stages': ('teacher',)}
+  tiny.run('toy2d', 'tiny', w, over)
+  configs = {p: (w / p).read_text() for p in ('config.json',
+                                              'teacher/config.json')}
+  np.save(f, rng.standard_normal((256, 3)).astype(np.float32))
+  with pytest.raises(ConfigError) as e:
+    tiny.run('toy2d', 'tiny', w, dict(over, **{'teacher.num_train_steps': 60}))
+  assert str(e.value).startswith(
+      f'{w / "teacher"} was trained with example_shape=[2]'), str(e.value)
+  assert {p: (w / p).read_text() for p in configs} == configs
