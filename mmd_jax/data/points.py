@@ -36,10 +36,10 @@ def load_points(path: str) -> np.ndarray:
                     'expected rank 2 (N, D)')
   if arr.shape[0] == 0:
     raise DataError(f'data.path {path!r} is empty (0 rows)')
+  if not np.all(np.isfinite(arr)):
+    raise DataError(f'data.path {path!r} contains NaN or inf')
   if arr.shape[0] < MIN_POINTS:
     raise DataError(f'data.path {path!r} has {arr.shape[0]} row(s); at least '
                     f'{MIN_POINTS} are needed (evaluation compares two '
                     'disjoint halves of at least 2 points)')
-  if not np.all(np.isfinite(arr)):
-    raise DataError(f'data.path {path!r} contains NaN or inf')
   return arr.astype(np.float32)
