@@ -49,23 +49,21 @@ def _bits(x):
 
 
 @jax.jit
-def _leaf_sums(leaves):
-  """One position-weighted uint32 sum per array: any flipped bit changes
-  it (an odd weight times a power of two is never 0 mod 2^32)."""
+def _leaf_sum(x):
+  """A position-weighted uint32 sum of one array: any flipped bit changes
+  it (an odd weight times a power of two is never 0 mod 2^32). Jitted per
+  array, so arrays of one shape share a compile across stages."""
   import jax.numpy as jnp
-  out = []
-  for x in leaves:
-    b = _bits(x).reshape(-1)
-    w = jnp.arange(b.size, dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
-    out.append(jnp.sum(b * w, dtype=jnp.uint32))
-  return out
+  b = _bits(x).reshape(-1)
+  w = jnp.arange(b.size, dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
+  return jnp.sum(b * w, dtype=jnp.uint32)
 
 
 def checksums(tree) -> list[int]:
   """The per-array checksums saved with a checkpoint (`None` leaves, a
   state's stripped frozen fields, are not arrays)."""
   leaves = [x for x in jax.tree.leaves(tree) if hasattr(x, 'dtype')]
-  return [int(v) for v in jax.device_get(_leaf_sums(leaves))]
+  return [int(v) for v in jax.device_get([_leaf_sum(x) for x in leaves])]
 
 
 class CheckpointWriteError(WorkdirError):
