@@ -61,9 +61,7 @@ def generate(draw, params, key, n: int, steps: int, sampler: str,
     if decode is not None:
       x = np.asarray(decode(x))
     if nonfinite is not None:
-      kept = x[:max(0, min(batch_size, n - i))]
-      nonfinite.append(int(np.sum(~np.all(np.isfinite(
-          kept.reshape(len(kept), -1)), axis=1))))
+      nonfinite.append(nonfinite_rows(x[:max(0, min(batch_size, n - i))]))
     if quantize:
       x = np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
     out.append(x)
@@ -75,6 +73,14 @@ def generate(draw, params, key, n: int, steps: int, sampler: str,
                    fmt_duration((n - done) / max(rate, 1e-9)))
       last_log = time.time()
   return np.concatenate(out)[:n], labels_all
+
+
+def nonfinite_rows(x) -> int:
+  """How many examples (rows) of `x` hold NaN or inf (0 for integers)."""
+  x = np.asarray(x)
+  if not np.issubdtype(x.dtype, np.floating):
+    return 0
+  return int(np.sum(~np.all(np.isfinite(x.reshape(len(x), -1)), axis=1)))
 
 
 def seed_keys(seed: int, num_seeds: int) -> list:
@@ -179,14 +185,14 @@ class Scorer:
     self.reference.update(fid=ref['fid'],
                           inception_score=ref['inception_score'])
 
-  def score(self, samples, labels=None, nonfinite: int = 0) -> dict:
+  def score(self, samples, labels=None, nonfinite: int | None = None
+            ) -> dict:
     """The metrics of `samples`; NaN for every metric, and the fraction in
     `nonfinite_fraction`, when any sample is not finite (`nonfinite`: how
-    many were, counted before quantisation)."""
-    if nonfinite == 0 and np.issubdtype(np.asarray(samples).dtype,
-                                        np.floating):
-      nonfinite = int(np.sum(~np.all(np.isfinite(np.reshape(
-          samples, (len(samples), -1))), axis=1)))
+    many were, as `generate` counted them before quantisation; None: count
+    them here)."""
+    if nonfinite is None:
+      nonfinite = nonfinite_rows(samples)
     if nonfinite:
       return self.nonfinite(nonfinite / len(samples))
     return self._score(samples, labels)
