@@ -161,7 +161,7 @@ def device_check(c):
   # On CPU (emulated bf16 on a laptop's cores) the same command runs a
   # tiny network, to check the command, not the chip.
   c.bench.cpu = ml_collections.ConfigDict(dict(
-      model=dict(channels=8, channel_mult=(1,), num_res_blocks=1,
+      model=dict(channels=8, channel_mult=(1,), num_res_blocks=1, patch_size=4,
                  transformer_width=16, transformer_depth=1, num_heads=2,
                  dtype='float32'),
       teacher=dict(batch_size=8),
