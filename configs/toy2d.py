@@ -118,6 +118,8 @@ def get_config(arg=None):
     c.checkpoint.every_steps = 20
     c.log.every_steps = 10
     c.log.num_preview_samples = 200
+    # TensorBoard's writer imports TensorFlow: 3 s of every test process.
+    c.log.tensorboard = False
     c.eval.num_samples = 256
     c.eval.batch_size = 256
     c.eval.teacher_steps = (1, 4)

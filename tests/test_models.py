@@ -47,19 +47,22 @@ def test_unet_shapes_conditioning_and_dropout(attn):
                attn_resolutions=attn, dropout=0.5, num_classes=10)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1))
   labels = jnp.array([3, 4])
-  params, out = _init_apply(model, x, labels)
-  assert out.shape == x.shape
-  params = jax.tree.map(lambda p: p + 0.01 * jnp.ones_like(p), params)
   lam = jnp.array([0.0, 0.0])
-  det1 = model.apply(params, x, lam, labels, train=False)
-  det2 = model.apply(params, x, lam, labels, train=False)
+  # Jitted: eager dispatch compiles each of the UNet's many small ops.
+  params = jax.jit(model.init)({'params': jax.random.PRNGKey(0)}, x, lam,
+                               labels)
+  apply = jax.jit(model.apply, static_argnames=('train',))
+  params = jax.tree.map(lambda p: p + 0.01 * jnp.ones_like(p), params)
+  det1 = apply(params, x, lam, labels, train=False)
+  assert det1.shape == x.shape
+  det2 = apply(params, x, lam, labels, train=False)
   np.testing.assert_array_equal(det1, det2)
-  drop = model.apply(params, x, lam, labels, train=True,
-                     rngs={'dropout': jax.random.PRNGKey(9)})
+  drop = apply(params, x, lam, labels, train=True,
+               rngs={'dropout': jax.random.PRNGKey(9)})
   assert not np.allclose(drop, det1)
-  other_t = model.apply(params, x, jnp.array([3.0, 3.0]), labels)
+  other_t = apply(params, x, jnp.array([3.0, 3.0]), labels)
   assert not np.allclose(other_t, det1)
-  other_y = model.apply(params, x, lam, jnp.array([0, 4]))
+  other_y = apply(params, x, lam, jnp.array([0, 4]))
   assert not np.allclose(other_y[0], det1[0])
   np.testing.assert_allclose(other_y[1], det1[1], rtol=1e-5, atol=1e-6)
 

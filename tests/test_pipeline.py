@@ -40,7 +40,7 @@ def _one_error_line(r):
 @pytest.fixture(scope='module')
 def toy_workdir(tmp_path_factory):
   w = tmp_path_factory.mktemp('toy') / 'w'
-  tiny.run('toy2d', 'tiny', w)
+  tiny.run('toy2d', 'tiny', w, {'log.tensorboard': True})
   return w
 
 
@@ -198,6 +198,14 @@ def test_digits_pipeline_eval_mode_and_conditional_samples(tmp_path):
      'config.distill.guidance: 2.0 asks'),
     ('toy2d', 'tiny_emd', {'distill.guidance': 2.0},
      'config.distill.guidance: 2.0 asks'),
+    # Sections no planned stage reads are still type- and range-checked.
+    ('toy2d', 'tiny_emd', {'distill.sampling_steps': (0,)},
+     'config.distill.sampling_steps: every k must be an integer >= 1'),
+    ('toy2d', 'tiny', {'vae.latent_dim': 0}, 'config.vae.latent_dim'),
+    ('toy2d', 'tiny', {'consistency.ema_decay': 1.5},
+     'config.consistency.ema_decay: must be in [0, 1)'),
+    ('toy2d', 'tiny', {'progressive.learning_rate': -1.0},
+     'config.progressive.learning_rate'),
 ])
 def test_bad_config_is_one_line_naming_the_key(name, arg, overrides, message,
                                                tmp_path):
@@ -207,6 +215,25 @@ def test_bad_config_is_one_line_naming_the_key(name, arg, overrides, message,
   assert str(e.value).startswith(message), str(e.value)
   assert '\n' not in str(e.value)
   assert not w.exists()
+
+
+def test_an_unused_section_is_not_held_to_how_its_stage_would_run():
+  """Checks that depend on the run (the batch split, the data, the k a
+  progressive schedule reaches) apply to planned stages only: an EMD run
+  takes an odd distillation batch that mm_parameter could not split."""
+  from mmd_jax.run import config_check
+  cfg = tiny.config('toy2d', 'tiny_emd')
+  with cfg.unlocked():
+    cfg.distill.batch_size = 9
+    cfg.distill.sampling_steps = (3,)
+    cfg.emd.sweep = ()
+  names = [p.method.name for p in config_check.validate(cfg).jobs]
+  assert names == ['teacher', 'diff_instruct', 'emd']
+  with cfg.unlocked():
+    cfg.stages = ('teacher', 'mm_parameter')
+  with pytest.raises(ConfigError, match='config.distill.batch_size: must be '
+                     'even'):
+    config_check.validate(cfg)
 
 
 def test_moment_matching_stages_end_to_end(tmp_path):

@@ -31,22 +31,37 @@ def _main(w, extra=(), devices=None, timeout=600):
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _last_step(w):
+def _metrics_size(w):
+  path = os.path.join(w, 'teacher', 'metrics.jsonl')
+  return os.path.getsize(path) if os.path.exists(path) else 0
+
+
+def _last_step(w, since=0):
+  """The last step metrics.jsonl logs after its first `since` bytes (a
+  killed run's records go past its last checkpoint)."""
   path = os.path.join(w, 'teacher', 'metrics.jsonl')
   if not os.path.exists(path):
     return 0
-  lines = open(path).read().strip().splitlines()
+  with open(path) as f:
+    f.seek(since)
+    lines = f.read().strip().splitlines()
   return json.loads(lines[-1])['step'] if lines else 0
 
 
-def _interrupt(w, sig, at_step):
-  """Starts the run and sends `sig` once it has logged `at_step`."""
-  p = subprocess.Popen(
-      [sys.executable, '-m', 'mmd_jax.main', f'--workdir={w}', *ARGS],
+def _start(w, extra=()):
+  return subprocess.Popen(
+      [sys.executable, '-m', 'mmd_jax.main', f'--workdir={w}', *ARGS, *extra],
       cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
       text=True)
+
+
+def _interrupt(w, sig, at_step, extra=()):
+  """Starts the run and sends `sig` once it has logged `at_step`."""
+  since = _metrics_size(w)
+  p = _start(w, extra)
   deadline = time.time() + 300
-  while _last_step(w) < at_step and p.poll() is None and time.time() < deadline:
+  while (_last_step(w, since) < at_step and p.poll() is None
+         and time.time() < deadline):
     time.sleep(0.05)
   assert p.poll() is None, 'finished before it could be interrupted'
   p.send_signal(sig)
@@ -54,38 +69,79 @@ def _interrupt(w, sig, at_step):
   return p.returncode, err
 
 
+def _complete_steps(ckpts):
+  return sorted(int(n) for n in os.listdir(ckpts) if n.isdigit()) if (
+      os.path.isdir(ckpts)) else []
+
+
+def _kill_during_a_save(w, rng, extra):
+  """SIGKILLs the run while its n-th save (n = 1 or 2, seeded) is being
+  written, i.e. while orbax's temporary directory is there. Returns
+  (latest complete step before the kill, whether the kill hit the write,
+  the run's stderr)."""
+  ckpts = os.path.join(w, 'teacher', 'checkpoints')
+
+  def writes():   # orbax's temporary directories of this process
+    names = os.listdir(ckpts) if os.path.isdir(ckpts) else []
+    return {n for n in names if 'tmp' in n} - left_by_the_last_kill
+  left_by_the_last_kill = set()
+  left_by_the_last_kill = writes()
+  target, seen = int(rng.integers(1, 3)), set()
+  p = _start(w, extra)
+  deadline = time.time() + 300
+  while p.poll() is None and time.time() < deadline:
+    now = writes()
+    seen |= now
+    if now and len(seen) >= target:
+      time.sleep(float(rng.uniform(0.0, 0.005)))
+      break
+    time.sleep(0.001)
+  assert p.poll() is None, 'finished before it could be killed'
+  hit = bool(writes())
+  p.kill()
+  _, err = p.communicate(timeout=120)
+  assert p.returncode == -signal.SIGKILL
+  return (_complete_steps(ckpts) or [0])[-1], hit, err
+
+
 def _samples(w):
   from mmd_jax import sample
   return sample.draw(os.path.join(w, 'teacher'), 8, 256, seed=5)[0]
 
 
-def test_sigkill_and_sigterm_runs_resume_to_the_same_model(tmp_path):
+def test_sigkill_during_saves_and_sigterm_resume_to_the_same_model(tmp_path):
+  """Five SIGKILLs at seeded-random save points in a row, then a SIGTERM,
+  on one workdir: each start resumes from the latest complete checkpoint,
+  and the model ends bit-identical to an uninterrupted run's."""
   ref = tmp_path / 'ref'
   r = _main(ref)
   assert r.returncode == 0, r.stderr[-2000:]
 
-  killed = tmp_path / 'killed'
-  code, _ = _interrupt(killed, signal.SIGKILL, 600)
-  assert code == -signal.SIGKILL
-  assert _last_step(killed) < 1500
-  r = _main(killed)
-  assert r.returncode == 0, r.stderr[-2000:]
-  assert 'resuming at step' in r.stderr
+  w = tmp_path / 'killed'
+  often = ['--config.checkpoint.every_steps=100']
+  rng = np.random.default_rng(0)
+  latest, hits = 0, 0
+  for i in range(5):
+    now_latest, hit, err = _kill_during_a_save(w, rng, often)
+    if i:
+      assert f'resuming at step {latest} of 1500' in err, (i, err[-2000:])
+    assert 'Traceback' not in err, err[-3000:]
+    latest, hits = now_latest, hits + hit
+  assert hits >= 3, hits   # most kills land inside a write, not after it
+  assert latest < 1500
 
-  termed = tmp_path / 'termed'
-  code, err = _interrupt(termed, signal.SIGTERM, 500)
+  code, err = _interrupt(w, signal.SIGTERM, latest + 50, often)
   assert code == 143, err[-2000:]
+  assert f'resuming at step {latest} of 1500' in err
   line = err.strip().splitlines()[-1]
   assert line.startswith('pre-empted: teacher: pre-empted (SIGTERM) at step')
   saved = int(line.split('at step ')[1].split(';')[0])
-  assert 500 <= saved < 1500
-  r = _main(termed)
+  assert latest + 50 <= saved < 1500
+  r = _main(w, often)
   assert r.returncode == 0, r.stderr[-2000:]
   assert f'resuming at step {saved} of 1500' in r.stderr
-
-  want = _samples(ref)
-  np.testing.assert_array_equal(_samples(killed), want)
-  np.testing.assert_array_equal(_samples(termed), want)
+  assert not any('tmp' in n for n in os.listdir(w / 'teacher' / 'checkpoints'))
+  np.testing.assert_array_equal(_samples(w), _samples(ref))
 
 
 def test_corrupted_latest_checkpoint_falls_back_and_is_kept(tmp_path):

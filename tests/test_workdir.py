@@ -145,6 +145,57 @@ def test_a_read_only_workdir_gives_one_line(tmp_path, monkeypatch):
                           'file system); point --workdir at writable storage')
 
 
+def test_a_bucket_that_does_not_answer_gives_one_line(monkeypatch):
+  """The probe before any bucket read: a client error and a client that
+  never answers both end in one line naming the workdir."""
+  import threading
+  from mmd_jax.workdir import fs
+
+  class Refusing:
+    def exists(self):
+      raise RuntimeError('Could not resolve host: storage.googleapis.com\n'
+                         '  (pages of retries)')
+  monkeypatch.setattr(fs, 'path', lambda p: Refusing())
+  with pytest.raises(fs.UnreachableError) as e:
+    fs.check_reachable('gs://b/run', timeout_s=5)
+  assert str(e.value) == (
+      'workdir gs://b/run cannot be reached (RuntimeError: Could not resolve '
+      'host: storage.googleapis.com); check the network and the storage '
+      'credentials')
+  never = threading.Event()
+
+  class Silent:
+    def exists(self):
+      never.wait(60)
+  monkeypatch.setattr(fs, 'path', lambda p: Silent())
+  t0 = time.time()
+  with pytest.raises(fs.UnreachableError, match='did not answer within 0 s'):
+    fs.check_reachable('gs://b/run', timeout_s=0.3)
+  assert time.time() - t0 < 5
+  never.set()
+  fs.check_reachable('/not/probed/when/local', timeout_s=0)
+
+
+def test_a_bucket_workdir_without_network_is_one_line_within_60_s():
+  """The whole command, with every request sent to a closed port."""
+  closed = 'http://127.0.0.1:9'
+  t0 = time.time()
+  r = subprocess.run(
+      [sys.executable, '-m', 'mmd_jax.main', '--workdir=gs://mmd-test/run',
+       '--config=configs/toy2d.py:tiny'], cwd=ROOT, capture_output=True,
+      text=True, timeout=120, env=dict(
+          os.environ, JAX_PLATFORMS='cpu', MMD_JAX_BUCKET_TIMEOUT_S='10',
+          https_proxy=closed, HTTPS_PROXY=closed, http_proxy=closed,
+          HTTP_PROXY=closed, GCE_METADATA_HOST='127.0.0.1:9',
+          NO_GCE_CHECK='true', GOOGLE_APPLICATION_CREDENTIALS='/nonexistent'))
+  assert time.time() - t0 < 60
+  line = _one_line_error(r)
+  assert line.startswith('error: workdir gs://mmd-test/run '), line
+  assert 'check the network and the storage credentials' in line
+  assert len([l for l in r.stderr.splitlines() if not l.startswith('I')]) == 1, (
+      r.stderr[-3000:])
+
+
 def _tiny_teacher(w, steps, **over):
   import tiny
   tiny.run('toy2d', 'tiny', w, dict({
@@ -199,6 +250,10 @@ def test_when_every_checkpoint_is_unreadable_the_run_stops(tmp_path):
   assert str(e.value).startswith(f'every checkpoint in {ckpts} is unreadable')
   assert not os.listdir(ckpts) and len(os.listdir(
       w / 'teacher' / 'checkpoints_corrupt')) == 2   # kept, not deleted
+  # A second try does not quietly start from 0 beside them.
+  with pytest.raises(WorkdirError, match='unreadable .moved earlier to '):
+    _tiny_teacher(w, 40)
+  assert not os.listdir(ckpts)
 
 
 def _float_files(step_dir):

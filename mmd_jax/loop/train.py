@@ -14,8 +14,6 @@ from typing import Any, Callable, Optional
 import jax
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
-from clu.metric_writers import interface as writer_interface
 
 from mmd_jax.errors import Error
 from mmd_jax.workdir import checkpoint as ckpt_lib
@@ -30,8 +28,9 @@ class NonFiniteError(Error, RuntimeError):
   """Too many non-finite steps in a row; the message is the one line."""
 
 
-class JsonlWriter(writer_interface.MetricWriter):
-  """clu writer for metrics.jsonl: one JSON object per logged step."""
+class JsonlWriter:
+  """metrics.jsonl: one JSON object per logged step (clu's scalar-writer
+  calls, so it sits beside clu's TensorBoard writer)."""
 
   def __init__(self, path: str):
     self._f = fs.AppendLog(path)
@@ -41,32 +40,26 @@ class JsonlWriter(writer_interface.MetricWriter):
     rec.update({k: float(v) for k, v in scalars.items()})
     self._f.write(json.dumps(rec) + '\n')   # flushed: monitors follow it
 
-  def write_summaries(self, step, values, metadata=None):
-    pass
-
-  def write_images(self, step, images):
-    pass
-
-  def write_videos(self, step, videos):
-    pass
-
-  def write_audios(self, step, audios, *, sample_rate):
-    pass
-
-  def write_texts(self, step, texts):
-    pass
-
-  def write_histograms(self, step, arrays, num_buckets=None):
-    pass
-
-  def write_hparams(self, hparams):
-    pass
-
   def flush(self):
     self._f.flush()
 
   def close(self):
     self._f.close()
+
+
+class _Writers:
+  """The run's scalar writers as one."""
+
+  def __init__(self, writers):
+    self._writers = writers
+
+  def write_scalars(self, step, scalars):
+    for w in self._writers:
+      w.write_scalars(step, scalars)
+
+  def flush(self):
+    for w in self._writers:
+      w.flush()
 
 
 @dataclasses.dataclass
@@ -194,17 +187,21 @@ def _writers(loop: Loop, log_cfg, is_main: bool):
   """(TensorBoard writer or None, all metric writers, progress action).
   Process 0 writes TensorBoard events and metrics.jsonl; every process logs
   its own progress line."""
-  tb = (metric_writers.SummaryWriter(loop.stage_dir)
-        if is_main and log_cfg.get('tensorboard', True) else None)
-  writer = metric_writers.MultiWriter([w for w in (tb, JsonlWriter(
-      os.path.join(loop.stage_dir, 'metrics.jsonl'))) if w] if is_main
-                                      else [])
+  if not (is_main and log_cfg.get('tensorboard', True)):
+    # clu's writers import TensorFlow (3 s a process); without TensorBoard
+    # the loop's own log line carries steps/s and the ETA.
+    writers = [JsonlWriter(os.path.join(loop.stage_dir, 'metrics.jsonl'))
+               ] if is_main else []
+    return None, _Writers(writers), lambda step, t: None
+  from clu import metric_writers, periodic_actions
+  tb = metric_writers.SummaryWriter(loop.stage_dir)
   # clu's progress action puts steps/s and uptime into TensorBoard only, so
   # that every metrics.jsonl record carries the loss.
   progress = periodic_actions.ReportProgress(
       num_train_steps=loop.num_steps, writer=tb,
       every_steps=log_cfg.every_steps)
-  return tb, writer, progress
+  return tb, _Writers([tb, JsonlWriter(
+      os.path.join(loop.stage_dir, 'metrics.jsonl'))]), progress
 
 
 def _finished_record(loop: Loop, meta: dict, window_costs, wall0: float,

@@ -172,9 +172,12 @@ class Method:
   benched: bool = True     # in `mmd_jax.bench`'s default set
   networks: tuple = ()     # parameter sets it trains, each one denoiser
 
-  def validate(self, cfg, data) -> None:
+  def validate(self, cfg, data, used: bool = True) -> None:
     """One-line ConfigErrors for bad values of its sections. `data` is the
-    run's `DataShape`."""
+    run's `DataShape`. `used=False`: no stage of the run is this method's,
+    so only its keys' own types and ranges are checked (not how they fit
+    the data, the batch split or files on disk): a typo in a section no
+    stage reads is still refused."""
 
   def network(self, cfg, data, workdir: str) -> Optional[Network]:
     """The run's network, when this method brings one (an imported

@@ -30,7 +30,7 @@ class Consistency(base.Method):
   needs = ('teacher_params', 'teacher_frozen_dtype')
   networks = ('student', 'target')
 
-  def validate(self, cfg, data):
+  def validate(self, cfg, data, used=True):
     guidance_needs_labels(cfg, 'distill.guidance', data)
     d, c = cfg.distill, cfg.consistency
     need(len(d.sampling_steps) > 0, 'distill.sampling_steps', 'is empty')
@@ -47,6 +47,8 @@ class Consistency(base.Method):
     need(0 < c.sigma_min < c.sigma_max, 'consistency.sigma_min',
          f'must be in (0, consistency.sigma_max), got {c.sigma_min}')
     need(c.learning_rate > 0, 'consistency.learning_rate', 'must be > 0')
+    if not used:
+      return
     n = cfg.grad_accum_steps
     need(d.batch_size % n == 0, 'grad_accum_steps',
          f'{n} does not divide distill.batch_size={d.batch_size}')

@@ -118,7 +118,7 @@ class _OneStep(base.Method):
   needs = ('teacher_params', 'teacher_frozen_dtype')
   networks = ('generator', 'student_score')
 
-  def validate(self, cfg, data):
+  def validate(self, cfg, data, used=True):
     guidance_needs_labels(cfg, 'distill.guidance', data)
     d, e = cfg.distill, cfg.emd
     for key in ('num_train_steps', 'batch_size'):
@@ -144,6 +144,8 @@ class _OneStep(base.Method):
       analytic_wanted = analytic_wanted or merged['teacher'] == 'analytic'
       quadrature_wanted = (quadrature_wanted
                            or merged['fake_score'] == 'quadrature')
+    if not used:
+      return
     need(not analytic_wanted or _mixture_of(data) is not None,
          'emd.teacher', "'analytic' needs a toy2d mixture as data (its "
          f'exact denoiser); data is {data.name!r}')

@@ -15,7 +15,7 @@ class _MomentMatching(base.Method):
   sections = ('distill',)
   needs = ('teacher_params', 'teacher_frozen_dtype')
 
-  def validate(self, cfg, data):
+  def validate(self, cfg, data, used=True):
     guidance_needs_labels(cfg, 'distill.guidance', data)
     d = cfg.distill
     need(len(d.sampling_steps) > 0, 'distill.sampling_steps', 'is empty')
@@ -35,6 +35,8 @@ class _MomentMatching(base.Method):
          f'must be True or False, got {d.k1_generator!r}')
     need(abs(d.k1_logsnr) <= 20, 'distill.k1_logsnr',
          f'must be a log-SNR in [-20, 20], got {d.k1_logsnr}')
+    if not used:
+      return
     n = cfg.grad_accum_steps
     need(d.batch_size % n == 0, 'grad_accum_steps',
          f'{n} does not divide distill.batch_size={d.batch_size}')
@@ -125,13 +127,15 @@ class Parameter(_MomentMatching):
     # with CFG, whose guided forward comes on top).
     return 3.0 if hp.guidance else 2.0
 
-  def validate(self, cfg, data):
-    super().validate(cfg, data)
+  def validate(self, cfg, data, used=True):
+    super().validate(cfg, data, used)
     d, n = cfg.distill, cfg.grad_accum_steps
-    need(d.batch_size % 2 == 0, 'distill.batch_size',
-         'must be even: mm_parameter splits it into batches A and B')
     need(d.precond_eps > 0, 'distill.precond_eps', 'must be > 0')
     positive_int(cfg, 'distill.precond_estimate_steps')
+    if not used:
+      return
+    need(d.batch_size % 2 == 0, 'distill.batch_size',
+         'must be even: mm_parameter splits it into batches A and B')
     need(d.batch_size % (2 * n) == 0, 'grad_accum_steps',
          f'{n} does not divide half of distill.batch_size={d.batch_size} '
          '(mm_parameter splits it into batches A and B)')

@@ -42,7 +42,7 @@ class Progressive(base.Method):
   needs = ('teacher_params', 'teacher_frozen_dtype')
   networks = ('student',)
 
-  def validate(self, cfg, data):
+  def validate(self, cfg, data, used=True):
     guidance_needs_labels(cfg, 'distill.guidance', data)
     d, p = cfg.distill, cfg.progressive
     positive_int(cfg, 'progressive.start_steps')
@@ -50,17 +50,19 @@ class Progressive(base.Method):
     positive_int(cfg, 'distill.num_train_steps')
     ks = tuple(d.sampling_steps)
     need(len(ks) > 0, 'distill.sampling_steps', 'is empty')
+    need(p.steps_per_round >= 0, 'progressive.steps_per_round',
+         'must be >= 0 (0: distill.num_train_steps split over the rounds)')
+    need(p.learning_rate > 0, 'progressive.learning_rate', 'must be > 0')
+    if not used:
+      return
     reached = rounds(p.start_steps, min(ks))
     for k in ks:
       need(k in reached, 'progressive.start_steps',
            f'{p.start_steps} does not halve to k={k} of '
            f'distill.sampling_steps; use a power of two times every k, '
            'larger than all of them')
-    need(p.steps_per_round >= 0, 'progressive.steps_per_round',
-         'must be >= 0 (0: distill.num_train_steps split over the rounds)')
     need(self._steps(cfg) >= 1, 'distill.num_train_steps',
          f'{d.num_train_steps} steps do not cover {len(reached)} rounds')
-    need(p.learning_rate > 0, 'progressive.learning_rate', 'must be > 0')
     n = cfg.grad_accum_steps
     need(d.batch_size % n == 0, 'grad_accum_steps',
          f'{n} does not divide distill.batch_size={d.batch_size}')

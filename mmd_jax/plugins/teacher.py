@@ -65,7 +65,7 @@ class Teacher(base.Method):
               'teacher_second_moment')
   networks = ('teacher',)
 
-  def validate(self, cfg, data):
+  def validate(self, cfg, data, used=True):
     t = cfg.teacher
     for key in ('num_train_steps', 'batch_size'):
       positive_int(cfg, f'teacher.{key}')
@@ -81,6 +81,8 @@ class Teacher(base.Method):
     one_of(cfg, 'teacher.noise_schedule', diffusers_import.SCHEDULES)
     one_of(cfg, 'teacher.prediction_type',
            ('auto',) + tuple(diffusers_import.PREDICTIONS))
+    if not used:
+      return
     if t.checkpoint:
       need(fs.exists(t.checkpoint), 'teacher.checkpoint',
            f'{t.checkpoint!r} does not exist')

@@ -76,7 +76,7 @@ class VAE(base.Method):
   # times this one.
   benched = False
 
-  def validate(self, cfg, data):
+  def validate(self, cfg, data, used=True):
     v = cfg.vae
     for key in ('latent_dim', 'hidden', 'num_samples', 'batch_size',
                 'num_train_steps', 'iwae_samples', 'eval_batch_size'):
@@ -86,10 +86,12 @@ class VAE(base.Method):
     one_of(cfg, 'vae.optimizer', ('adam', 'adagrad'))
     need(v.learning_rate > 0, 'vae.learning_rate',
          f'must be > 0, got {v.learning_rate}')
-    need(data.kind != 'points' or v.arch == 'mlp', 'vae.arch',
-         'conv needs image data; use mlp for points')
     need(v.iwae_samples % min(100, v.iwae_samples) == 0, 'vae.iwae_samples',
          f'must be below 100 or a multiple of 100, got {v.iwae_samples}')
+    if not used:
+      return
+    need(data.kind != 'points' or v.arch == 'mlp', 'vae.arch',
+         'conv needs image data; use mlp for points')
     need(v.batch_size % cfg.grad_accum_steps == 0, 'grad_accum_steps',
          f'vae.batch_size={v.batch_size} is not divisible into '
          f'{cfg.grad_accum_steps} micro-batches')

@@ -86,8 +86,10 @@ def placeholders(shapes):
     if not isinstance(leaf, jax.ShapeDtypeStruct):
       out.append(leaf)
     elif jnp.issubdtype(leaf.dtype, jnp.floating):
-      out.append(jax.random.uniform(jax.random.PRNGKey(i), leaf.shape,
-                                    leaf.dtype, 0.005, 0.02))
+      # numpy, not jax.random: that compiles a sampler per distinct shape
+      # (seconds on CPU for a network's worth of shapes).
+      out.append(jnp.asarray(np.random.default_rng(i).uniform(
+          0.005, 0.02, leaf.shape).astype(np.float32), leaf.dtype))
     else:
       out.append(jnp.asarray(np.ones(leaf.shape), leaf.dtype))
   return jax.tree.unflatten(treedef, out)

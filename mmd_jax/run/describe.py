@@ -91,6 +91,7 @@ def describe(config, workdir: str) -> dict:
     config.stages = tuple(s for s in config.stages if s != EVALUATE) or (
         config.stages)
   plan = config_check.validate(config)
+  fs.check_reachable(workdir)
   r = runner.Run(config, workdir, data_shape(config.data), plan,
                  abstract=True)
   env, mesh = r.env, r.env.mesh

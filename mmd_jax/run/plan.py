@@ -172,6 +172,7 @@ def make_plan(config, data=None) -> Plan:
   if data is not None:
     for m, _ in (o for o in order if o is not EVALUATE):
       m.validate(views[m.name], data)
+    _check_unused_sections(config, views, data)
 
   items = []
   for o in order:
@@ -184,6 +185,15 @@ def make_plan(config, data=None) -> Plan:
                               in_stages and not job.source))
   _check_job_needs(items)
   return Plan(items, latent, config)
+
+
+def _check_unused_sections(config, views, data):
+  """The methods no stage runs still check their keys' types and ranges:
+  a bad value the run does not read today is refused, not kept in
+  config.json for a later run to trip over."""
+  for m in registry.methods():
+    if m.name not in views and all(s in config for s in m.sections):
+      m.validate(view(config, m), data, used=False)
 
 
 def _check_job_needs(items):

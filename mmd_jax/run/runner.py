@@ -179,6 +179,7 @@ def _preflight(r: Run):
 
 def run(config, workdir: str):
   plan = config_check.validate(config)
+  fs.check_reachable(workdir)
   r = Run(config, workdir, load_dataset(config.data), plan)
   _preflight(r)
   with workdir_lock.holding(workdir):
@@ -215,6 +216,7 @@ def evaluate_workdir(config, workdir: str, checkpoint_step: int | None = None):
   of every job of the plan that `workdir` holds; trains nothing, rewrites
   the report."""
   plan = config_check.validate(config)
+  fs.check_reachable(workdir)
   if not fs.isdir(workdir):
     raise WorkdirError(f'--workdir {workdir} does not exist')
   r = Run(config, workdir, load_dataset(config.data), plan)

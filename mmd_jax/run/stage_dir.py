@@ -61,6 +61,7 @@ def open_stage(stage_dir: str) -> Stage:
   """The stage directory, restored; a latent run's space comes with it."""
   from mmd_jax.run.runner import Run
   stage_dir = fs.absolute(stage_dir)
+  fs.check_reachable(stage_dir)
   meta = stage_meta.read(stage_dir)
   cfg_path = os.path.join(stage_dir, 'config.json')
   if meta is None or not fs.exists(cfg_path):

@@ -124,11 +124,15 @@ class Checkpointer:
               'with (its config.json) or a new workdir') from None
         self._quarantine(step, e)
         moved.append(step)
-    if moved:
+    corrupt = self.directory + '_corrupt'
+    if moved or fs.isdir(corrupt) and fs.listdir(corrupt):
+      # Also on the next run: training from 0 beside the moved checkpoints
+      # would be a silent restart.
+      held = f'steps {sorted(moved)} moved' if moved else 'moved earlier'
       raise WorkdirError(
-          f'every checkpoint in {self.directory} is unreadable (steps '
-          f'{sorted(moved)} moved to {self.directory}_corrupt/); remove its '
-          'stage directory to train it again from step 0')
+          f'every checkpoint in {self.directory} is unreadable ({held} to '
+          f'{corrupt}/); remove its stage directory to train it again from '
+          'step 0')
     return None, None
 
   def _quarantine(self, step: int, err: Exception):

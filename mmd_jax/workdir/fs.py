@@ -10,12 +10,24 @@ use `absolute`.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
+import tempfile
+import threading
 import time
 
 from etils import epath
+
+from mmd_jax.errors import Error
+
+
+class UnreachableError(Error, OSError):
+  """A bucket workdir that does not answer; the message is the one line.
+  The probe's thread may still wait on the network, so the command exits
+  at once."""
+  exit_at_once = True
 
 
 def is_local(p) -> bool:
@@ -30,6 +42,56 @@ def absolute(p) -> str:
 
 def path(p) -> epath.Path:
   return epath.Path(os.fspath(p))
+
+
+def check_reachable(p, timeout_s: float | None = None):
+  """Asks a bucket workdir once whether it exists, before anything else
+  touches it: without network or credentials the storage clients retry for
+  minutes and then fail deep inside a read, with pages of traceback. Local
+  paths are not probed. The wait is `timeout_s`, else the environment's
+  MMD_JAX_BUCKET_TIMEOUT_S, else 30 s."""
+  p = os.fspath(p)
+  if is_local(p):
+    return
+  if timeout_s is None:
+    timeout_s = float(os.environ.get('MMD_JAX_BUCKET_TIMEOUT_S', 30))
+  answer = {}
+
+  def probe():
+    try:
+      answer['exists'] = path(p).exists()
+    except Exception as e:  # pylint: disable=broad-except
+      answer['error'] = e
+  with _stderr_kept_aside():   # the clients' own retry warnings
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout_s)
+  if 'error' in answer:
+    e = answer['error']
+    first = (str(e).strip().splitlines() or [''])[0]
+    raise UnreachableError(
+        f'workdir {p} cannot be reached ({type(e).__name__}: {first}); check '
+        'the network and the storage credentials')
+  if 'exists' not in answer:
+    raise UnreachableError(
+        f'workdir {p} did not answer within {timeout_s:.0f} s; check the '
+        'network and the storage credentials')
+
+
+@contextlib.contextmanager
+def _stderr_kept_aside():
+  """File descriptor 2 goes to a scratch file for the duration: C++ storage
+  clients (TensorFlow's, tensorstore's) log there directly."""
+  import sys
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as scratch:
+    os.dup2(scratch.fileno(), 2)
+    try:
+      yield
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
 
 
 def exists(p) -> bool:
