@@ -83,6 +83,9 @@ class Loop:
   quality: Optional[Callable[[Any], dict]] = None
   quality_every: int = 0
   matmul_precision: str = 'default'   # config.matmul_precision
+  # Called once the state is built or restored, before anything is
+  # written: the runner saves the config files then.
+  on_start: Optional[Callable[[], None]] = None
 
   def strip(self, state):
     return state.replace(**{f: None for f in self.frozen_fields}) \
@@ -126,6 +129,8 @@ def run(loop: Loop, stream, mesh, seed_key, checkpoint_cfg, log_cfg,
   ckpt = ckpt_lib.Checkpointer(os.path.join(loop.stage_dir, 'checkpoints'),
                                checkpoint_cfg.every_steps, checkpoint_cfg.keep)
   state, shardings, start = _start(loop, stream, mesh, seed_key, ckpt)
+  if loop.on_start:
+    loop.on_start()
   meta = dict(loop.meta, finished_step=None)
   if is_main:
     _write_json(os.path.join(loop.stage_dir, 'stage.json'), meta)

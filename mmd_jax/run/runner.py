@@ -9,6 +9,7 @@ restored only when a later job first needs what it publishes.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
@@ -45,6 +46,19 @@ class Run:
     self.env = Env(config, workdir, parallel.make_mesh(config.mesh), data,
                    plan, space_of=lambda: space_of(SPACE))
     self.declared = {n for p in plan.jobs for n in needs_of(p)}
+    self._config_saved = False
+
+  def save_configs(self, opened):
+    """W/config.json (once per run) and the job's own config.json: written
+    once the job has shown it can go on (restored, skipped or imported),
+    so a run that stops on a damaged stage leaves both as they were."""
+    self.save_run_config()
+    stage_meta.save_config(self.env.config, opened.stage_dir)
+
+  def save_run_config(self):
+    if not self._config_saved:
+      prepare_workdir(self.env.config, self.env.workdir)
+      self._config_saved = True
 
   def open(self, planned):
     """The opened job, opened on first call."""
@@ -72,6 +86,7 @@ class Run:
 
 
 def prepare_workdir(config, workdir: str):
+  """Writes W/config.json; the one-line error on unwritable storage."""
   try:
     fs.makedirs(workdir)
     if jax.process_index() == 0:
@@ -135,20 +150,22 @@ def _import(r: Run, opened):
                        finished_step=job.num_steps)
   train.save_finished(loop, state, dict(opened.record,
                                         imported_from=job.source))
-  stage_meta.save_config(r.env.config, opened.stage_dir)
+  r.save_configs(opened)
   return state
 
 
 def _train(r: Run, opened, scorer):
   """Trains one job (or skips it when finished); returns its state, or
   None when it was skipped."""
-  stage_meta.save_config(r.env.config, opened.stage_dir)
   if opened.finished:
+    r.save_configs(opened)
     logging.info('%s: finished earlier, skipping', opened.job.name)
     r.bind_abstract(opened)
     return None
   bind(opened, {a: r.artifacts.get(a) for a in needs_of(opened.planned)})
-  loop = loop_of(r.env, opened, _quality(r, opened, scorer))
+  loop = dataclasses.replace(loop_of(r.env, opened, _quality(r, opened,
+                                                             scorer)),
+                             on_start=lambda: r.save_configs(opened))
   stream = stream_of(r.env, opened)
   _log_data_shard(stream)
   c = r.env.config
@@ -183,7 +200,6 @@ def run(config, workdir: str):
   r = Run(config, workdir, load_dataset(config.data), plan)
   _preflight(r)
   with workdir_lock.holding(workdir):
-    prepare_workdir(config, workdir)
     _run_plan(r)
 
 
@@ -195,6 +211,7 @@ def _run_plan(r: Run):
   items = r.plan.items
   for i, item in enumerate(items):
     if item is plan_lib.EVALUATE:
+      r.save_run_config()
       scoring.evaluate(r, items[:i])
       continue
     opened = r.open(item)

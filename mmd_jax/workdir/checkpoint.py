@@ -76,16 +76,23 @@ class CheckpointWriteError(WorkdirError):
 def _silence_closed_loops():
   """After a failed async write, tensorstore's pending callbacks hit the
   closed event loop of orbax's writer and each report an unraisable
-  RuntimeError, printed as a bare traceback. The run ends with its own line
-  (CheckpointWriteError), so those, and only those, are dropped. Only a
-  failed write produces them; installed once, with the first Checkpointer."""
+  RuntimeError, printed as a bare traceback; after a failed read, each
+  abandoned array read does the same. The run reports either in its own
+  line (CheckpointWriteError, the restore's warning), so those, and only
+  those, are dropped. Installed once, with the first Checkpointer."""
   previous = sys.unraisablehook
   if getattr(previous, 'mmd_jax', False):
     return
 
   def hook(u):
-    if not (isinstance(u.exc_value, RuntimeError)
-            and 'Event loop is closed' in str(u.exc_value)):
+    text = str(u.exc_value)
+    closed_loop = (isinstance(u.exc_value, RuntimeError)
+                   and 'Event loop is closed' in text)
+    # The sibling reads of a damaged checkpoint, abandoned once the first
+    # one failed: the restore's own warning names the checkpoint.
+    abandoned_read = text.startswith(
+        'Encountered error while reading array index')
+    if not (closed_loop or abandoned_read):
       previous(u)
   hook.mmd_jax = True
   sys.unraisablehook = hook
