@@ -127,6 +127,7 @@ def test_sigkill_during_saves_and_sigterm_resume_to_the_same_model(tmp_path):
       assert f'resuming at step {latest} of 1500' in err, (i, err[-2000:])
     assert 'Traceback' not in err, err[-3000:]
     latest, hits = now_latest, hits + hit
+  print(f'SIGKILLs inside a checkpoint write: {hits} of 5')
   assert hits >= 3, hits   # most kills land inside a write, not after it
   assert latest < 1500
 
