@@ -81,11 +81,13 @@ def _kill_during_a_save(w, rng, extra):
   the run's stderr)."""
   ckpts = os.path.join(w, 'teacher', 'checkpoints')
 
-  def writes():   # orbax's temporary directories of this process
+  def tmp_dirs():
     names = os.listdir(ckpts) if os.path.isdir(ckpts) else []
-    return {n for n in names if 'tmp' in n} - left_by_the_last_kill
-  left_by_the_last_kill = set()
-  left_by_the_last_kill = writes()
+    return {n for n in names if 'tmp' in n}
+  left_by_the_last_kill = tmp_dirs()
+
+  def writes():   # orbax's temporary directories of this process
+    return tmp_dirs() - left_by_the_last_kill
   target, seen = int(rng.integers(1, 3)), set()
   p = _start(w, extra)
   deadline = time.time() + 300
