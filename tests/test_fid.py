@@ -9,6 +9,8 @@ import pytest
 
 from mmd_jax.evaluation import fid, precision_recall
 
+import tiny
+
 
 def _rot(theta):
   c, s = np.cos(theta), np.sin(theta)
@@ -78,7 +80,7 @@ print('STATS_OK')
 
 
 def test_float64_stats_on_8_devices_equal_one_device(repo_root):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+  env = dict(os.environ, XLA_FLAGS=tiny.xla_flags(8),
              JAX_PLATFORMS='cpu')
   r = subprocess.run([sys.executable, '-c', _DEVICES_SCRIPT], cwd=repo_root,
                      env=env, capture_output=True, text=True, timeout=300)

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import tiny
+
 _SCRIPT = r'''
 import jax, jax.numpy as jnp, numpy as np
 from configs import toy2d
@@ -106,7 +108,7 @@ print('MESH_OK')
 
 def test_every_step_is_the_same_on_1_and_8_devices_and_fsdp_and_reduces_once(
     repo_root):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+  env = dict(os.environ, XLA_FLAGS=tiny.xla_flags(8),
              JAX_PLATFORMS='cpu')
   r = subprocess.run([sys.executable, '-c', _SCRIPT], cwd=repo_root,
                      env=env, capture_output=True, text=True, timeout=600)

@@ -23,7 +23,7 @@ from mmd_jax.data import DataError
 def _cli(args, cwd, devices=None, timeout=300):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   if devices:
-    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+    env['XLA_FLAGS'] = tiny.xla_flags(devices)
   return subprocess.run([sys.executable, '-m'] + args, cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=timeout)
 

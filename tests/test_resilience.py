@@ -9,6 +9,8 @@ import time
 
 import numpy as np
 
+import tiny
+
 ARGS = ['--config=configs/toy2d.py:tiny', '--config.stages=("teacher",)',
         '--config.teacher.num_train_steps=1500',
         '--config.checkpoint.every_steps=400', '--config.log.every_steps=50']
@@ -17,7 +19,7 @@ ARGS = ['--config=configs/toy2d.py:tiny', '--config.stages=("teacher",)',
 def _env(devices=None):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   if devices:
-    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+    env['XLA_FLAGS'] = tiny.xla_flags(devices)
   return env
 
 

@@ -1,5 +1,6 @@
 """Tiny configs and in-process runs for the pipeline tests."""
 import importlib
+import os
 
 
 def config(name: str, arg: str | None = None, overrides: dict | None = None):
@@ -16,3 +17,12 @@ def run(name: str, arg: str | None, workdir, overrides: dict | None = None):
   c = config(name, arg, overrides)
   runner.run(c, str(workdir))
   return c
+
+
+def xla_flags(devices: int | None = None) -> str:
+  """This session's XLA flags (conftest's), with `devices` CPU devices, for
+  a subprocess's environment."""
+  flags = os.environ.get('XLA_FLAGS', '')
+  if devices:
+    flags += f' --xla_force_host_platform_device_count={devices}'
+  return flags.strip()
