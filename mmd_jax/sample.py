@@ -3,7 +3,10 @@
 python -m mmd_jax.sample --workdir=W/<stage> --steps=K --num_samples=N \
     --seed=S --output=F.npz
 
-Writes `samples` (float32, data space) and, for conditional models, `labels`.
+Writes `samples` (float32, data space) and, for conditional models,
+`labels` (class-conditional) or `caption_ids` (caption-conditional: rows of
+the run's caption table; `--caption_ids=I,J,...` picks them, default: cycle
+over all).
 Any registered method's directory works: it samples the way the method says
 (plugins/base.py, `Sampling`). Stages of a latent run are decoded to data
 space.
@@ -33,6 +36,9 @@ def _define_flags():
   flags.DEFINE_enum('sampler', 'ancestral', ['ancestral', 'ddim'], 'Sampler.')
   flags.DEFINE_float('guidance', 0.0, 'CFG weight (conditional models).')
   flags.DEFINE_integer('batch_size', 1000, 'Samples per device call.')
+  flags.DEFINE_list('caption_ids', None, 'Caption-conditioned models: rows '
+                    "of the run's caption table to cycle over (default: "
+                    'all).')
   flags.mark_flags_as_required(['workdir', 'output'])
 
 
@@ -60,6 +66,26 @@ def _check_request(steps, num_samples, batch_size):
                       'model)')
 
 
+def _caption_ids(ctx, caption_ids):
+  """The asked-for caption rows as ints, checked against the table."""
+  if not caption_ids:
+    return None
+  if ctx.spec.captions is None:
+    raise SampleError('--caption_ids: this model is not conditioned on '
+                      'captions')
+  k = len(ctx.dataset.captions)
+  try:
+    ids = [int(i) for i in caption_ids]
+  except ValueError:
+    raise SampleError(f'--caption_ids={",".join(caption_ids)}: expected '
+                      'integers') from None
+  bad = [i for i in ids if not 0 <= i < k]
+  if bad:
+    raise SampleError(f'--caption_ids: {bad[0]} is not a row of the caption '
+                      f'table (0..{k - 1})')
+  return ids
+
+
 def _check_stage(job, ctx, sampling, steps, num_samples, guidance):
   if sampling is None:
     raise SampleError(f'{job.name} ({job.method}) draws no samples')
@@ -67,9 +93,10 @@ def _check_stage(job, ctx, sampling, steps, num_samples, guidance):
     raise SampleError(f'{job.name} samples with exactly '
                       f'{sampling.steps} step(s); --steps must be '
                       f'{sampling.steps}')
-  if guidance and not ctx.spec.num_classes:
+  if guidance and not ctx.spec.conditioned:
     raise SampleError(f'--guidance={guidance:g}: {job.name} is unconditional '
-                      '(its data have no labels), so classifier-free guidance '
+                      '(its data have no labels or captions), so '
+                      'classifier-free guidance '
                       'has nothing to guide; leave it at 0')
   size = 4 * num_samples * int(np.prod(ctx.dataset.example_shape))
   if size > MAX_SAMPLE_BYTES:
@@ -82,13 +109,14 @@ def _check_stage(job, ctx, sampling, steps, num_samples, guidance):
 
 def draw(stage_dir: str, steps=None, num_samples: int = 1000, seed: int = 0,
          sampler: str = 'ancestral', guidance: float = 0.0,
-         batch_size: int = 1000):
-  """(samples in data space, labels or None, k) from a stage directory of
+         batch_size: int = 1000, caption_ids=None):
+  """(samples in data space, {'labels' or 'caption_ids': ids} or {}, k)
+  from a stage directory of
   any registered method, sampled the way the method says
   (plugins/base.py's `Sampling`)."""
   import jax
 
-  from mmd_jax.evaluation import evaluate
+  from mmd_jax.evaluation import cycle, evaluate
   from mmd_jax.run.stage_dir import open_stage
 
   _check_request(steps, num_samples, batch_size)
@@ -96,14 +124,18 @@ def draw(stage_dir: str, steps=None, num_samples: int = 1000, seed: int = 0,
   ctx, sampling, state, job = (stage.ctx, stage.bound.sampling, stage.state,
                                stage.opened.job)
   _check_stage(job, ctx, sampling, steps, num_samples, guidance)
+  conditions = cycle.of(ctx.spec, ctx.dataset,
+                        _caption_ids(ctx, caption_ids))
   # Students sample with their own k by default.
   k = steps or sampling.steps or 256
   samples, labels = evaluate.generate(
       sampling.draw, state.sampling_params, jax.random.PRNGKey(seed),
       num_samples, k, sampler, min(batch_size, num_samples),
-      ctx.dataset.example_shape, ctx.spec.num_classes, guidance,
+      ctx.dataset.example_shape, conditions, guidance,
       decode=ctx.space.decode)
-  return np.asarray(samples, np.float32), labels, k
+  ids = {} if labels is None else {
+      'caption_ids' if ctx.spec.captions is not None else 'labels': labels}
+  return np.asarray(samples, np.float32), ids, k
 
 
 def main(argv):
@@ -111,13 +143,11 @@ def main(argv):
   quiet_libraries()
   f = flags.FLAGS
   try:
-    samples, labels, k = draw(f.workdir, f.steps, f.num_samples, f.seed,
-                              f.sampler, f.guidance, f.batch_size)
+    samples, ids, k = draw(f.workdir, f.steps, f.num_samples, f.seed,
+                           f.sampler, f.guidance, f.batch_size, f.caption_ids)
   except Error as e:
     _fail(str(e))
-  out = {'samples': samples}
-  if labels is not None:
-    out['labels'] = labels
+  out = {'samples': samples, **ids}
   fs.makedirs(os.path.dirname(fs.absolute(f.output)))
   fs.save_npz(f.output, **out)
   print(f'wrote {len(samples)} samples (k={k}) to {f.output}')

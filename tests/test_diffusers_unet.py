@@ -146,7 +146,7 @@ def test_a_diffusers_teacher_is_imported_distilled_and_sampled(tmp_path):
     assert np.isfinite(r['metrics']['fd'])
   # The imported teacher samples what the network itself denoises.
   s, labels, k = sample.draw(str(w / 'teacher'), 4, 8)
-  assert s.shape == (8, 8, 8, 1) and labels is None and k == 4
+  assert s.shape == (8, 8, 8, 1) and labels == {} and k == 4
   s, _, _ = sample.draw(str(w / 'mm_alternating_k2'), None, 8)
   assert np.all(np.isfinite(s))
   # The workdir reads its teacher without the source directory.

@@ -16,7 +16,7 @@ from mmd_jax.run.artifacts import placeholders
 from mmd_jax.loop import train
 from mmd_jax import plugins as registry
 from mmd_jax.data import data_shape, load_dataset
-from mmd_jax.evaluation import evaluate
+from mmd_jax.evaluation import cycle, evaluate
 from mmd_jax.plugins import base
 
 # toy2d:tiny, with a small VAE and few IWAE samples for the VAE's row.
@@ -140,8 +140,8 @@ def check_method(method, config, workdir):
     n = config.eval.num_samples
     samples, labels = evaluate.generate(
         sampling.draw, state.sampling_params, jax.random.PRNGKey(2), n, steps,
-        'ancestral', n, ctx.dataset.example_shape, ctx.spec.num_classes,
-        decode=ctx.space.decode)
+        'ancestral', n, ctx.dataset.example_shape,
+        cycle.of(ctx.spec, ctx.dataset), decode=ctx.space.decode)
     assert samples.shape == (n,) + tuple(data.example_shape), samples.shape
     assert _finite(samples)
     row = evaluate.Scorer(config, data, str(workdir)).score(samples, labels)
@@ -150,8 +150,14 @@ def check_method(method, config, workdir):
 
 @pytest.mark.parametrize('name', registry.names())
 def test_every_registered_method_keeps_the_contract(name, tmp_path):
-  check_method(registry.get(name), tiny.config('toy2d', 'tiny', OVERRIDES),
-               tmp_path)
+  """On caption-conditioned data (toy2d_text): every method trains and
+  samples with captions; the unconditional path is the bfloat16 test's
+  and every pipeline test's."""
+  config = tiny.config('toy2d_text', 'tiny', OVERRIDES)
+  check_method(registry.get(name), config, tmp_path)
+  if registry.get(name).sections != ('vae',):
+    spec = plan_spec(config)
+    assert spec.captions is not None and spec.has_null, name
 
 
 @pytest.mark.parametrize('name', ['mm_parameter', 'emd'])
@@ -161,6 +167,11 @@ def test_a_bfloat16_frozen_teacher_trains_the_same_way(name, tmp_path):
   check_method(registry.get(name), tiny.config(
       'toy2d', 'tiny', dict(OVERRIDES, **{'teacher.frozen_dtype':
                                           'bfloat16'})), tmp_path)
+
+
+def plan_spec(config):
+  from mmd_jax.numerics.denoiser import spec_from_config
+  return spec_from_config(config, load_dataset(config.data))
 
 
 def test_every_method_declares_sections_the_default_config_has():

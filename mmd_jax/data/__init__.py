@@ -12,13 +12,15 @@ from typing import Optional
 
 import numpy as np
 
+from mmd_jax.data import captions as captions_lib
 from mmd_jax.data import digits as digits_lib
 from mmd_jax.data import images as images_lib
 from mmd_jax.data import points as points_lib
 from mmd_jax.data import toy2d
+from mmd_jax.data import toy2d_text
 from mmd_jax.data.points import DataError
 
-DATASETS = ('toy2d', 'points', 'digits') + tuple(images_lib.IMAGE_DATASETS)
+DATASETS = ('toy2d', 'toy2d_text', 'points', 'digits') + tuple(images_lib.IMAGE_DATASETS)
 
 
 @dataclasses.dataclass
@@ -29,6 +31,22 @@ class Dataset:
   test: Optional[object] = None  # images.ImageSource
   num_classes: int = 0
   mixture: Optional[toy2d.Mixture] = None
+  # Caption conditioning: train (and test) then also hold 'caption_id'.
+  captions: Optional[captions_lib.CaptionTable] = None
+  # toy2d_text: which modes each caption names (exact caption metrics).
+  captioned: Optional[toy2d_text.CaptionedMixture] = None
+
+  @property
+  def caption_signature(self):
+    return None if self.captions is None else self.captions.signature()
+
+  def batch_source(self):
+    """What data/batches.py reads: with captions, batches gather their
+    rows of the caption table as 'cond'."""
+    if self.captions is None:
+      return self.train
+    return captions_lib.CaptionSource(self.train.get('x'),
+                                      self.train['caption_id'], self.captions)
 
   @property
   def example_shape(self):
@@ -60,6 +78,7 @@ class DataShape:
   kind: str
   example_shape: tuple
   num_classes: int
+  caption_signature: object = None   # numerics.condition.Captions
 
 
 def data_shape(data_cfg) -> DataShape:
@@ -68,12 +87,15 @@ def data_shape(data_cfg) -> DataShape:
   name = data_cfg.name
   if name == 'toy2d':
     return DataShape(f'toy2d/{data_cfg.toy_name}', 'points', (2,), 0)
+  if name == 'toy2d_text':
+    return DataShape('toy2d_text/ring8', 'points', (2,), 0,
+                     _toy_text_table().signature())
   if name == 'digits':
     return DataShape('digits', 'digits', (8, 8, 1), 10)
   if name == 'points':
-    arr = points_lib.load_points(data_cfg.path)
-    return DataShape(f'points/{os.path.basename(data_cfg.path)}', 'points',
-                     tuple(arr.shape[1:]), 0)
+    ds = load_dataset(data_cfg)
+    return DataShape(ds.name, ds.kind, ds.example_shape, 0,
+                     ds.caption_signature)
   if name in images_lib.IMAGE_DATASETS:
     spec = images_lib.IMAGE_DATASETS[name]
     return DataShape(name, 'images', (spec.resolution,) * 2 + (3,),
@@ -89,9 +111,18 @@ def load_dataset(data_cfg) -> Dataset:
     x = mix.sample(rng, int(data_cfg.num_train))
     return Dataset(f'toy2d/{data_cfg.toy_name}', 'points', {'x': x},
                    mixture=mix)
+  if name == 'toy2d_text':
+    cm = toy2d_text.ring8_captioned()
+    x, ids = cm.sample(np.random.default_rng([data_cfg.seed, 1]),
+                       int(data_cfg.num_train))
+    return Dataset('toy2d_text/ring8', 'points', {'x': x, 'caption_id': ids},
+                   mixture=cm.mixture, captions=_toy_text_table(),
+                   captioned=cm)
   if name == 'points':
-    x = points_lib.load_points(data_cfg.path)
     base = os.path.basename(data_cfg.path)
+    if str(data_cfg.path).endswith('.npz'):
+      return _conditioned(f'points/{base}', data_cfg.path)
+    x = points_lib.load_points(data_cfg.path)
     return Dataset(f'points/{base}', 'points', {'x': x})
   if name == 'digits':
     (xtr, ytr), (xte, yte) = digits_lib.load_digits_split()
@@ -104,6 +135,23 @@ def load_dataset(data_cfg) -> Dataset:
     test = images_lib.open_split(spec, spec.eval_split, data_cfg.tfds_data_dir)
     return Dataset(name, 'images', train, test, num_classes=spec.num_classes)
   raise DataError(f'unknown data.name {name!r}; choose one of {DATASETS}')
+
+
+def _toy_text_table() -> captions_lib.CaptionTable:
+  t = toy2d_text.table()
+  return captions_lib.CaptionTable(
+      t['emb'], t['mask'], None, {'emb': t['null_emb'], 'mask': t['null_mask']},
+      tuple(t['captions']))
+
+
+def _conditioned(name: str, path: str) -> Dataset:
+  x, ids, table = captions_lib.load_conditioned(path)
+  if x is None:
+    raise DataError(f'data.path {path!r} holds prompts only (no array '
+                    '\'x\'); training needs examples')
+  points_lib.check_rows(path, x)
+  kind = 'points' if x.ndim == 2 else 'images'
+  return Dataset(name, kind, {'x': x, 'caption_id': ids}, captions=table)
 
 
 __all__ = ['Dataset', 'DataShape', 'DataError', 'data_shape', 'load_dataset',

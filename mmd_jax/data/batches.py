@@ -98,5 +98,5 @@ class BatchStream:
 
   def global_batch_at(self, step: int, sharding) -> dict:
     local = self.local_batch_at(step)
-    return {k: jax.make_array_from_process_local_data(sharding, v)
-            for k, v in local.items()}
+    return jax.tree.map(
+        lambda v: jax.make_array_from_process_local_data(sharding, v), local)

@@ -34,12 +34,16 @@ def load_points(path: str) -> np.ndarray:
   if arr.ndim != 2:
     raise DataError(f'data.path {path!r} has shape {arr.shape}, '
                     'expected rank 2 (N, D)')
-  if arr.shape[0] == 0:
-    raise DataError(f'data.path {path!r} is empty (0 rows)')
   if not np.all(np.isfinite(arr)):
     raise DataError(f'data.path {path!r} contains NaN or inf')
+  check_rows(path, arr)
+  return arr.astype(np.float32)
+
+
+def check_rows(path: str, arr):
+  if arr.shape[0] == 0:
+    raise DataError(f'data.path {path!r} is empty (0 rows)')
   if arr.shape[0] < MIN_POINTS:
     raise DataError(f'data.path {path!r} has {arr.shape[0]} row(s); at least '
                     f'{MIN_POINTS} are needed (evaluation compares two '
                     'disjoint halves of at least 2 points)')
-  return arr.astype(np.float32)

@@ -14,7 +14,8 @@ import numpy as np
 from absl import logging
 
 from mmd_jax.workdir import fs
-from mmd_jax.evaluation import fid, plots, precision_recall, report, toy_metrics
+from mmd_jax.evaluation import (cycle, fid, plots, precision_recall, report,
+                                 toy_metrics)
 from mmd_jax.evaluation.digits_classifier import DigitsClassifier
 from mmd_jax.device.timing import fmt_duration
 
@@ -35,10 +36,11 @@ def draw_fn(draw, steps: int, sampler: str, shape, guidance: float = 0.0):
 
 
 def generate(draw, params, key, n: int, steps: int, sampler: str,
-             batch_size: int, shape, num_classes: int = 0,
+             batch_size: int, shape, conditions=0,
              guidance: float = 0.0, decode=None, quantize: bool = False,
              progress_every_s: float = 30.0, nonfinite: list | None = None):
-  """n samples; labels cycle 0..C-1 for conditional models.
+  """(n samples, their condition ids or None). `conditions`: a
+  cycle.ConditionCycle, or a number of classes (labels cycle 0..C-1).
 
   `draw(params, key, shape, labels, steps, sampler, guidance)` is a job's
   sampler (stages/base.py's `Sampling.draw`). `decode` maps each batch to
@@ -50,12 +52,14 @@ def generate(draw, params, key, n: int, steps: int, sampler: str,
   quantisation would hide them.
   """
   shape = tuple(shape)
-  labels_all = (np.arange(n) % num_classes).astype(np.int32) if num_classes else None
+  if not isinstance(conditions, cycle.ConditionCycle):
+    conditions = cycle.ConditionCycle(int(conditions))
+  labels_all = conditions.ids_for(n)
   fn = draw_fn(draw, steps, sampler, (batch_size,) + shape, guidance)
   out = []
   t0, last_log = time.time(), time.time()
   for i in range(0, n, batch_size):
-    lab = None if labels_all is None else jnp.asarray(
+    lab = None if labels_all is None else conditions.batch(
         np.resize(labels_all[i:i + batch_size], batch_size))
     x = np.asarray(fn(params, jax.random.fold_in(key, i), lab))
     if decode is not None:
@@ -111,8 +115,12 @@ class Scorer:
     self.inception = None
     if dataset.kind == 'points':
       real_a, self.real = dataset.reference_sets(n, config.eval.seed)
-      self.reference = self._score(real_a)
       self.extra = {}
+      ids_a = None
+      if dataset.captions is not None:
+        real_a, ids_a, self.caption_refs = _caption_references(
+            dataset, n, config.eval.seed)
+      self.reference = self._score(real_a, ids_a)
     elif dataset.kind == 'images':
       self._init_images(workdir, dataset)
     else:
@@ -207,8 +215,12 @@ class Scorer:
   def _score(self, samples, labels=None) -> dict:
     cfg = self.config.eval
     if self.dataset.kind == 'points':
-      return toy_metrics.toy_metrics(samples, self.real, self.dataset.mixture,
-                                     tuple(cfg.mmd_bandwidths))
+      out = toy_metrics.toy_metrics(samples, self.real, self.dataset.mixture,
+                                    tuple(cfg.mmd_bandwidths))
+      if self.dataset.captions is not None and labels is not None:
+        out.update(toy_metrics.caption_metrics(
+            samples, labels, self.caption_refs, self.dataset.captioned))
+      return out
     if self.dataset.kind == 'images':
       from mmd_jax.evaluation import inception_metrics as im
       return im.score(self.inception, samples, self.inception_ref, cfg.pr_k,
@@ -233,6 +245,27 @@ class Scorer:
                                              self.config.eval.pr_k)
 
 
+def _caption_references(dataset, n: int, seed: int):
+  """(a real set scored as the reference row, its caption ids, one set
+  per caption that samples are scored against): exact conditional samples
+  where the captions' modes are known, else two disjoint halves of the
+  data."""
+  rng = np.random.default_rng([seed, 7920])
+  k = len(dataset.captions)
+  if dataset.captioned is not None:
+    per = max(n // k, 2)
+    refs = [dataset.captioned.conditional(c).sample(rng, per)
+            for c in range(k)]
+    real_a, ids_a = dataset.captioned.sample(rng, n)
+    return real_a, ids_a, refs
+  x, ids = dataset.train['x'], dataset.train['caption_id']
+  perm = rng.permutation(len(x))
+  half = len(x) // 2
+  a, b = perm[:half], perm[half:]
+  refs = [x[b][ids[b] == c] for c in range(k)]
+  return x[a][:n], ids[a][:n], refs
+
+
 @dataclasses.dataclass
 class Entry:
   """One report row to produce: a trained model's params sampled one way."""
@@ -243,7 +276,7 @@ class Entry:
   draw: object        # (params, key, shape, labels, steps, sampler, guidance)
   params: object
   shape: tuple        # what draw returns per example (latents in latent runs)
-  num_classes: int = 0
+  conditions: object = 0            # cycle.ConditionCycle or classes
   draw_sampler: str = 'ancestral'   # the sampler draw is called with
   guidance: float = 0.0
   decode: object = None             # to data space
@@ -303,7 +336,7 @@ def _sample_and_score(config, scorer: Scorer, e: Entry, keys):
     t0, bad = time.time(), []
     samples, labels = generate(
         e.draw, e.params, key, config.eval.num_samples, e.steps,
-        e.draw_sampler, config.eval.batch_size, e.shape, e.num_classes,
+        e.draw_sampler, config.eval.batch_size, e.shape, e.conditions,
         e.guidance, decode=e.decode,
         quantize=scorer.dataset.kind == 'images', nonfinite=bad)
     gen_s.append(time.time() - t0)

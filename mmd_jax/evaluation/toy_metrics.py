@@ -88,3 +88,23 @@ def toy_metrics(samples, real, mixture=None, bandwidths=(0.1, 0.3, 1.0)):
   if mixture is not None:
     out.update(mode_stats(samples, mixture))
   return out
+
+
+def caption_metrics(samples, ids, references, captioned=None) -> dict:
+  """Caption-conditioned samples: the energy distance to `references[k]`
+  (exact conditional samples, or the data's examples of caption k) per
+  caption, averaged over captions; and, where the modes each caption names
+  are known (data.toy2d_text), caption accuracy: the fraction of samples
+  within 4 standard deviations of a mode their caption allows."""
+  s = np.asarray(samples, np.float64).reshape(len(samples), -1)
+  ids = np.asarray(ids)
+  eds = [energy_distance(s[ids == k], ref) for k, ref in enumerate(references)
+         if np.sum(ids == k) >= 2 and len(ref) >= 2]
+  out = {'caption_energy_distance': float(np.mean(eds)) if eds
+         else float('nan')}
+  if captioned is not None:
+    mix = captioned.mixture
+    d = np.linalg.norm(s[:, None, :] - mix.means[None], axis=-1)
+    ok = (d <= 4.0 * mix.stds[None]) & captioned.allowed[ids]
+    out['caption_accuracy'] = float(np.mean(ok.any(axis=-1)))
+  return out

@@ -158,7 +158,7 @@ def cd_target(spec, teacher_params, ema_params, z_next, lam_next, lam_n,
               labels, hp: CDHParams):
   """sg(f_ema(z_hat_n, lam_n)), z_hat_n one teacher ODE step from z_next."""
   teacher = spec.denoiser(teacher_params,
-                          labels if spec.num_classes else None, hp.guidance)
+                          labels if spec.conditioned else None, hp.guidance)
   z_n = teacher_ode_step(teacher, z_next, lam_next, lam_n, hp.solver)
   return sg(consistency_fn(spec, hp, ema_params, sg(z_n), lam_n, labels))
 
@@ -183,7 +183,7 @@ def step(state: CDState, batch, key):
   spec, hp = state.spec, state.hparams
 
   def grads_of(mb, rows):
-    labels = mb.get('label') if spec.num_classes else None
+    labels = spec.cond_of(mb)
     loss, g = jax.value_and_grad(
         lambda p: loss_fn(spec, p, state.teacher_params, state.ema_params,
                           mb['x'], labels, key, hp, rows))(state.student_params)

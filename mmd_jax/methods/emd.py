@@ -240,7 +240,7 @@ def step(state: EMDState, batch, key):
   spec, hp = state.spec, state.hparams
 
   def grads_of(mb, rows):
-    labels = mb.get('label') if spec.num_classes else None
+    labels = spec.cond_of(mb)
     shape = mb['x'].shape
     lam = spec.schedule(sample_times(k_t, shape[0], hp, rows))
     z = rows.normal(k_z, shape, jnp.float32)
@@ -261,7 +261,7 @@ def step(state: EMDState, batch, key):
 
   state, rate, ok = guard.apply_if_finite((metrics['loss'], grad_norm),
                                           apply, state, grad)
-  labels = batch.get('label') if spec.num_classes else None
+  labels = spec.cond_of(batch)
   # Each score update is guarded by its own values and the generator's: a
   # step with a non-finite generator gradient changes neither network.
   psi, score_opt, score_loss, score_ok = score_update(

@@ -40,7 +40,7 @@ def teacher_denoiser(spec, hp, teacher_params, labels):
   """(x_t, lam) -> the teacher's x-prediction: the network (with CFG), or
   the data mixture's exact posterior mean."""
   if hp.teacher == 'analytic':
-    return lambda x_t, lam: analytic.x_hat(hp.mixture, x_t, lam)
+    return lambda x_t, lam: analytic.x_hat(hp.mixture, x_t, lam, labels)
   return spec.denoiser(teacher_params, labels, hp.guidance)
 
 

@@ -82,7 +82,7 @@ def _renoise(key, hp: MMHParams, z_t, x_tilde, lam_t, lam_s,
 
 def _teacher_x(spec, teacher_params, z, lam, labels, guidance):
   """The teacher's x-prediction, with CFG when asked (teacher only)."""
-  den = spec.denoiser(teacher_params, labels if spec.num_classes else None,
+  den = spec.denoiser(teacher_params, labels if spec.conditioned else None,
                       guidance)
   return den(z, lam)
 

@@ -78,7 +78,7 @@ def init_alternating(key, teacher_params, spec: DenoiserSpec, hp: MMHParams,
 def _alternating_grads(state: AlternatingState, key, is_aux, mb, rows):
   """(gradient of whichever network trains, metrics) on one micro-batch."""
   spec, hp = state.spec, state.hparams
-  labels = mb.get('label') if spec.num_classes else None
+  labels = spec.cond_of(mb)
   # One function object for both networks: their VJPs then have the same
   # structure, and their residuals can be selected leaf by leaf.
   net = lambda p, z, lam: spec.x_hat(p, z, lam, labels)
@@ -205,7 +205,7 @@ def init_parameter(key, teacher_params, precond, spec: DenoiserSpec,
 def _guided(spec, teacher_params, x_unguided, d: _Draw, guidance):
   """The guided teacher's x at z_s, reusing the unguided pass when there is
   no guidance (the usual case: one teacher pass instead of two)."""
-  if guidance == 0.0 or not spec.num_classes:
+  if guidance == 0.0 or not spec.conditioned:
     return sg(x_unguided)
   return sg(_teacher_x(spec, teacher_params, d.z_s, d.lam_s, d.labels,
                        guidance))
@@ -283,7 +283,7 @@ def parameter_step(state: ParameterState, batch, key):
   batch_b = jax.tree.map(lambda v: v[:, 1], halves)
 
   def labels_of(mb):
-    return mb.get('label') if spec.num_classes else None
+    return spec.cond_of(mb)
 
   def teacher_grad_b(mb, rows):
     d_b = _draw(k_b, spec, state.student_params, mb['x'], labels_of(mb), hp,

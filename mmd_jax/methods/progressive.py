@@ -101,7 +101,7 @@ def loss_fn(spec, params, teacher_params, x, labels, key, hp: PDHParams,
   lam_t = spec.schedule(t)
   z_t = diffusion.diffuse(x, lam_t, rows.normal(k_eps, x.shape))
   teacher = spec.denoiser(teacher_params,
-                          labels if spec.num_classes else None, hp.guidance)
+                          labels if spec.conditioned else None, hp.guidance)
   x_target = target(teacher, z_t, t, hp.k, spec.schedule)
   x_hat = spec.x_hat(params, z_t, lam_t, labels)
   mse = jnp.mean(jnp.square(x_target - x_hat).reshape(x.shape[0], -1), -1)
@@ -113,7 +113,7 @@ def step(state: PDState, batch, key):
   spec, hp = state.spec, state.hparams
 
   def grads_of(mb, rows):
-    labels = mb.get('label') if spec.num_classes else None
+    labels = spec.cond_of(mb)
     loss, g = jax.value_and_grad(
         lambda p: loss_fn(spec, p, state.teacher_params, mb['x'], labels, key,
                           hp, rows))(state.student_params)

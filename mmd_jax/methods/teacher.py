@@ -59,14 +59,6 @@ def init(key, spec: DenoiserSpec, hparams: TeacherHParams,
                       spec=spec, hparams=hparams, tx=tx)
 
 
-def drop_labels(key, labels, rate: float, null_label: int, rows: Rows = ALL):
-  """Replaces a `rate` fraction of labels with the null label (for CFG)."""
-  if labels is None or rate <= 0:
-    return labels
-  drop = rows.bernoulli(key, rate, labels.shape)
-  return jnp.where(drop, null_label, labels)
-
-
 def sample_t(key, batch: int, stratified: bool, rows: Rows = ALL):
   """t ~ U[0, 1]; stratified: one shared offset, evenly spaced over the
   global batch (VDM's low-discrepancy sampler), which lowers the loss
@@ -100,9 +92,7 @@ def step(state: TeacherState, batch, key):
   spec, hp = state.spec, state.hparams
 
   def grads_of(mb, rows):
-    labels = mb.get('label') if spec.num_classes else None
-    labels = drop_labels(k_lab, labels, hp.label_dropout, spec.null_label,
-                         rows)
+    labels = spec.drop_cond(k_lab, spec.cond_of(mb), hp.label_dropout, rows)
     loss, grads = jax.value_and_grad(
         lambda p: diffusion_loss(spec, p, mb['x'], labels, k_loss,
                                  hp.loss_weight,
@@ -149,7 +139,7 @@ def second_moment_update(spec: DenoiserSpec, hp: TeacherHParams, params, nu,
                          batch, key, b2: float):
   """nu <- b2 nu + (1 - b2) g^2 for one fresh teacher gradient g at fixed
   params: Adam's second moment for a teacher imported without it."""
-  labels = batch.get('label') if spec.num_classes else None
+  labels = spec.cond_of(batch)
   g = jax.grad(lambda p: diffusion_loss(spec, p, batch['x'], labels, key,
                                         hp.loss_weight))(params)
   return jax.tree.map(lambda n, gi: b2 * n + (1 - b2) * gi * gi, nu, g)

@@ -1,9 +1,12 @@
-"""Conditioning shared by every architecture: noise level and class label."""
+"""Conditioning shared by every architecture: noise level, and a class
+label or a caption (numerics/condition.py)."""
 from __future__ import annotations
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from mmd_jax.numerics.condition import masked_mean
 
 
 def logsnr_features(lam, dim: int, max_freq: float = 200.0):
@@ -15,8 +18,21 @@ def logsnr_features(lam, dim: int, max_freq: float = 200.0):
   return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
 
 
+def is_caption(cond) -> bool:
+  return isinstance(cond, dict)
+
+
+def caption_vector(cond):
+  """A caption's sentence vector: the encoder's pooled output where the
+  table has one, else the masked mean of its token embeddings."""
+  if 'pooled' in cond:
+    return cond['pooled'].astype(jnp.float32)
+  return masked_mean(cond['emb'].astype(jnp.float32), cond['mask'])
+
+
 class Conditioning(nn.Module):
-  """Embeds (lam, label) into one vector. Label `num_classes` means 'none'."""
+  """Embeds (lam, label) into one vector. Label `num_classes` means 'none'.
+  A caption (a dict) adds a projection of its sentence vector."""
   dim: int
   num_classes: int = 0
 
@@ -31,6 +47,8 @@ class Conditioning(nn.Module):
     emb = logsnr_features(lam, 128)
     emb = dense()(emb)
     emb = dense()(nn.silu(emb))
+    if is_caption(labels):
+      return emb + nn.Dense(self.dim, name='caption')(caption_vector(labels))
     if self.num_classes > 0:
       if labels is None:
         labels = jnp.full(lam.shape, self.num_classes, jnp.int32)

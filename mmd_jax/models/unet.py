@@ -7,7 +7,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmd_jax.models.embeddings import Conditioning
+from mmd_jax.models.cross_attention import CrossAttention
+from mmd_jax.models.embeddings import Conditioning, is_caption
 from mmd_jax.models.layers import GroupNorm, attention_fn
 
 
@@ -40,16 +41,21 @@ class ResBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
+  """Self-attention; with a caption, then cross-attention to its tokens."""
   num_heads: int = 1
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, cond=None):
     b, hh, ww, c = x.shape
     h = GroupNorm(_groups(c))(x).reshape(b, hh * ww, c)
     h = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, attention_fn=attention_fn,
         out_kernel_init=nn.initializers.zeros)(h, h)
-    return x + h.reshape(b, hh, ww, c)
+    x = x + h.reshape(b, hh, ww, c)
+    if not is_caption(cond):
+      return x
+    t = CrossAttention(self.num_heads)(x.reshape(b, hh * ww, c), cond)
+    return t.reshape(b, hh, ww, c)
 
 
 class UNet(nn.Module):
@@ -71,14 +77,14 @@ class UNet(nn.Module):
       for _ in range(self.num_res_blocks):
         h = ResBlock(self.channels * mult, self.dropout)(h, emb, train)
         if h.shape[1] in self.attn_resolutions:
-          h = AttnBlock(self.num_heads)(h)
+          h = AttnBlock(self.num_heads)(h, labels)
         skips.append(h)
       if level != len(self.channel_mult) - 1:
         h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2))(h)
         skips.append(h)
 
     h = ResBlock(h.shape[-1], self.dropout)(h, emb, train)
-    h = AttnBlock(self.num_heads)(h)
+    h = AttnBlock(self.num_heads)(h, labels)
     h = ResBlock(h.shape[-1], self.dropout)(h, emb, train)
 
     for level, mult in reversed(list(enumerate(self.channel_mult))):
@@ -86,7 +92,7 @@ class UNet(nn.Module):
         h = jnp.concatenate([h, skips.pop()], axis=-1)
         h = ResBlock(self.channels * mult, self.dropout)(h, emb, train)
         if h.shape[1] in self.attn_resolutions:
-          h = AttnBlock(self.num_heads)(h)
+          h = AttnBlock(self.num_heads)(h, labels)
       if level != 0:
         b, hh, ww, c = h.shape
         h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)

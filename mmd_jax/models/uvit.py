@@ -15,7 +15,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmd_jax.models.embeddings import Conditioning
+from mmd_jax.models.cross_attention import CrossAttention
+from mmd_jax.models.embeddings import Conditioning, is_caption
 from mmd_jax.models.layers import GroupNorm, attention_fn
 from mmd_jax.models.unet import _groups
 
@@ -49,7 +50,7 @@ class TransformerBlock(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, emb, train: bool):
+  def __call__(self, x, emb, train: bool, cond=None):
     d = x.shape[-1]
     # One projection of the conditioning gives both norms' scale and shift.
     mod = nn.Dense(4 * d, dtype=self.dtype,
@@ -61,6 +62,8 @@ class TransformerBlock(nn.Module):
         num_heads=self.num_heads, dtype=self.dtype, attention_fn=attention_fn,
         out_kernel_init=nn.initializers.zeros)(h, h)
     x = x + h
+    if is_caption(cond):
+      x = CrossAttention(self.num_heads)(x, cond)
     h = nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype)(x)
     h = nn.Dense(self.mlp_ratio * d, dtype=self.dtype)(h * (1 + s2) + b2)
     h = nn.Dropout(self.dropout, deterministic=not train)(nn.gelu(h))
@@ -115,7 +118,7 @@ class UViT(nn.Module):
     t = t + pos.astype(self.dtype)
     for i in range(self.transformer_depth):
       t = tblock(self.num_heads, self.mlp_ratio, self.dropout, self.dtype,
-                 name=f'transformer_{i}')(t, emb, train)
+                 name=f'transformer_{i}')(t, emb, train, labels)
     h = nn.LayerNorm(dtype=self.dtype)(t).reshape(b, gh, gw, d)
 
     for level in reversed(range(len(self.channels))):

@@ -66,11 +66,12 @@ SAMPLERS = {'ancestral': ancestral_sample, 'ddim': ddim_sample}
 
 
 def make_denoiser(module, params, parameterization: str, labels=None,
-                  null_label: int | None = None, guidance: float = 0.0):
+                  null=None, guidance: float = 0.0):
   """Wraps `module.apply` as (z, lam) -> x_hat, with optional CFG.
 
-  With guidance != 0 the conditional and unconditional calls share one
-  batched forward pass.
+  `labels` is the condition (class labels or a caption pytree, batch
+  first) and `null` the unconditional one, batched alike. With guidance
+  != 0 the conditional and null calls share one batched forward pass.
   """
 
   def net(z, lam, lab):
@@ -80,9 +81,9 @@ def make_denoiser(module, params, parameterization: str, labels=None,
   def denoise(z, lam):
     if labels is None or guidance == 0.0:
       return net(z, lam, labels)
-    null = jnp.full_like(labels, null_label)
     both = net(jnp.concatenate([z, z]), jnp.concatenate([lam, lam]),
-               jnp.concatenate([labels, null]))
+               jax.tree.map(lambda c, u: jnp.concatenate([c, u]),
+                            labels, null))
     x_c, x_u = jnp.split(both, 2)
     return cfg_combine(x_c, x_u, guidance)
 

@@ -63,7 +63,8 @@ class LatentSpace:
     the same labels and split."""
     name = f'{data.name}/{self.name}'
     if isinstance(data, DataShape):
-      return DataShape(name, 'points', (self.latent_dim,), data.num_classes)
+      return DataShape(name, 'points', (self.latent_dim,), data.num_classes,
+                       data.caption_signature)
     if not isinstance(data.train, dict):
       raise ConfigError('config.latent: latent diffusion needs in-memory data '
                         f'(digits, points); {data.name} is streamed')
@@ -72,8 +73,9 @@ class LatentSpace:
       if split is None:
         return None
       out = {'x': self.encode(split['x']).astype(np.float32)}
-      if 'label' in split:
-        out['label'] = split['label']
+      for k in ('label', 'caption_id'):
+        if k in split:
+          out[k] = split[k]
       return out
     return Dataset(name, 'points', enc(data.train), enc(data.test),
-                   num_classes=data.num_classes)
+                   num_classes=data.num_classes, captions=data.captions)

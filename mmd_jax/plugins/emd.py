@@ -12,7 +12,7 @@ from mmd_jax.numerics import analytic, diffusion
 from mmd_jax.blocks import optim
 from mmd_jax.run.checks import (ConfigError, guidance_needs_labels,
                                 need, positive_int)
-from mmd_jax.data import toy2d
+from mmd_jax.data import toy2d, toy2d_text
 from mmd_jax.methods import emd
 from mmd_jax.plugins import base, register
 
@@ -51,16 +51,23 @@ def hparams(cfg, overrides=(), mixture=None) -> emd.EMDHParams:
   kw = {k: e[k] for k in HPARAM_KEYS}
   kw.update(dict(overrides))
   if kw['teacher'] == 'analytic' and mixture is not None:
-    kw['mixture'] = analytic.AnalyticMixture.of(mixture)
+    kw['mixture'] = mixture
   return emd.EMDHParams(**kw, guidance=cfg.distill.guidance,
                         score_loss_weight=e.score_loss_weight,
                         grad_accum_steps=cfg.grad_accum_steps)
 
 
 def _mixture_of(data):
-  """The toy2d mixture a DataShape or Dataset names, or None."""
+  """The exact mixture (analytic.AnalyticMixture) a DataShape or Dataset
+  names, conditional on captions for toy2d_text, or None."""
   kind, _, toy = data.name.partition('/')
-  return toy2d.get_mixture(toy) if kind == 'toy2d' else None
+  if kind == 'toy2d':
+    return analytic.AnalyticMixture.of(toy2d.get_mixture(toy))
+  if kind == 'toy2d_text':
+    cm = toy2d_text.ring8_captioned()
+    return analytic.AnalyticMixture.of(cm.mixture, cm.allowed,
+                                       toy2d_text.table())
+  return None
 
 
 def describe(hp: emd.EMDHParams) -> str:
@@ -150,7 +157,8 @@ class _OneStep(base.Method):
          'emd.teacher', "'analytic' needs a toy2d mixture as data (its "
          f'exact denoiser); data is {data.name!r}')
     need(not quadrature_wanted or (_mixture_of(data) is not None
-                                   and not data.num_classes),
+                                   and not data.num_classes
+                                   and data.caption_signature is None),
          'emd.fake_score', "'quadrature' needs 2-D unlabelled toy2d data "
          f'(a grid over the 2-D z); data is {data.name!r}')
     n = cfg.grad_accum_steps

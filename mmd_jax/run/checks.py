@@ -36,6 +36,7 @@ def guidance_needs_labels(config, key: str, data):
   """Classifier-free guidance (`key`) guides towards a class: refused on
   data without labels, where it would be silently ignored."""
   v = lookup(config, key)
-  need(not v or bool(data.num_classes), key,
+  need(not v or bool(data.num_classes)
+       or getattr(data, 'caption_signature', None) is not None, key,
        f'{v} asks for classifier-free guidance, but {data.name} has no '
-       'labels (an unconditional model); set it to 0')
+       'labels or captions (an unconditional model); set it to 0')

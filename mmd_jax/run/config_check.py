@@ -52,7 +52,8 @@ def _check_data(config):
           f'unknown toy2d distribution {d.toy_name!r}; known: {TOY2D_NAMES}')
     _positive_int(config, 'data.num_train')
   if d.name == 'points':
-    _need(bool(d.path), 'data.path', 'points data needs a .npy file path')
+    _need(bool(d.path), 'data.path',
+          'points data needs a .npy file path (or a captioned .npz)')
     _need(fs.isfile(d.path), 'data.path', f'file {d.path!r} does not exist')
 
 
@@ -64,8 +65,10 @@ def _check_model(config, images: bool):
         f'unknown {m.parameterization!r}; known: {diffusion.PARAMETERIZATIONS}')
   _need(0.0 <= m.dropout < 1.0, 'model.dropout', 'must be in [0, 1)')
   if m.conditional:
-    _need(images, 'model.conditional',
-          f'dataset {d.name!r} has no labels; set it to False')
+    captioned = d.name == 'toy2d_text' or (
+        d.name == 'points' and str(d.path).endswith('.npz'))
+    _need(images or captioned, 'model.conditional',
+          f'dataset {d.name!r} has no labels or captions; set it to False')
   if m.name != 'mlp':
     _need(images, 'model.name',
           f'the {m.name} needs image data, not data.name={d.name!r}')

@@ -54,7 +54,7 @@ class Env:
   def stream(self, dataset, batch_size: int, salt: int):
     images = dataset.kind == 'images'
     return batches.BatchStream(
-        dataset.train, batch_size, self.config.seed + salt,
+        dataset.batch_source(), batch_size, self.config.seed + salt,
         jax.process_index(), jax.process_count(),
         random_flip=images and self.config.data.random_flip, prefetch=images)
 

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from mmd_jax.device import parallel
-from mmd_jax.evaluation import evaluate, plots
+from mmd_jax.evaluation import cycle, evaluate, plots
 from mmd_jax.loop import train
 from mmd_jax.plugins.base import Bound, Context
 from mmd_jax.run.env import stage_key
@@ -81,6 +81,8 @@ def abstract_batch(dataset, batch_size: int, mesh) -> dict:
       dataset.example_shape), jnp.float32, sharding=sh)}
   if dataset.num_classes:
     out['label'] = jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=sh)
+  if dataset.caption_signature is not None:
+    out['cond'] = dataset.caption_signature.abstract(batch_size, sh)
   return out
 
 
@@ -155,7 +157,8 @@ def _preview(env, opened: Opened):
     n = env.config.log.num_preview_samples
     x, _ = evaluate.generate(
         sampling.draw, state.sampling_params, jax.random.PRNGKey(0), n, k,
-        'ancestral', n, ctx.dataset.example_shape, ctx.spec.num_classes,
+        'ancestral', n, ctx.dataset.example_shape,
+        cycle.of(ctx.spec, ctx.dataset),
         decode=ctx.space.decode)
     real = env.data.train['x'][:2000] if env.data.kind == 'points' else None
     plots.save_samples(x, path,

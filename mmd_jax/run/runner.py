@@ -17,7 +17,7 @@ from absl import logging
 
 from mmd_jax.data import load_dataset
 from mmd_jax.device import parallel
-from mmd_jax.evaluation import evaluate
+from mmd_jax.evaluation import cycle, evaluate
 from mmd_jax.loop import train
 from mmd_jax.plugins.base import SPACE
 from mmd_jax.run import config_check, scoring
@@ -121,7 +121,7 @@ def _quality(r: Run, opened, scorer: list):
     samples, labels = evaluate.generate(
         sampling.draw, state.sampling_params, jax.random.PRNGKey(e.seed),
         e.num_samples, sampling.steps, 'ancestral', e.batch_size,
-        ctx.dataset.example_shape, ctx.spec.num_classes,
+        ctx.dataset.example_shape, cycle.of(ctx.spec, ctx.dataset),
         decode=ctx.space.decode, quantize=env.data.kind == 'images',
         nonfinite=bad)
     return scorer[0].score(samples, labels, sum(bad))

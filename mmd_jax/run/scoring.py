@@ -8,6 +8,7 @@ import os
 
 from absl import logging
 
+from mmd_jax.evaluation import cycle
 from mmd_jax.evaluation import evaluate as evaluation
 from mmd_jax.run import costs
 from mmd_jax.run import plan as plan_lib
@@ -19,7 +20,8 @@ def _entries(r, opened, params) -> list:
   job, ctx, sampling = opened.job, opened.ctx, opened.bound.sampling
   common = dict(model=job.model, draw=sampling.draw, params=params,
                 shape=tuple(ctx.dataset.example_shape),
-                num_classes=ctx.spec.num_classes, decode=ctx.space.decode)
+                conditions=cycle.of(ctx.spec, ctx.dataset),
+                decode=ctx.space.decode)
   if sampling.steps is None:   # a many-step model: every asked-for sampler
     return [evaluation.Entry(sampler=s, steps=k, draw_sampler=s,
                              guidance=e.guidance, **common)
