@@ -178,6 +178,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # or (2-D toys) the generator's exact diffused denoiser by quadrature over
   # z (docs/ALGORITHMS.md §4c), which removes the net's error.
   c.emd.fake_score = 'network'
+  # Classifier-free guidance of the fake score too, against the null
+  # condition, as SiD-LSG does (an A/B against guiding the teacher only,
+  # distill.guidance); 0: off.
+  c.emd.fake_guidance = 0.0
   # The student score network's denoising loss weight: v | edm | snr | flat
   # (the image configs match their teacher's, edm).
   c.emd.score_loss_weight = 'v'

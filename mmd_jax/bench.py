@@ -85,6 +85,9 @@ def synthetic_batch(ds, batch_size: int, mesh):
   if ds.num_classes:
     out['label'] = rng.integers(0, ds.num_classes, batch_size).astype(
         np.int32)
+  if ds.caption_signature is not None:
+    out['cond'] = jax.tree.map(np.asarray,
+                               ds.caption_signature.zeros(batch_size))
   return jax.device_put(out, parallel.batch_sharding(mesh))
 
 
@@ -99,7 +102,7 @@ def bench_sampling(env, opened, params, sample_batch: int,
   from mmd_jax.evaluation import evaluate
   ctx = env.context(_AnyMethod)
   shape = tuple(ctx.dataset.example_shape)
-  labels = None
+  labels = ctx.spec.example_cond(sample_batch)
   if ctx.spec.num_classes:
     import jax.numpy as jnp
     labels = jnp.arange(sample_batch, dtype=jnp.int32) % ctx.spec.num_classes

@@ -243,3 +243,44 @@ def test_the_exact_conditional_denoiser_matches_binned_samples():
       analytic.x_hat(mix, jnp.asarray(z[:500]), lam[:500],
                      jax.tree.map(lambda v: v[:500], null)), xu[:500],
       rtol=1e-5, atol=1e-6)
+
+
+def test_digits_captions_name_exact_attributes_and_score_real_images_high():
+  from mmd_jax.data import digits as digits_lib, digits_text
+  (xtr, ytr), (xte, yte) = digits_lib.load_digits_split()
+  cd = digits_text.build(xtr)
+  ids = cd.caption_ids(xte, yte)
+  named = cd.named[ids]
+  assert np.all(named[:, 0] == yte)
+  # Tertiles: about a third of the training images in each.
+  ink, sl = cd.tertiles(xtr)
+  for t in (ink, sl):
+    assert np.all(np.abs(np.bincount(t, minlength=3) / len(t) - 1 / 3) < 0.02)
+  # Real test images against their own captions: attributes exact, the
+  # class as given; against a shifted caption table, wrong.
+  acc = cd.accuracy(xte, ids, yte)
+  assert acc['caption_ink_accuracy'] == 1.0
+  assert acc['caption_slant_accuracy'] == 1.0
+  assert acc['caption_joint_accuracy'] == 1.0
+  wrong = cd.accuracy(xte, ids, (yte + 1) % 10)
+  assert wrong['caption_class_accuracy'] == 0.0
+  assert cd.captions[int(np.nonzero((cd.named == [3, 2, 2]).all(1))[0][0])] \
+      == 'bold three leaning right'
+  # A mirrored digit leans the other way.
+  lean = digits_text.slant(xte)
+  mirrored = digits_text.slant(xte[:, :, ::-1])
+  np.testing.assert_allclose(mirrored, -lean, atol=1e-9)
+
+
+def test_digits_text_tiny_trains_the_cross_attention_unet_and_reports(
+    tmp_path):
+  import json
+  import tiny
+  tiny.run('digits_text', 'tiny', tmp_path)
+  rep = json.load(open(tmp_path / 'report.json'))
+  assert rep['reference']['caption_joint_accuracy'] > 0.9
+  for r in rep['rows']:
+    m = r['metrics']
+    for k in ('fd', 'caption_class_accuracy', 'caption_ink_accuracy',
+              'caption_slant_accuracy', 'caption_joint_accuracy'):
+      assert np.isfinite(m[k]), (r['model'], k)

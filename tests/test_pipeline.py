@@ -139,9 +139,9 @@ def test_digits_pipeline_eval_mode_and_conditional_samples(tmp_path):
   assert 0.0 <= rep['classifier']['test_accuracy'] <= 1.0
   for m in ('fd', 'class_accuracy', 'precision', 'recall'):
     assert m in rep['rows'][0]['metrics'] and m in rep['reference']
-  s, labels, _ = sample.draw(str(w / 'teacher'), 2, 20, seed=0)
+  s, ids, _ = sample.draw(str(w / 'teacher'), 2, 20, seed=0)
   assert s.shape == (20, 8, 8, 1)
-  np.testing.assert_array_equal(labels, np.arange(20) % 10)
+  np.testing.assert_array_equal(ids['labels'], np.arange(20) % 10)
 
   # --mode=eval re-scores the finished workdir without training: the same
   # numbers as the training run's own evaluation.

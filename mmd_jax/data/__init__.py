@@ -14,13 +14,14 @@ import numpy as np
 
 from mmd_jax.data import captions as captions_lib
 from mmd_jax.data import digits as digits_lib
+from mmd_jax.data import digits_text
 from mmd_jax.data import images as images_lib
 from mmd_jax.data import points as points_lib
 from mmd_jax.data import toy2d
 from mmd_jax.data import toy2d_text
 from mmd_jax.data.points import DataError
 
-DATASETS = ('toy2d', 'toy2d_text', 'points', 'digits') + tuple(images_lib.IMAGE_DATASETS)
+DATASETS = ('toy2d', 'toy2d_text', 'points', 'digits', 'digits_text') + tuple(images_lib.IMAGE_DATASETS)
 
 
 @dataclasses.dataclass
@@ -33,8 +34,9 @@ class Dataset:
   mixture: Optional[toy2d.Mixture] = None
   # Caption conditioning: train (and test) then also hold 'caption_id'.
   captions: Optional[captions_lib.CaptionTable] = None
-  # toy2d_text: which modes each caption names (exact caption metrics).
-  captioned: Optional[toy2d_text.CaptionedMixture] = None
+  # What each caption names, for exact caption metrics:
+  # toy2d_text.CaptionedMixture or digits_text.CaptionedDigits.
+  captioned: Optional[object] = None
 
   @property
   def caption_signature(self):
@@ -92,6 +94,9 @@ def data_shape(data_cfg) -> DataShape:
                      _toy_text_table().signature())
   if name == 'digits':
     return DataShape('digits', 'digits', (8, 8, 1), 10)
+  if name == 'digits_text':
+    return DataShape('digits_text', 'digits', (8, 8, 1), 0,
+                     load_dataset(data_cfg).caption_signature)
   if name == 'points':
     ds = load_dataset(data_cfg)
     return DataShape(ds.name, ds.kind, ds.example_shape, 0,
@@ -128,6 +133,8 @@ def load_dataset(data_cfg) -> Dataset:
     (xtr, ytr), (xte, yte) = digits_lib.load_digits_split()
     return Dataset('digits', 'digits', {'x': xtr, 'label': ytr},
                    {'x': xte, 'label': yte}, num_classes=10)
+  if name == 'digits_text':
+    return _digits_text()
   if name in images_lib.IMAGE_DATASETS:
     spec = images_lib.IMAGE_DATASETS[name]
     train = images_lib.open_split(spec, spec.train_split,
@@ -138,10 +145,21 @@ def load_dataset(data_cfg) -> Dataset:
 
 
 def _toy_text_table() -> captions_lib.CaptionTable:
-  t = toy2d_text.table()
+  return _table(toy2d_text.table())
+
+
+def _table(t: dict) -> captions_lib.CaptionTable:
   return captions_lib.CaptionTable(
       t['emb'], t['mask'], None, {'emb': t['null_emb'], 'mask': t['null_mask']},
       tuple(t['captions']))
+
+
+def _digits_text() -> Dataset:
+  (xtr, ytr), (xte, yte) = digits_lib.load_digits_split()
+  cd = digits_text.build(xtr)
+  split = lambda x, y: {'x': x, 'label': y, 'caption_id': cd.caption_ids(x, y)}
+  return Dataset('digits_text', 'digits', split(xtr, ytr), split(xte, yte),
+                 captions=_table(digits_text.table(cd)), captioned=cd)
 
 
 def _conditioned(name: str, path: str) -> Dataset:

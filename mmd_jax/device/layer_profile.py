@@ -121,7 +121,8 @@ def profile(config, batch_size: int = 0, reps: int = 10) -> dict:
   key = jax.random.PRNGKey(0)
   x = jax.random.normal(key, (b,) + tuple(ds.example_shape))
   lam = jnp.linspace(-5., 5., b)
-  labels = (jnp.arange(b) % spec.num_classes if spec.num_classes else None)
+  labels = (jnp.arange(b) % spec.num_classes if spec.num_classes
+            else spec.example_cond(b))
   params = jax.jit(spec.init_params)(key, x[:1])
   peak = matmul_peak(peak_dtype(jax.default_backend()), (1024, 2048))
 

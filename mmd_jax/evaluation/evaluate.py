@@ -136,6 +136,10 @@ class Scorer:
           'fd': fid.frechet_distance_features(train_feats, self.real_feats),
           'class_accuracy': self.clf.test_accuracy,
           **self._pr(train_feats)}
+      if dataset.captioned is not None:   # real test images, own captions
+        logits, _ = self.clf.logits_and_features(self.real)
+        self.reference.update(dataset.captioned.accuracy(
+            self.real, dataset.test['caption_id'], np.argmax(logits, -1)))
       self.extra = {'classifier': {'test_accuracy': self.clf.test_accuracy}}
       self._init_inception(workdir, dataset)
 
@@ -227,7 +231,10 @@ class Scorer:
                       cfg.pr_num_samples)
     logits, feats = self.clf.logits_and_features(samples)
     out = {'fd': fid.frechet_distance_features(feats, self.real_feats)}
-    if labels is not None:
+    if labels is not None and self.dataset.captioned is not None:
+      out.update(self.dataset.captioned.accuracy(samples, labels,
+                                                 np.argmax(logits, -1)))
+    elif labels is not None:
       out['class_accuracy'] = float(np.mean(np.argmax(logits, -1) == labels))
     out.update(self._pr(feats))
     if self.inception is not None:

@@ -71,6 +71,9 @@ class EMDHParams:
   mixture: object = None           # analytic.AnalyticMixture
   integrator: str = 'euler'
   fake_score: str = 'network'
+  # CFG on the fake score as well (SiD-LSG): the score net's guided
+  # x-prediction against the null condition; 0: unguided (DMD2, FastGen).
+  fake_guidance: float = 0.0
 
 
 # EMD-1 with a unit eps step: the mode-seeking baseline.

@@ -141,6 +141,8 @@ def e_step(spec, hp, teacher_params, score_params,
 
   teacher_x = teacher_denoiser(spec, hp, teacher_params, labels)
   student_x = None
+  if hp.fake_guidance and labels is not None:
+    student_x = spec.denoiser(score_params, labels, hp.fake_guidance)
   if hp.fake_score == 'quadrature':
     grid, logw = quadrature.z_grid(quadrature.TRAIN_GRID,
                                    quadrature.TRAIN_EXTENT)

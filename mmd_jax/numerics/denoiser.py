@@ -127,7 +127,8 @@ def spec_from_config(config, dataset, network=None) -> DenoiserSpec:
   conditional = network.conditional if network is not None \
       else config.model.conditional
   num_classes = dataset.num_classes if conditional else 0
-  captions = dataset.caption_signature if conditional else None
+  captions = getattr(dataset, 'caption_signature', None) if conditional \
+      else None
   if network is not None:
     return DenoiserSpec(
         module=network.module, schedule=network.schedule or schedule,

@@ -20,7 +20,7 @@ from mmd_jax.plugins import base, register
 HPARAM_KEYS = ('langevin_steps', 'parameterization', 'gamma_eps', 'gamma_z',
                'noise_cancellation', 'logsnr_generator', 'weighting', 't_min',
                't_max', 'score_updates', 'teacher', 'integrator',
-               'fake_score')
+               'fake_score', 'fake_guidance')
 # The settings a row's name spells out; a sweep entry's others are appended.
 DESCRIBED_KEYS = ('langevin_steps', 'parameterization', 'gamma_eps', 'gamma_z',
                   'noise_cancellation')
@@ -118,6 +118,8 @@ def _check_setting(v, where):
        f"unknown {v['integrator']!r}; known: {emd.INTEGRATORS}")
   need(v['fake_score'] in emd.FAKE_SCORES, key('fake_score'),
        f"unknown {v['fake_score']!r}; known: {emd.FAKE_SCORES}")
+  need(v['fake_guidance'] >= 0.0, key('fake_guidance'),
+       f"must be >= 0, got {v['fake_guidance']}")
 
 
 class _OneStep(base.Method):
@@ -127,6 +129,7 @@ class _OneStep(base.Method):
 
   def validate(self, cfg, data, used=True):
     guidance_needs_labels(cfg, 'distill.guidance', data)
+    guidance_needs_labels(cfg, 'emd.fake_guidance', data)
     d, e = cfg.distill, cfg.emd
     for key in ('num_train_steps', 'batch_size'):
       positive_int(cfg, f'distill.{key}')
@@ -173,7 +176,7 @@ class _OneStep(base.Method):
     # Keys added since: left out at their defaults, so that directories
     # trained before them still match.
     for k, default in (('teacher', 'network'), ('integrator', 'euler'),
-                       ('fake_score', 'network')):
+                       ('fake_score', 'network'), ('fake_guidance', 0.0)):
       if setting[k] == default:
         del setting[k]
     return base.Job(

@@ -27,7 +27,7 @@ def validate(config) -> plan_lib.Plan:
   """Checks the config; returns the run's plan."""
   stages = tuple(config.stages)
   d = config.data
-  images = d.name == 'digits' or d.name in IMAGE_DATASETS
+  images = d.name in ('digits', 'digits_text') or d.name in IMAGE_DATASETS
   _check_data(config)
   _check_model(config, images)
   _check_diffusion(config)
@@ -65,7 +65,7 @@ def _check_model(config, images: bool):
         f'unknown {m.parameterization!r}; known: {diffusion.PARAMETERIZATIONS}')
   _need(0.0 <= m.dropout < 1.0, 'model.dropout', 'must be in [0, 1)')
   if m.conditional:
-    captioned = d.name == 'toy2d_text' or (
+    captioned = d.name in ('toy2d_text', 'digits_text') or (
         d.name == 'points' and str(d.path).endswith('.npz'))
     _need(images or captioned, 'model.conditional',
           f'dataset {d.name!r} has no labels or captions; set it to False')
