@@ -16,17 +16,6 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _CACHE)
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
-# Tests compile hundreds of small programs and run each a few times, so
-# LLVM's optimisation of the generated CPU code cost more than it saved:
-# level 0 halves the compile time of the UViT test (27.7 -> 13.5 s). Speed
-# is never asserted in tests (benchmarks measure it at the default level);
-# subprocesses inherit it through `tiny.xla_flags()`.
-FAST_COMPILE = '--xla_backend_optimization_level=0'
-if FAST_COMPILE not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' '
-                             + FAST_COMPILE).strip()
-
-
 import jax  # noqa: E402
 
 jax.config.update('jax_enable_x64', False)

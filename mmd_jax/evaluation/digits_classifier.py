@@ -2,6 +2,7 @@
 the feature space for Fréchet distance and precision/recall on digits."""
 from __future__ import annotations
 
+import hashlib
 import os
 
 import flax.linen as nn
@@ -83,16 +84,31 @@ class DigitsClassifier:
 
   @classmethod
   def load_or_train(cls, cache_dir: str, train, test, steps: int, seed: int):
+    """The classifier cached in `cache_dir`, or trained (and cached)."""
     path = os.path.join(cache_dir, 'digits_classifier.msgpack')
     template = DigitsCNN().init(jax.random.PRNGKey(0), train['x'][:1])
     if fs.exists(path):
       params = flax.serialization.from_bytes(template, fs.read_bytes(path))
       clf = cls(params)
     else:
-      logging.info('training the digits classifier (%d steps)', steps)
-      clf = cls(train_classifier(train, steps, seed))
+      clf = cls(_trained(train, steps, seed))
       if jax.process_index() == 0:
         fs.makedirs(cache_dir)
         fs.write_bytes(path, flax.serialization.to_bytes(clf.params))
     clf.test_accuracy = clf.accuracy(test['x'], test['label'])
     return clf
+
+
+# The classifier is a pure function of (data, steps, seed): a process that
+# evaluates several workdirs on the same data (tests, sweeps) trains it once.
+_TRAINED = {}
+
+
+def _trained(train, steps: int, seed: int):
+  x = np.ascontiguousarray(train['x'])
+  y = np.ascontiguousarray(train['label'])
+  key = (steps, seed, hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest())
+  if key not in _TRAINED:
+    logging.info('training the digits classifier (%d steps)', steps)
+    _TRAINED[key] = train_classifier(train, steps, seed)
+  return _TRAINED[key]

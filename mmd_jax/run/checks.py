@@ -36,7 +36,10 @@ def guidance_needs_labels(config, key: str, data):
   """Classifier-free guidance (`key`) guides towards a class: refused on
   data without labels, where it would be silently ignored."""
   v = lookup(config, key)
-  need(not v or bool(data.num_classes)
-       or getattr(data, 'caption_signature', None) is not None, key,
+  captions = getattr(data, 'caption_signature', None)
+  need(not v or bool(data.num_classes) or captions is not None, key,
        f'{v} asks for classifier-free guidance, but {data.name} has no '
        'labels or captions (an unconditional model); set it to 0')
+  need(not v or captions is None or captions.null is not None, key,
+       f'{v} asks for classifier-free guidance, and the caption file has '
+       'no null_emb (the unconditional input); add it or set this to 0')

@@ -35,6 +35,12 @@ def validate(config) -> plan_lib.Plan:
   _check_eval(config, images, stages)
   shape = data_shape(d)
   guidance_needs_labels(config, 'eval.guidance', shape)
+  sig = shape.caption_signature
+  if config.model.conditional and sig is not None and sig.null is None:
+    _need(not config.teacher.label_dropout, 'teacher.label_dropout',
+          f'{config.teacher.label_dropout} drops captions to the null '
+          'caption, and the caption file has no null_emb; add it or set '
+          'this to 0')
   plan = plan_lib.make_plan(config, shape)
   if plan.latent:
     _need(d.name not in IMAGE_DATASETS, 'latent',
