@@ -108,7 +108,10 @@ print('MESH_OK')
 
 def test_every_step_is_the_same_on_1_and_8_devices_and_fsdp_and_reduces_once(
     repo_root):
-  env = dict(os.environ, XLA_FLAGS=tiny.xla_flags(8),
+  # At XLA's default code generation: mm_alternating's loss is a difference
+  # of near-equal terms (step 1's is ~1e-10), and at optimisation level 0
+  # the 1- and 8-device summation orders part by 5e-4 at step 3.
+  env = dict(os.environ, XLA_FLAGS=tiny.xla_flags(8, fast_compile=False),
              JAX_PLATFORMS='cpu')
   r = subprocess.run([sys.executable, '-c', _SCRIPT], cwd=repo_root,
                      env=env, capture_output=True, text=True, timeout=600)

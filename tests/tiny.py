@@ -19,10 +19,14 @@ def run(name: str, arg: str | None, workdir, overrides: dict | None = None):
   return c
 
 
-def xla_flags(devices: int | None = None) -> str:
-  """This session's XLA flags with `devices` CPU devices, for a
-  subprocess's environment."""
+def xla_flags(devices: int | None = None, fast_compile: bool = True) -> str:
+  """This session's XLA flags (conftest's), with `devices` CPU devices, for
+  a subprocess's environment; `fast_compile=False` drops the optimisation
+  level 0 that conftest adds (default code generation)."""
   flags = os.environ.get('XLA_FLAGS', '')
+  if not fast_compile:
+    flags = ' '.join(f for f in flags.split()
+                     if not f.startswith('--xla_backend_optimization_level'))
   if devices:
     flags += f' --xla_force_host_platform_device_count={devices}'
   return flags.strip()
