@@ -49,12 +49,14 @@ def test_loss_decreases_and_teacher_keeps_adam_state(tmp_path):
   x = jnp.asarray(ds.train['x'][:4096])
   key = jax.random.PRNGKey(42)
   spec = state.spec
-  init = teacher.init(jax.random.PRNGKey(0), spec, state.hparams, state.tx,
-                      {'x': x})
+  # Jitted: eager dispatch compiles each small op of init and the loss.
+  init = jax.jit(lambda k: teacher.init(k, spec, state.hparams, state.tx,
+                                        {'x': x}))(jax.random.PRNGKey(0))
+  fixed_loss = jax.jit(lambda p: teacher.diffusion_loss(
+      spec, p, x, None, key, 'v', train=False))
 
   def loss(p):
-    return float(teacher.diffusion_loss(spec, p, x, None, key, 'v',
-                                        train=False))
+    return float(fixed_loss(p))
   print('fixed-batch loss', loss(init.params), loss(state.params))
   assert loss(state.params) < 0.85 * loss(init.params)
   nu, count = teacher.adam_second_moment(state.opt_state)

@@ -10,7 +10,6 @@ import dataclasses
 
 import numpy as np
 
-from mmd_jax.data import text_encoder
 
 DIGITS = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven',
           'eight', 'nine')
@@ -92,4 +91,7 @@ def build(x_train) -> CaptionedDigits:
 
 
 def table(captioned: CaptionedDigits) -> dict:
+  # Imported here: `python -m mmd_jax.data.text_encoder` runs it as a
+  # script, which must not be imported with the package first.
+  from mmd_jax.data import text_encoder
   return text_encoder.encode(captioned.captions)

@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 
-from mmd_jax.data import text_encoder, toy2d
+from mmd_jax.data import toy2d
 
 CAPTIONS = ('left', 'right', 'upper', 'lower', 'upper left', 'upper right',
             'lower left', 'lower right')
@@ -55,4 +55,7 @@ def ring8_captioned() -> CaptionedMixture:
 
 def table():
   """The benchmark's caption table, from the deterministic encoder."""
+  # Imported here: `python -m mmd_jax.data.text_encoder` runs it as a
+  # script, which must not be imported with the package first.
+  from mmd_jax.data import text_encoder
   return text_encoder.encode(CAPTIONS)
