@@ -102,10 +102,11 @@ def bench_sampling(env, opened, params, sample_batch: int,
   from mmd_jax.evaluation import evaluate
   ctx = env.context(_AnyMethod)
   shape = tuple(ctx.dataset.example_shape)
-  labels = ctx.spec.example_cond(sample_batch)
   if ctx.spec.num_classes:
     import jax.numpy as jnp
     labels = jnp.arange(sample_batch, dtype=jnp.int32) % ctx.spec.num_classes
+  else:   # a caption of the right shapes, or None
+    labels = ctx.spec.example_cond(sample_batch)
   runs = {}
   for o in opened:
     sampling = o.bound.sampling

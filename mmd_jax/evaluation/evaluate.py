@@ -130,16 +130,16 @@ class Scorer:
       logging.info('digits classifier test accuracy %.4f',
                    self.clf.test_accuracy)
       self.real = dataset.test['x']
-      _, self.real_feats = self.clf.logits_and_features(self.real)
+      real_logits, self.real_feats = self.clf.logits_and_features(self.real)
       _, train_feats = self.clf.logits_and_features(dataset.train['x'])
       self.reference = {
           'fd': fid.frechet_distance_features(train_feats, self.real_feats),
           'class_accuracy': self.clf.test_accuracy,
           **self._pr(train_feats)}
       if dataset.captioned is not None:   # real test images, own captions
-        logits, _ = self.clf.logits_and_features(self.real)
         self.reference.update(dataset.captioned.accuracy(
-            self.real, dataset.test['caption_id'], np.argmax(logits, -1)))
+            self.real, dataset.test['caption_id'],
+            np.argmax(real_logits, -1)))
       self.extra = {'classifier': {'test_accuracy': self.clf.test_accuracy}}
       self._init_inception(workdir, dataset)
 
