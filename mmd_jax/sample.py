@@ -6,7 +6,8 @@ python -m mmd_jax.sample --workdir=W/<stage> --steps=K --num_samples=N \
 Writes `samples` (float32, data space) and, for conditional models,
 `labels` (class-conditional) or `caption_ids` (caption-conditional: rows of
 the run's caption table; `--caption_ids=I,J,...` picks them, default: cycle
-over all).
+over all). `--guidance=W --negative_caption_id=J` (many-step models) puts
+row J of the caption table in place of the null caption.
 Any registered method's directory works: it samples the way the method says
 (plugins/base.py, `Sampling`). Stages of a latent run are decoded to data
 space.
@@ -39,6 +40,10 @@ def _define_flags():
   flags.DEFINE_list('caption_ids', None, 'Caption-conditioned models: rows '
                     "of the run's caption table to cycle over (default: "
                     'all).')
+  flags.DEFINE_integer('negative_caption_id', None, 'Caption-conditioned '
+                       'many-step models with --guidance > 0: this row of '
+                       'the caption table takes the place of the null '
+                       '(empty) caption, as a negative prompt.')
   flags.mark_flags_as_required(['workdir', 'output'])
 
 
@@ -86,6 +91,30 @@ def _caption_ids(ctx, caption_ids):
   return ids
 
 
+def _negative(ctx, sampling, negative_id, guidance):
+  """The sampler with a negative caption in place of the null one."""
+  if negative_id is None:
+    return sampling.draw
+  if ctx.spec.captions is None:
+    raise SampleError('--negative_caption_id: this model is not conditioned '
+                      'on captions')
+  if not guidance:
+    raise SampleError('--negative_caption_id: a negative caption acts '
+                      'through classifier-free guidance; give --guidance > 0')
+  if not hasattr(sampling.draw, 'with_negative'):
+    raise SampleError('--negative_caption_id: only many-step models sample '
+                      'with guidance here')
+  row = _caption_ids(ctx, [str(negative_id)])[0]
+  table = ctx.dataset.captions
+  one = table.gather(np.asarray([row]))
+
+  def negative(batch):
+    import jax.numpy as jnp
+    return {n: jnp.repeat(jnp.asarray(v), batch, 0) for n, v in one.items()}
+
+  return sampling.draw.with_negative(negative)
+
+
 def _check_stage(job, ctx, sampling, steps, num_samples, guidance):
   if sampling is None:
     raise SampleError(f'{job.name} ({job.method}) draws no samples')
@@ -93,6 +122,11 @@ def _check_stage(job, ctx, sampling, steps, num_samples, guidance):
     raise SampleError(f'{job.name} samples with exactly '
                       f'{sampling.steps} step(s); --steps must be '
                       f'{sampling.steps}')
+  if guidance and sampling.steps is not None:
+    raise SampleError(f'--guidance={guidance:g}: {job.name} is a '
+                      f'{sampling.steps}-step student; its guidance was '
+                      'fixed when it was distilled (distill.guidance), so '
+                      'leave --guidance at 0')
   if guidance and not ctx.spec.conditioned:
     raise SampleError(f'--guidance={guidance:g}: {job.name} is unconditional '
                       '(its data have no labels or captions), so '
@@ -109,7 +143,7 @@ def _check_stage(job, ctx, sampling, steps, num_samples, guidance):
 
 def draw(stage_dir: str, steps=None, num_samples: int = 1000, seed: int = 0,
          sampler: str = 'ancestral', guidance: float = 0.0,
-         batch_size: int = 1000, caption_ids=None):
+         batch_size: int = 1000, caption_ids=None, negative_caption_id=None):
   """(samples in data space, {'labels' or 'caption_ids': ids} or {}, k)
   from a stage directory of
   any registered method, sampled the way the method says
@@ -126,10 +160,11 @@ def draw(stage_dir: str, steps=None, num_samples: int = 1000, seed: int = 0,
   _check_stage(job, ctx, sampling, steps, num_samples, guidance)
   conditions = cycle.of(ctx.spec, ctx.dataset,
                         _caption_ids(ctx, caption_ids))
+  sampler_fn = _negative(ctx, sampling, negative_caption_id, guidance)
   # Students sample with their own k by default.
   k = steps or sampling.steps or 256
   samples, labels = evaluate.generate(
-      sampling.draw, state.sampling_params, jax.random.PRNGKey(seed),
+      sampler_fn, state.sampling_params, jax.random.PRNGKey(seed),
       num_samples, k, sampler, min(batch_size, num_samples),
       ctx.dataset.example_shape, conditions, guidance,
       decode=ctx.space.decode)
@@ -144,7 +179,8 @@ def main(argv):
   f = flags.FLAGS
   try:
     samples, ids, k = draw(f.workdir, f.steps, f.num_samples, f.seed,
-                           f.sampler, f.guidance, f.batch_size, f.caption_ids)
+                           f.sampler, f.guidance, f.batch_size, f.caption_ids,
+                           f.negative_caption_id)
   except Error as e:
     _fail(str(e))
   out = {'samples': samples, **ids}

@@ -196,6 +196,7 @@ def test_a_file_of_my_own_trains_teacher_mm_and_diff_instruct_and_samples_per_ca
   for r in rep['rows']:
     assert np.isfinite(r['metrics']['caption_energy_distance'])
     assert 'caption_accuracy' not in r['metrics']   # no known modes
+  assert (w / 'captions_diff_instruct_k1.png').exists()
   for stage in ('teacher', 'mm_alternating_k2', 'diff_instruct_k1'):
     s, got, _ = sample.draw(str(w / stage), None if stage != 'teacher'
                             else 4, 6, caption_ids=['2', '0'])
@@ -203,6 +204,18 @@ def test_a_file_of_my_own_trains_teacher_mm_and_diff_instruct_and_samples_per_ca
     np.testing.assert_array_equal(got['caption_ids'], [2, 0, 2, 0, 2, 0])
   with pytest.raises(sample.SampleError, match='not a row'):
     sample.draw(str(w / 'teacher'), 4, 6, caption_ids=['3'])
+  # A negative caption takes the null half's place: against its own
+  # caption, guidance cancels; against another, it differs from the null.
+  teach = lambda **kw: sample.draw(str(w / 'teacher'), 4, 6,
+                                   caption_ids=['2'], **kw)[0]
+  np.testing.assert_allclose(teach(guidance=2.0, negative_caption_id=2),
+                             teach(), rtol=1e-4, atol=1e-5)
+  assert np.abs(teach(guidance=2.0, negative_caption_id=0)
+                - teach(guidance=2.0)).max() > 1e-3
+  with pytest.raises(sample.SampleError, match='give --guidance > 0'):
+    teach(negative_caption_id=0)
+  with pytest.raises(sample.SampleError, match='distilled'):
+    sample.draw(str(w / 'mm_alternating_k2'), None, 6, guidance=1.0)
 
 
 def test_the_exact_conditional_denoiser_matches_binned_samples():
@@ -291,6 +304,10 @@ def test_digits_text_tiny_trains_the_cross_attention_unet_and_reports(
     for k in ('fd', 'caption_class_accuracy', 'caption_ink_accuracy',
               'caption_slant_accuracy', 'caption_joint_accuracy'):
       assert np.isfinite(m[k]), (r['model'], k)
+  # One row per caption, with its text, linked from the report.
+  assert '(captions_teacher_ancestral.png)' in open(
+      tmp_path / 'report.md').read()
+  assert (tmp_path / 'captions_teacher_ancestral.png').stat().st_size > 5000
 
 
 def test_caption_dropout_and_guidance_without_a_null_caption_are_refused(

@@ -14,8 +14,8 @@ import numpy as np
 from absl import logging
 
 from mmd_jax.workdir import fs
-from mmd_jax.evaluation import (cycle, fid, plots, precision_recall, report,
-                                 toy_metrics)
+from mmd_jax.evaluation import (caption_pictures, cycle, fid, plots,
+                                 precision_recall, report, toy_metrics)
 from mmd_jax.evaluation.digits_classifier import DigitsClassifier
 from mmd_jax.device.timing import fmt_duration
 
@@ -301,6 +301,8 @@ def run(config, workdir: str, dataset, entries, extra_rows=(),
   fs.makedirs(out_dir)
   scorer = Scorer(config, dataset, workdir)
   rows, images, panels = list(extra_rows), dict(extra_images or {}), {}
+  real = scorer.real if dataset.kind == 'points' else None
+  captioned = {}   # per-caption pictures: a stem's last step count
   # Common random numbers: within one seed every model and every k starts
   # from the same noise, so differences between rows are paired comparisons
   # rather than differences between seeds. On toy2d the initial noise
@@ -318,14 +320,19 @@ def run(config, workdir: str, dataset, entries, extra_rows=(),
       stem, title = f'{e.model}_k{e.steps}', f'{e.model} samples (k={e.steps})'
     else:
       stem, title = f'{e.model}_{e.sampler}', f'{e.model} samples ({e.sampler})'
+    stem = re.sub(r'[^A-Za-z0-9.=-]+', '_', stem).strip('_')
     panels.setdefault((stem, title), []).append(
         (f'{e.model} {e.sampler} k={e.steps}', first[:1000]))
-  for (stem, title), pan in panels.items():
-    fname = 'samples_' + re.sub(r'[^A-Za-z0-9.=-]+', '_', stem).strip('_') + '.png'
     if jax.process_index() == 0:
-      plots.save_panel(pan, os.path.join(workdir, fname),
-                       real=scorer.real if dataset.kind == 'points' else None)
+      captioned[stem] = caption_pictures.for_entry(
+          dataset, e.conditions, first[:2000], workdir, stem,
+          f'{e.model} k={e.steps}', real)
+  for (stem, title), pan in panels.items():
+    fname = f'samples_{stem}.png'
+    if jax.process_index() == 0:
+      plots.save_panel(pan, os.path.join(workdir, fname), real=real)
     images[title] = fname
+  images.update(c for c in captioned.values() if c)
 
   metric = report.PRIMARY_METRIC[dataset.kind]
   rep = {'dataset': dataset.name, 'reference': scorer.reference, 'rows': rows,

@@ -111,8 +111,8 @@ class DenoiserSpec:
     return self.x_hat(params, z, lam, labels)
 
   def sample(self, params, key, shape, k: int, labels=None,
-             guidance: float = 0.0, sampler: str = 'ancestral'):
-    den = self.denoiser(params, labels, guidance)
+             guidance: float = 0.0, sampler: str = 'ancestral', null=None):
+    den = self.denoiser(params, labels, guidance, null)
     return sampling.SAMPLERS[sampler](key, den, self.schedule, shape, k)
 
 

@@ -120,11 +120,18 @@ class Sampling:
 class SpecSampler:
   """Algorithm 1 (or DDIM) with the denoiser the spec reads."""
   spec: Any
+  negative: Any = None   # a function of the batch size: the null half
 
   def __call__(self, params, key, shape, labels, steps, sampler='ancestral',
                guidance=0.0):
+    null = None if self.negative is None else self.negative(shape[0])
     return self.spec.sample(params, key, shape, steps, labels=labels,
-                            guidance=guidance, sampler=sampler)
+                            guidance=guidance, sampler=sampler, null=null)
+
+  def with_negative(self, negative):
+    """This sampler with `negative(batch)` in place of the null
+    condition under guidance (a negative caption)."""
+    return dataclasses.replace(self, negative=negative)
 
 
 @dataclasses.dataclass(frozen=True)
