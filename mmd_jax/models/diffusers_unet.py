@@ -1,16 +1,29 @@
-"""A Flax port of diffusers' `UNet2DModel`, loaded without torch.
+"""A Flax port of diffusers' `UNet2DModel` and `UNet2DConditionModel`,
+loaded without torch.
 
   module, params = from_pretrained(directory)   # config.json + safetensors
-  out = module.apply(params, sample, timestep, class_labels)
+  out = module.apply(params, sample, timestep, class_labels)   # UNet2DModel
+  out = module.apply(params, sample, timestep,                 # conditional
+                     encoder_hidden_states=E, encoder_attention_mask=M)
 
 `sample` is NHWC; `out` is, in NHWC, what diffusers'
-`UNet2DModel(sample_nchw, timestep, class_labels).sample` returns for the
-same weights. The network is built from the model's `config.json`; an
+`UNet2DModel(sample_nchw, timestep, class_labels).sample` (or
+`UNet2DConditionModel(...)`) returns for the same weights. The class is
+read from config.json's `_class_name`. The network is built from the model's `config.json`; an
 unknown key, block type or option fails with one line naming it. Weights
 come from `diffusion_pytorch_model.safetensors` through the `safetensors`
 package's numpy API, checked name by name and shape by shape.
 
-Covered: DownBlock2D, AttnDownBlock2D, ResnetDownsampleBlock2D, UpBlock2D,
+Covered (UNet2DConditionModel, the Stable Diffusion 1.x/2.x UNet): its
+DownBlock2D, UpBlock2D, CrossAttnDownBlock2D, CrossAttnUpBlock2D and
+UNetMidBlock2DCrossAttn; Transformer2DModel with conv or linear
+projections, BasicTransformerBlock (self-attention, cross-attention with
+the caption mask, GEGLU); heads as an int or per block; transformer layers
+per block (or per layer); only_cross_attention; time_cond_proj_dim. Keys
+for other extras (SDXL's added conditions, class embeddings, encoder
+projections) end in one line naming the key (diffusers_cond_net.py).
+
+Covered (UNet2DModel): DownBlock2D, AttnDownBlock2D, ResnetDownsampleBlock2D, UpBlock2D,
 AttnUpBlock2D, ResnetUpsampleBlock2D and UNetMidBlock2D; positional or
 Fourier time embeddings; class embeddings (a table, or `timestep`);
 `resnet_time_scale_shift` default or scale_shift; conv or resnet
@@ -33,6 +46,8 @@ import numpy as np
 
 from mmd_jax.errors import Error
 from mmd_jax.workdir import fs, param_files
+from mmd_jax.models.diffusers_cond_net import (  # noqa: F401
+    COND_DOWN_BLOCKS, COND_UP_BLOCKS, CondUNetConfig, UNet2DCondition)
 from mmd_jax.models.diffusers_net import (  # noqa: F401 (public here too)
     ACTIVATIONS, DOWN_BLOCKS, UP_BLOCKS, Attention, DownBlock,
     FourierProjection, MidBlock, ResnetBlock, TimestepEmbedding, UNet2D,
@@ -57,7 +72,7 @@ def config_from_dict(d: dict, where: str = 'config.json') -> UNetConfig:
   cls = d.get('_class_name', 'UNet2DModel')
   if cls != 'UNet2DModel':
     raise DiffusersImportError(f'{where}: _class_name {cls!r} is not '
-                               'UNet2DModel')
+                               'UNet2DModel or UNet2DConditionModel')
   kw = {}
   for k, v in d.items():
     if k in _BOOKKEEPING:
@@ -97,6 +112,79 @@ def config_from_dict(d: dict, where: str = 'config.json') -> UNetConfig:
   need(c.act_fn in ACTIVATIONS, 'act_fn', f'{c.act_fn!r} is not supported; '
        f'supported: {tuple(ACTIVATIONS)}')
   return c
+
+
+# UNet2DConditionModel keys that must keep their default: they build
+# inputs and layers this port does not have.
+_COND_FIXED = {
+    'encoder_hid_dim': None, 'encoder_hid_dim_type': None,
+    'dual_cross_attention': False, 'class_embed_type': None,
+    'num_class_embeds': None, 'addition_embed_type': None,
+    'addition_time_embed_dim': None, 'time_embedding_type': 'positional',
+    'projection_class_embeddings_input_dim': None,
+    'attention_type': 'default', 'class_embeddings_concat': False}
+# Keys that shape only block types the port refuses anyway.
+_COND_IGNORED = ('resnet_skip_time_act', 'resnet_out_scale_factor',
+                 'mid_block_only_cross_attention', 'cross_attention_norm',
+                 'addition_embed_type_num_heads')
+
+
+def cond_config_from_dict(d: dict, where: str = 'config.json'
+                          ) -> CondUNetConfig:
+  """CondUNetConfig from a UNet2DConditionModel config.json dict; one line
+  naming the first key the port does not build."""
+  fields = {f.name for f in dataclasses.fields(CondUNetConfig)}
+  kw = {}
+  for k, v in d.items():
+    if k in _BOOKKEEPING or k in _COND_IGNORED:
+      continue
+    if k in _COND_FIXED:
+      if v != _COND_FIXED[k]:
+        raise DiffusersImportError(
+            f'{where}: {k}={v!r} is not supported (this port builds SD '
+            f'1.x/2.x-style UNets; {k} must be {_COND_FIXED[k]!r})')
+      continue
+    if k not in fields or k in ('downsample_type', 'upsample_type'):
+      raise DiffusersImportError(f'{where}: unknown UNet2DConditionModel '
+                                 f'config key {k!r}')
+    kw[k] = _tuples(v)
+  c = CondUNetConfig(**kw)
+
+  def need(cond, key, msg):
+    if not cond:
+      raise DiffusersImportError(f'{where}: {key} {msg}')
+  n = len(c.block_out_channels)
+  for key, kinds in (('down_block_types', COND_DOWN_BLOCKS),
+                     ('up_block_types', COND_UP_BLOCKS)):
+    for t in getattr(c, key):
+      need(t in kinds, key, f'has unsupported block type {t!r}; '
+           f'supported: {kinds}')
+    need(len(getattr(c, key)) == n, key, 'must have one entry per '
+         'block_out_channels')
+  need(c.mid_block_type in (None, 'UNetMidBlock2DCrossAttn'),
+       'mid_block_type', f'{c.mid_block_type!r} is not supported '
+       '(UNetMidBlock2DCrossAttn or null)')
+  need(c.norm_num_groups is not None, 'norm_num_groups', 'null is not '
+       'supported')
+  for key in ('layers_per_block', 'attention_head_dim', 'num_attention_heads',
+              'cross_attention_dim', 'only_cross_attention',
+              'transformer_layers_per_block'):
+    need(len(c.per_block(key)) == n, key, 'must have one entry per block')
+  need(len(set(c.per_block('cross_attention_dim'))) == 1,
+       'cross_attention_dim', 'must be the same for every block (one '
+       'caption embedding)')
+  for key in ('act_fn', 'timestep_post_act', 'time_embedding_act_fn'):
+    need(getattr(c, key) in ACTIVATIONS or (key != 'act_fn' and
+                                            getattr(c, key) is None),
+         key, f'{getattr(c, key)!r} is not supported; supported: '
+         f'{tuple(ACTIVATIONS)}')
+  need(c.resnet_time_scale_shift == 'default', 'resnet_time_scale_shift',
+       f'{c.resnet_time_scale_shift!r} is not supported (default)')
+  return c
+
+
+def _tuples(v):
+  return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
 
 
 def read_json(path: str) -> dict:
@@ -193,11 +281,17 @@ def _check(params, abstract, where: str):
                                  f'{tuple(want[k].shape)}')
 
 
-def abstract_params(module: UNet2D):
+def abstract_params(module):
   c = module.cfg
   size = c.sample_size or 2 ** len(c.block_out_channels)
   hw = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
   x = jnp.zeros((1,) + hw + (c.in_channels,))
+  if isinstance(module, UNet2DCondition):
+    cond = (None if c.time_cond_proj_dim is None
+            else jnp.zeros((1, c.time_cond_proj_dim)))
+    return jax.eval_shape(module.init, jax.random.PRNGKey(0), x,
+                          jnp.zeros((1,)), jnp.zeros((1, 1, c.context_dim)),
+                          None, cond)
   labels = (jnp.zeros((1,), jnp.int32)
             if c.num_class_embeds is not None or c.class_embed_type else None)
   return jax.eval_shape(module.init, jax.random.PRNGKey(0), x,
@@ -205,8 +299,17 @@ def abstract_params(module: UNet2D):
 
 
 def from_pretrained(directory: str):
-  """(UNet2D module, params) of a diffusers UNet2DModel directory."""
-  cfg = read_config(directory)
+  """(module, params) of a diffusers UNet2DModel (UNet2D) or
+  UNet2DConditionModel (UNet2DCondition) directory."""
+  path = os.path.join(directory, 'config.json')
+  if not fs.isfile(path):
+    raise DiffusersImportError(f'{directory} has no config.json: not a '
+                               'diffusers model directory')
+  d = read_json(path)
+  if d.get('_class_name') == 'UNet2DConditionModel':
+    module = UNet2DCondition(cond_config_from_dict(d, path))
+  else:
+    module = UNet2D(config_from_dict(d, path))
   path = os.path.join(directory, WEIGHTS_FILE)
   if not fs.isfile(path):
     raise DiffusersImportError(f'{directory} has no {WEIGHTS_FILE} (the '
@@ -218,7 +321,6 @@ def from_pretrained(directory: str):
     raise DiffusersImportError(f'{path} is not a readable safetensors file '
                                f'({type(e).__name__}: {e})') from None
   param_files.check_values(state, path, DiffusersImportError)
-  module = UNet2D(cfg)
   params = convert(state)
   _check(params, abstract_params(module), path)
   return module, jax.tree.map(jnp.asarray, params)
