@@ -139,6 +139,9 @@ class ResnetBlock(nn.Module):
     if self.up or self.down:
       x, h = _resample(x, self.up), _resample(h, self.up)
     h = _conv(self.out_channels, 3, padding=1, name='conv1')(h)
+    if temb is None:   # an autoencoder's block: no time embedding
+      h = GroupNorm(self.groups, epsilon=self.eps, name='norm2')(h)
+      return self._out(x, h, act, train)
     t = nn.Dense(self.out_channels * (2 if self.scale_shift else 1),
                  name='time_emb_proj')(act(temb))[:, None, None, :]
     if self.scale_shift:
@@ -147,6 +150,9 @@ class ResnetBlock(nn.Module):
       h = h * (1 + scale) + shift
     else:
       h = GroupNorm(self.groups, epsilon=self.eps, name='norm2')(h + t)
+    return self._out(x, h, act, train)
+
+  def _out(self, x, h, act, train):
     h = nn.Dropout(self.dropout, deterministic=not train)(act(h))
     h = _conv(self.out_channels, 3, padding=1, name='conv2')(h)
     if x.shape[-1] != self.out_channels:

@@ -61,7 +61,7 @@ class DiffusersImportError(Error, ValueError):
 
 
 # Keys diffusers writes that do not shape the network.
-_BOOKKEEPING = ('_class_name', '_diffusers_version', '_name_or_path',
+BOOKKEEPING = ('_class_name', '_diffusers_version', '_name_or_path',
                 '_use_default_values')
 
 
@@ -75,7 +75,7 @@ def config_from_dict(d: dict, where: str = 'config.json') -> UNetConfig:
                                'UNet2DModel or UNet2DConditionModel')
   kw = {}
   for k, v in d.items():
-    if k in _BOOKKEEPING:
+    if k in BOOKKEEPING:
       continue
     if k not in fields:
       raise DiffusersImportError(f'{where}: unknown UNet2DModel config key '
@@ -136,7 +136,7 @@ def cond_config_from_dict(d: dict, where: str = 'config.json'
   fields = {f.name for f in dataclasses.fields(CondUNetConfig)}
   kw = {}
   for k, v in d.items():
-    if k in _BOOKKEEPING or k in _COND_IGNORED:
+    if k in BOOKKEEPING or k in _COND_IGNORED:
       continue
     if k in _COND_FIXED:
       if v != _COND_FIXED[k]:
@@ -262,8 +262,9 @@ def convert(state: dict) -> dict:
   return {'params': tree}
 
 
-def _check(params, abstract, where: str):
-  from mmd_jax.workdir import param_files
+def check_against(params, abstract, where: str):
+  """Every weight config.json builds, present and of its shape; one line
+  naming the first that is not."""
   have = param_files.flatten(params)
   want = param_files.flatten(abstract)
   for k in sorted(set(have) | set(want)):
@@ -310,6 +311,15 @@ def from_pretrained(directory: str):
     module = UNet2DCondition(cond_config_from_dict(d, path))
   else:
     module = UNet2D(config_from_dict(d, path))
+  params = load_weights(directory)
+  check_against(params, abstract_params(module), os.path.join(directory,
+                                                       WEIGHTS_FILE))
+  return module, jax.tree.map(jnp.asarray, params)
+
+
+def load_weights(directory: str) -> dict:
+  """The port's params tree (numpy) of a diffusers model directory's
+  safetensors weights, checked for finite values."""
   path = os.path.join(directory, WEIGHTS_FILE)
   if not fs.isfile(path):
     raise DiffusersImportError(f'{directory} has no {WEIGHTS_FILE} (the '
@@ -321,6 +331,4 @@ def from_pretrained(directory: str):
     raise DiffusersImportError(f'{path} is not a readable safetensors file '
                                f'({type(e).__name__}: {e})') from None
   param_files.check_values(state, path, DiffusersImportError)
-  params = convert(state)
-  _check(params, abstract_params(module), path)
-  return module, jax.tree.map(jnp.asarray, params)
+  return convert(state)
