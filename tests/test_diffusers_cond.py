@@ -111,3 +111,97 @@ def test_missing_and_misshapen_weights_end_in_one_line(tmp_path):
   save_file(dict(state, extra=np.zeros(3, np.float32)), path)
   with pytest.raises(du.DiffusersImportError, match='has weight params/extra'):
     du.from_pretrained(str(d))
+
+
+def _pipeline(tmp_path):
+  """A Stable-Diffusion-layout pipeline around the sd1_conv fixture: its
+  unet/, SD's scaled-linear DDPM schedule in scheduler/, model_index.json."""
+  p = tmp_path / 'pipe'
+  shutil.copytree(os.path.join(FIXTURES, 'sd1_conv'), p / 'unet')
+  os.remove(p / 'unet' / 'reference.npz')
+  (p / 'scheduler').mkdir()
+  json.dump({'_class_name': 'PNDMScheduler', 'beta_schedule':
+             'scaled_linear', 'beta_start': 0.00085, 'beta_end': 0.012,
+             'num_train_timesteps': 1000, 'prediction_type': 'epsilon'},
+            open(p / 'scheduler' / 'scheduler_config.json', 'w'))
+  json.dump({'_class_name': 'StableDiffusionPipeline',
+             'unet': ['diffusers', 'UNet2DConditionModel'],
+             'scheduler': ['diffusers', 'PNDMScheduler']},
+            open(p / 'model_index.json', 'w'))
+  return p
+
+
+def _latents_file(tmp_path, n=64, length=5, dim=12):
+  """Captioned 8x8x4 latents: two captions, two means."""
+  rng = np.random.default_rng(3)
+  ids = np.arange(n) % 2
+  x = rng.standard_normal((n, 8, 8, 4)).astype(np.float32) * 0.5
+  x += np.where(ids == 0, -0.5, 0.5)[:, None, None, None]
+  emb = rng.standard_normal((2, length, dim)).astype(np.float32)
+  mask = np.ones((2, length), np.float32)
+  mask[1, 3:] = 0
+  path = str(tmp_path / 'latents.npz')
+  np.savez(path, x=x, caption_id=ids, emb=emb, mask=mask,
+           null_emb=np.zeros((length, dim), np.float32),
+           null_mask=np.ones(length, np.float32),
+           captions=np.array(['dark', 'bright']))
+  return path
+
+
+def test_a_pipeline_is_a_caption_conditioned_teacher(tmp_path):
+  """teacher.checkpoint=<pipeline>: the imported UNet2DConditionModel reads
+  the run's captions; the teacher's denoiser is diffusers' network at the
+  mapped step with the caption as encoder_hidden_states, and an 8x8x4
+  latent file trains a student and is scored (fd_raw)."""
+  import tiny
+  from mmd_jax import sample
+  from mmd_jax.run.stage_dir import open_stage
+  pipe = _pipeline(tmp_path)
+  w = tmp_path / 'w'
+  tiny.run('toy2d_text', 'tiny', w, {
+      'data.name': 'points', 'data.path': _latents_file(tmp_path),
+      'teacher.checkpoint': str(pipe), 'distill.num_train_steps': 2,
+      'distill.batch_size': 8, 'eval.num_samples': 64, 'eval.batch_size': 64,
+      'stages': ('teacher', 'mm_alternating', 'evaluate')})
+  rep = json.load(open(w / 'report.json'))
+  assert {r['model'] for r in rep['rows']} == {'teacher', 'mm_alternating'}
+  for r in rep['rows']:
+    assert np.isfinite(r['metrics']['fd_raw']), r
+  assert json.load(open(w / 'teacher' / 'diffusers' / 'import.json'))[
+      'beta_schedule'] == 'scaled_linear'
+  # The denoiser is the network: eps at step n for this caption.
+  stage = open_stage(str(w / 'teacher'))
+  spec, params = stage.ctx.spec, stage.state.sampling_params
+  module, unet_params = du.from_pretrained(str(pipe / 'unet'))
+  table = stage.ctx.dataset.captions
+  cond = jax.tree.map(jax.numpy.asarray, table.gather(np.array([1, 0])))
+  z = np.random.default_rng(0).standard_normal((2, 8, 8, 4)).astype(
+      np.float32)
+  n = 317
+  lam = spec.schedule.logsnr_table()[n]
+  eps = module.apply(unet_params, z, np.full(2, n), cond['emb'],
+                     cond['mask'])
+  out = spec.module.apply(params, z, np.full(2, lam, np.float32), cond)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(eps), rtol=1e-4,
+                             atol=1e-4 * float(np.abs(eps).max()))
+  s, ids, _ = sample.draw(str(w / 'teacher'), 4, 4, caption_ids=['1'])
+  assert s.shape == (4, 8, 8, 4) and list(ids['caption_ids']) == [1] * 4
+
+
+def test_a_pipeline_that_does_not_fit_the_captions_is_refused(tmp_path):
+  import tiny
+  from mmd_jax.run.checks import ConfigError
+  pipe = _pipeline(tmp_path)
+  with pytest.raises(ConfigError, match='attends to 12-wide caption '
+                     'embeddings.*are 7 wide'):
+    tiny.run('toy2d_text', 'tiny', tmp_path / 'w', {
+        'data.name': 'points', 'data.path': _latents_file(tmp_path, dim=7),
+        'teacher.checkpoint': str(pipe), 'stages': ('teacher',)})
+  with pytest.raises(ConfigError, match=r'takes \(8, 8\) x 4 samples'):
+    tiny.run('digits', 'tiny', tmp_path / 'w2', {
+        'teacher.checkpoint': str(pipe), 'stages': ('teacher',)})
+  os.remove(pipe / 'unet' / 'config.json')
+  with pytest.raises(ConfigError, match='unet has no config.json'):
+    tiny.run('toy2d_text', 'tiny', tmp_path / 'w3', {
+        'data.name': 'points', 'data.path': _latents_file(tmp_path),
+        'teacher.checkpoint': str(pipe), 'stages': ('teacher',)})

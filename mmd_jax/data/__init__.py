@@ -27,7 +27,8 @@ DATASETS = ('toy2d', 'toy2d_text', 'points', 'digits', 'digits_text') + tuple(im
 @dataclasses.dataclass
 class Dataset:
   name: str                      # e.g. 'toy2d/asymmetric_mixture'
-  kind: str                      # 'points' (low-dim), 'digits' or 'images'
+  kind: str     # 'points' (low-dim), 'digits', 'images' (tfds, uint8 FID)
+                # or 'arrays' (NHWC floats from a file: images or latents)
   train: object                  # {'x': (N, ...), 'label': (N,)?} or an
   test: Optional[object] = None  # images.ImageSource
   num_classes: int = 0
@@ -168,7 +169,9 @@ def _conditioned(name: str, path: str) -> Dataset:
     raise DataError(f'data.path {path!r} holds prompts only (no array '
                     '\'x\'); training needs examples')
   points_lib.check_rows(path, x)
-  kind = 'points' if x.ndim == 2 else 'images'
+  # Image-shaped examples (images or latents) stay unquantised floats and
+  # are scored on their own values (evaluation/references.py).
+  kind = 'points' if x.ndim == 2 else 'arrays'
   return Dataset(name, kind, {'x': x, 'caption_id': ids}, captions=table)
 
 

@@ -15,7 +15,8 @@ from absl import logging
 
 from mmd_jax.workdir import fs
 from mmd_jax.evaluation import (caption_pictures, cycle, fid, plots,
-                                 precision_recall, report, toy_metrics)
+                                 precision_recall, references, report,
+                                 toy_metrics)
 from mmd_jax.evaluation.digits_classifier import DigitsClassifier
 from mmd_jax.device.timing import fmt_duration
 
@@ -113,12 +114,12 @@ class Scorer:
     self.config = config
     n = config.eval.num_samples
     self.inception = None
-    if dataset.kind == 'points':
+    if dataset.kind in ('points', 'arrays'):
       real_a, self.real = dataset.reference_sets(n, config.eval.seed)
       self.extra = {}
       ids_a = None
       if dataset.captions is not None:
-        real_a, ids_a, self.caption_refs = _caption_references(
+        real_a, ids_a, self.caption_refs = references.caption_references(
             dataset, n, config.eval.seed)
       self.reference = self._score(real_a, ids_a)
     elif dataset.kind == 'images':
@@ -218,6 +219,8 @@ class Scorer:
 
   def _score(self, samples, labels=None) -> dict:
     cfg = self.config.eval
+    if self.dataset.kind == 'arrays':
+      return {'fd_raw': references.fd_raw(samples, self.real)}
     if self.dataset.kind == 'points':
       out = toy_metrics.toy_metrics(samples, self.real, self.dataset.mixture,
                                     tuple(cfg.mmd_bandwidths))
@@ -250,27 +253,6 @@ class Scorer:
     idx = np.random.default_rng(0).permutation(len(feats))[:n]
     return precision_recall.precision_recall(self.real_feats, feats[idx],
                                              self.config.eval.pr_k)
-
-
-def _caption_references(dataset, n: int, seed: int):
-  """(a real set scored as the reference row, its caption ids, one set
-  per caption that samples are scored against): exact conditional samples
-  where the captions' modes are known, else two disjoint halves of the
-  data."""
-  rng = np.random.default_rng([seed, 7920])
-  k = len(dataset.captions)
-  if dataset.captioned is not None:
-    per = max(n // k, 2)
-    refs = [dataset.captioned.conditional(c).sample(rng, per)
-            for c in range(k)]
-    real_a, ids_a = dataset.captioned.sample(rng, n)
-    return real_a, ids_a, refs
-  x, ids = dataset.train['x'], dataset.train['caption_id']
-  perm = rng.permutation(len(x))
-  half = len(x) // 2
-  a, b = perm[:half], perm[half:]
-  refs = [x[b][ids[b] == c] for c in range(k)]
-  return x[a][:n], ids[a][:n], refs
 
 
 @dataclasses.dataclass

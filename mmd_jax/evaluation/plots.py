@@ -17,7 +17,8 @@ def image_grid(images, ncol: int = 10) -> np.ndarray:
   x = np.asarray(images)
   x = x / 255.0 if x.dtype == np.uint8 else np.clip((x + 1) / 2, 0, 1)
   n, h, w = x.shape[:3]
-  x = x[..., 0] if x.shape[-1] == 1 else x
+  # Grey for one channel; latents of other widths show their first.
+  x = x[..., :3] if x.shape[-1] == 3 else x[..., 0]
   rows = -(-n // ncol)
   grid = np.ones((rows * (h + 1) + 1, ncol * (w + 1) + 1) + x.shape[3:])
   for i in range(n):

@@ -6,7 +6,8 @@ import os
 
 from mmd_jax.workdir import fs
 
-PRIMARY_METRIC = {'points': 'energy_distance', 'digits': 'fd', 'images': 'fid'}
+PRIMARY_METRIC = {'points': 'energy_distance', 'digits': 'fd', 'images': 'fid',
+                  'arrays': 'fd_raw'}
 
 
 def write_report(workdir: str, report: dict, images: dict,

@@ -300,7 +300,10 @@ class CondTimestepEmbedding(nn.Module):
 class UNet2DCondition(nn.Module):
   """UNet2DConditionModel, NHWC. `__call__(sample, timestep,
   encoder_hidden_states, encoder_attention_mask=None, timestep_cond=None)`;
-  the mask [B, L] holds 1 for tokens to attend to, 0 for padding."""
+  the mask [B, L] holds 1 for tokens to attend to, 0 for padding. The
+  run's caption condition {'emb', 'mask'[, 'pooled']} may stand in for
+  `encoder_hidden_states` (the mask then comes from it; SD UNets take no
+  pooled vector)."""
   cfg: CondUNetConfig
 
   @nn.compact
@@ -309,6 +312,9 @@ class UNet2DCondition(nn.Module):
     del train   # no dropout at inference; the port is a frozen teacher
     c = self.cfg
     ch = c.block_out_channels
+    if isinstance(encoder_hidden_states, dict):
+      encoder_attention_mask = encoder_hidden_states.get('mask')
+      encoder_hidden_states = encoder_hidden_states['emb']
     ctx = encoder_hidden_states
     bias = None if encoder_attention_mask is None else (
         (1.0 - encoder_attention_mask.astype(ctx.dtype)) * MASK_BIAS)[:, None]

@@ -1,5 +1,10 @@
-"""Teachers in diffusers' format: a `UNet2DModel` directory (config.json +
-diffusion_pytorch_model.safetensors), read as an mmd_jax denoiser.
+"""Teachers in diffusers' format: a `UNet2DModel` or `UNet2DConditionModel`
+directory (config.json + diffusion_pytorch_model.safetensors), or a
+pipeline directory (model_index.json, unet/, scheduler/, vae/: Stable
+Diffusion's layout) whose unet/ is read, as an mmd_jax denoiser. A
+UNet2DConditionModel takes the run's caption condition (data/captions.py)
+as its encoder_hidden_states and mask; its text encoder is not ported
+(tools/encode_captions.py writes the captions file from it).
 
 How the network was trained decides how it is read (docs/ALGORITHMS.md §8):
 - `ddpm`: diffusers' DDPMScheduler, a discrete schedule of betas whose
@@ -36,8 +41,23 @@ EDM_NOISE_SCALES = {'edm': 0.25, 'cm_edm': 250.0}
 COPY_DIR = 'diffusers'   # under the teacher's stage directory
 
 
+PIPELINE_INDEX = 'model_index.json'
+
+
+def is_pipeline(path: str) -> bool:
+  """A diffusers pipeline directory (model_index.json beside unet/...)."""
+  return fs.isfile(os.path.join(path, PIPELINE_INDEX))
+
+
+def unet_dir(path: str) -> str:
+  """The model directory to read: a pipeline's unet/, else `path`."""
+  return os.path.join(path, 'unet') if is_pipeline(path) else path
+
+
 def is_diffusers_dir(path: str) -> bool:
   """A directory holding a diffusers model, not an mmd_jax stage."""
+  if is_pipeline(path) and not fs.exists(os.path.join(path, 'stage.json')):
+    return True
   cfg = os.path.join(path, 'config.json')
   if not fs.isdir(path) or fs.exists(
       os.path.join(path, 'stage.json')) or not fs.isfile(cfg):
@@ -96,8 +116,11 @@ def check(model_dir: str, noise_schedule: str, prediction_type: str, data):
   one the port builds, and fit the run's data."""
   def fail(msg):
     raise ConfigError(f'config.teacher.checkpoint: {msg}')
+  if is_pipeline(model_dir) and not fs.isdir(unet_dir(model_dir)):
+    fail(f'{model_dir} is a diffusers pipeline without unet/')
+  model_dir = unet_dir(model_dir)
   try:
-    c = du.read_config(model_dir)
+    c = du.read_any_config(model_dir)
   except du.DiffusersImportError as e:
     fail(str(e))
   if not fs.isfile(os.path.join(model_dir, du.WEIGHTS_FILE)):
@@ -122,7 +145,7 @@ def check(model_dir: str, noise_schedule: str, prediction_type: str, data):
          f'{diffusion.DDPM_BETA_SCHEDULES}')
   shape = tuple(data.example_shape)
   if len(shape) != 3:
-    fail(f'a UNet2DModel takes images; this run has examples of shape '
+    fail(f'a diffusers UNet takes images; this run has examples of shape '
          f'{shape}')
   size = c.sample_size
   size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
@@ -131,6 +154,9 @@ def check(model_dir: str, noise_schedule: str, prediction_type: str, data):
     fail(f'the model takes {size} x {c.in_channels} samples '
          f'(out_channels {c.out_channels}); this run has {data.name} with '
          f'examples of shape {shape}')
+  if isinstance(c, du.CondUNetConfig):
+    _check_captions(c, data, fail)
+    return
   if c.num_class_embeds is not None and c.num_class_embeds < \
       data.num_classes:
     fail(f'the model embeds {c.num_class_embeds} classes; {data.name} has '
@@ -140,14 +166,32 @@ def check(model_dir: str, noise_schedule: str, prediction_type: str, data):
     fail(f'the model is class-conditional; {data.name} has no labels')
 
 
+def _check_captions(c, data, fail):
+  sig = getattr(data, 'caption_signature', None)
+  if sig is None:
+    fail(f'a UNet2DConditionModel takes captions; {data.name} has none '
+         '(give a captions file: data.name=points, data.path=F.npz)')
+  if sig.dim != c.context_dim:
+    fail(f'the model attends to {c.context_dim}-wide caption embeddings '
+         f'(cross_attention_dim); the captions of {data.name} are '
+         f'{sig.dim} wide')
+  if c.time_cond_proj_dim is not None:
+    fail('time_cond_proj_dim: a guidance-embedded (LCM-style) UNet needs '
+         'a guidance input this import does not give')
+
+
 def network(model_dir: str, noise_schedule: str, prediction_type: str,
             sigma_data: float):
   """(Flax denoiser module, parameterization, conditional, schedule or
-  None) of the model directory."""
-  c = du.read_config(model_dir)
-  unet = du.UNet2D(c)
+  None) of the model (or pipeline) directory."""
+  model_dir = unet_dir(model_dir)
+  c = du.read_any_config(model_dir)
   s = settings(model_dir, noise_schedule, prediction_type)
-  conditional = c.num_class_embeds is not None or bool(c.class_embed_type)
+  if isinstance(c, du.CondUNetConfig):
+    unet, conditional = du.UNet2DCondition(c), True
+  else:
+    unet = du.UNet2D(c)
+    conditional = c.num_class_embeds is not None or bool(c.class_embed_type)
   if s['schedule'] == 'edm':
     edm = imported.EDMDenoiser(
         unet, s.get('sigma_data') or sigma_data,
@@ -165,14 +209,16 @@ def has_null_label(model_dir: str, num_classes: int) -> bool:
   index `num_classes` is our unconditional input; a diffusers model
   trained without label dropout has no such row (and a 'timestep' class
   embedding none that was trained)."""
-  c = du.read_config(model_dir)
+  c = du.read_any_config(unet_dir(model_dir))
+  if isinstance(c, du.CondUNetConfig):
+    return True   # captions: the table's null_emb decides (denoiser.py)
   return c.num_class_embeds is not None and c.num_class_embeds > num_classes
 
 
 def load_params(model_dir: str):
   """The weights as the denoiser module's params ({'params': {'net':
   ...}})."""
-  _, params = du.from_pretrained(model_dir)
+  _, params = du.from_pretrained(unet_dir(model_dir))
   return {'params': {'net': params['params']}}
 
 
@@ -181,6 +227,7 @@ def keep_copy(model_dir: str, stage_dir: str, noise_schedule: str,
   """config.json and the resolved settings, beside the imported weights."""
   d = os.path.join(stage_dir, COPY_DIR)
   fs.makedirs(d)
+  model_dir = unet_dir(model_dir)
   fs.write_text(os.path.join(d, 'config.json'),
                 fs.read_text(os.path.join(model_dir, 'config.json')))
   fs.write_text(os.path.join(d, 'import.json'), json.dumps(dict(

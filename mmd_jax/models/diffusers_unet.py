@@ -200,6 +200,18 @@ def read_json(path: str) -> dict:
   return d
 
 
+def read_any_config(directory: str):
+  """UNetConfig or CondUNetConfig, by config.json's `_class_name`."""
+  path = os.path.join(directory, 'config.json')
+  if not fs.isfile(path):
+    raise DiffusersImportError(f'{directory} has no config.json: not a '
+                               'diffusers model directory')
+  d = read_json(path)
+  if d.get('_class_name') == 'UNet2DConditionModel':
+    return cond_config_from_dict(d, path)
+  return config_from_dict(d, path)
+
+
 def read_config(directory: str) -> UNetConfig:
   path = os.path.join(directory, 'config.json')
   if not fs.isfile(path):
@@ -302,15 +314,8 @@ def abstract_params(module):
 def from_pretrained(directory: str):
   """(module, params) of a diffusers UNet2DModel (UNet2D) or
   UNet2DConditionModel (UNet2DCondition) directory."""
-  path = os.path.join(directory, 'config.json')
-  if not fs.isfile(path):
-    raise DiffusersImportError(f'{directory} has no config.json: not a '
-                               'diffusers model directory')
-  d = read_json(path)
-  if d.get('_class_name') == 'UNet2DConditionModel':
-    module = UNet2DCondition(cond_config_from_dict(d, path))
-  else:
-    module = UNet2D(config_from_dict(d, path))
+  c = read_any_config(directory)
+  module = UNet2DCondition(c) if isinstance(c, CondUNetConfig) else UNet2D(c)
   params = load_weights(directory)
   check_against(params, abstract_params(module), os.path.join(directory,
                                                        WEIGHTS_FILE))

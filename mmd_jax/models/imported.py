@@ -20,7 +20,7 @@ from mmd_jax.numerics import diffusion
 
 
 class DDPMDenoiser(nn.Module):
-  net: nn.Module                   # (sample, timestep, labels, train)
+  net: nn.Module   # (sample, timestep, labels or a caption, train=...)
   schedule: diffusion.Schedule     # the 'ddpm' schedule the net was trained on
   # An unconditional net gets no labels, though the run's data may have them.
   conditional: bool = False
@@ -30,7 +30,7 @@ class DDPMDenoiser(nn.Module):
     steps = jnp.arange(len(table), dtype=jnp.float32)
     # The table decreases in n; interp wants increasing abscissae.
     n = jnp.interp(lam.astype(jnp.float32), table[::-1], steps[::-1])
-    return self.net(z, n, labels if self.conditional else None, train)
+    return self.net(z, n, labels if self.conditional else None, train=train)
 
 
 class EDMDenoiser(nn.Module):
@@ -49,5 +49,5 @@ class EDMDenoiser(nn.Module):
     c_skip = sd2 / (s2 + sd2)
     c_out = sigma * self.sigma_data / jnp.sqrt(s2 + sd2)
     f = self.net(x * c_in.reshape(shape), self.noise_scale * jnp.log(sigma),
-                 labels if self.conditional else None, train)
+                 labels if self.conditional else None, train=train)
     return c_skip.reshape(shape) * x + c_out.reshape(shape) * f
