@@ -326,3 +326,25 @@ def test_caption_dropout_and_guidance_without_a_null_caption_are_refused(
         base, **{'teacher.label_dropout': 0.0, 'distill.guidance': 1.0})))
   config_check.validate(tiny.config('toy2d_text', 'tiny', dict(
       base, **{'teacher.label_dropout': 0.0})))
+
+
+def test_an_image_shaped_caption_file_trains_a_cross_attention_unet(
+    tmp_path):
+  """data.name=points with NHWC examples (images or latents): kind
+  'arrays', the UNet allowed, samples unquantised and scored by fd_raw."""
+  import json
+  import tiny
+  rng = np.random.default_rng(2)
+  ids = np.arange(48) % 2
+  x = (rng.standard_normal((48, 8, 8, 2)) * 0.3
+       + np.where(ids == 0, -1.0, 1.0)[:, None, None, None])
+  path = _write(tmp_path, x=x.astype(np.float32), caption_id=ids,
+                **text_encoder.encode(['dark', 'bright']))
+  w = tmp_path / 'w'
+  tiny.run('digits_text', 'tiny', w, {
+      'data.name': 'points', 'data.path': path,
+      'stages': ('teacher', 'evaluate'), 'eval.num_samples': 64,
+      'eval.batch_size': 64})
+  rep = json.load(open(w / 'report.json'))
+  assert np.isfinite(rep['rows'][0]['metrics']['fd_raw'])
+  assert (w / 'captions_teacher_ancestral.png').exists()

@@ -27,13 +27,14 @@ def validate(config) -> plan_lib.Plan:
   """Checks the config; returns the run's plan."""
   stages = tuple(config.stages)
   d = config.data
-  images = d.name in ('digits', 'digits_text') or d.name in IMAGE_DATASETS
   _check_data(config)
+  shape = data_shape(d)
+  # NHWC examples: pixels, or the images and latents of a data file.
+  images = len(tuple(shape.example_shape)) == 3
   _check_model(config, images)
   _check_diffusion(config)
   _check_run(config)
   _check_eval(config, images, stages)
-  shape = data_shape(d)
   guidance_needs_labels(config, 'eval.guidance', shape)
   sig = shape.caption_signature
   if config.model.conditional and sig is not None and sig.null is None:
