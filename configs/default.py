@@ -13,6 +13,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.name = 'toy2d'  # toy2d | points | digits | cifar10 | imagenet64 | imagenet128
   c.data.path = ''               # for points: an (N, D) .npy file
+  # A prompts-only caption file (no array x): the shape of one example the
+  # imported teacher samples, e.g. (64, 64, 4); () otherwise.
+  c.data.example_shape = ()
   c.data.toy_name = 'asymmetric_mixture'
   c.data.num_train = 100_000     # toy2d: size of the fixed training set
   c.data.seed = 0

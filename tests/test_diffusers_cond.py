@@ -151,8 +151,8 @@ def _latents_file(tmp_path, n=64, length=5, dim=12):
 def test_a_pipeline_is_a_caption_conditioned_teacher(tmp_path):
   """teacher.checkpoint=<pipeline>: the imported UNet2DConditionModel reads
   the run's captions; the teacher's denoiser is diffusers' network at the
-  mapped step with the caption as encoder_hidden_states, and an 8x8x4
-  latent file trains a student and is scored (fd_raw)."""
+  mapped step with the caption as encoder_hidden_states, and its samples
+  of an 8x8x4 latent file are scored (fd_raw)."""
   import tiny
   from mmd_jax import sample
   from mmd_jax.run.stage_dir import open_stage
@@ -160,11 +160,11 @@ def test_a_pipeline_is_a_caption_conditioned_teacher(tmp_path):
   w = tmp_path / 'w'
   tiny.run('toy2d_text', 'tiny', w, {
       'data.name': 'points', 'data.path': _latents_file(tmp_path),
-      'teacher.checkpoint': str(pipe), 'distill.num_train_steps': 2,
-      'distill.batch_size': 8, 'eval.num_samples': 64, 'eval.batch_size': 64,
-      'stages': ('teacher', 'mm_alternating', 'evaluate')})
+      'teacher.checkpoint': str(pipe), 'eval.num_samples': 64,
+      'eval.batch_size': 64, 'stages': ('teacher', 'evaluate')})
+  # (A student of the imported UNet trains in the prompts-only test.)
   rep = json.load(open(w / 'report.json'))
-  assert {r['model'] for r in rep['rows']} == {'teacher', 'mm_alternating'}
+  assert {r['model'] for r in rep['rows']} == {'teacher'}
   for r in rep['rows']:
     assert np.isfinite(r['metrics']['fd_raw']), r
   assert json.load(open(w / 'teacher' / 'diffusers' / 'import.json'))[
@@ -205,3 +205,41 @@ def test_a_pipeline_that_does_not_fit_the_captions_is_refused(tmp_path):
     tiny.run('toy2d_text', 'tiny', tmp_path / 'w3', {
         'data.name': 'points', 'data.path': _latents_file(tmp_path),
         'teacher.checkpoint': str(pipe), 'stages': ('teacher',)})
+
+
+def test_a_prompts_only_file_trains_diff_instruct_and_refuses_the_rest(
+    tmp_path):
+  """No array x: the imported teacher and a one-step generator train on
+  captions and noise alone; a method that reads examples is refused in one
+  line, and so is a file without data.example_shape."""
+  import tiny
+  from mmd_jax import sample
+  from mmd_jax.data import DataError
+  from mmd_jax.run.checks import ConfigError
+  pipe = _pipeline(tmp_path)
+  full = np.load(_latents_file(tmp_path))
+  path = str(tmp_path / 'prompts.npz')
+  np.savez(path, **{k: full[k] for k in full.files
+                    if k not in ('x', 'caption_id')},
+           **{'caption_id': np.arange(2)})
+  over = {'data.name': 'points', 'data.path': path,
+          'teacher.checkpoint': str(pipe), 'data.example_shape': (8, 8, 4)}
+  with pytest.raises(ConfigError, match='holds prompts only.*'
+                     'mm_alternating_k2 trains on examples'):
+    tiny.run('toy2d_text', 'tiny', tmp_path / 'w0', dict(
+        over, stages=('teacher', 'mm_alternating')))
+  with pytest.raises(DataError, match='give data.example_shape'):
+    tiny.run('toy2d_text', 'tiny', tmp_path / 'w1', dict(
+        over, stages=('teacher',), **{'data.example_shape': ()}))
+  w = tmp_path / 'w'
+  tiny.run('toy2d_text', 'tiny', w, dict(
+      over, stages=('teacher', 'diff_instruct', 'evaluate'),
+      **{'distill.num_train_steps': 2, 'distill.batch_size': 8,
+         'eval.num_samples': 16, 'eval.batch_size': 16}))
+  rep = json.load(open(w / 'report.json'))
+  assert 'prompts_only' in rep and rep['reference'] == {}
+  for r in rep['rows']:
+    assert np.isfinite(r['metrics']['sample_std'])
+  s, ids, _ = sample.draw(str(w / 'diff_instruct_k1'), None, 4,
+                          caption_ids=['1'])
+  assert s.shape == (4, 8, 8, 4) and np.all(np.isfinite(s))

@@ -38,6 +38,12 @@ class Dataset:
   # What each caption names, for exact caption metrics:
   # toy2d_text.CaptionedMixture or digits_text.CaptionedDigits.
   captioned: Optional[object] = None
+  # A prompts-only caption file: no 'x'; the shape of an example is given.
+  prompts_shape: Optional[tuple] = None
+
+  @property
+  def has_examples(self) -> bool:
+    return self.prompts_shape is None
 
   @property
   def caption_signature(self):
@@ -49,18 +55,23 @@ class Dataset:
     if self.captions is None:
       return self.train
     return captions_lib.CaptionSource(self.train.get('x'),
-                                      self.train['caption_id'], self.captions)
+                                      self.train['caption_id'], self.captions,
+                                      self.example_shape)
 
   @property
   def example_shape(self):
+    if self.prompts_shape is not None:
+      return tuple(self.prompts_shape)
     if isinstance(self.train, images_lib.ImageSource):
       return self.train.example_shape
     return tuple(self.train['x'].shape[1:])
 
   @property
   def num_train(self):
-    return len(self.train) if isinstance(
-        self.train, images_lib.ImageSource) else int(self.train['x'].shape[0])
+    if isinstance(self.train, images_lib.ImageSource):
+      return len(self.train)
+    return int(self.train['caption_id' if self.prompts_shape is not None
+                          else 'x'].shape[0])
 
   def reference_sets(self, n: int, seed: int):
     """Two independent sets of real data of size n, for noise floors."""
@@ -82,6 +93,7 @@ class DataShape:
   example_shape: tuple
   num_classes: int
   caption_signature: object = None   # numerics.condition.Captions
+  has_examples: bool = True          # False: a prompts-only caption file
 
 
 def data_shape(data_cfg) -> DataShape:
@@ -101,7 +113,7 @@ def data_shape(data_cfg) -> DataShape:
   if name == 'points':
     ds = load_dataset(data_cfg)
     return DataShape(ds.name, ds.kind, ds.example_shape, 0,
-                     ds.caption_signature)
+                     ds.caption_signature, ds.has_examples)
   if name in images_lib.IMAGE_DATASETS:
     spec = images_lib.IMAGE_DATASETS[name]
     return DataShape(name, 'images', (spec.resolution,) * 2 + (3,),
@@ -127,7 +139,8 @@ def load_dataset(data_cfg) -> Dataset:
   if name == 'points':
     base = os.path.basename(data_cfg.path)
     if str(data_cfg.path).endswith('.npz'):
-      return _conditioned(f'points/{base}', data_cfg.path)
+      return _conditioned(f'points/{base}', data_cfg.path,
+                          tuple(data_cfg.get('example_shape', ())))
     x = points_lib.load_points(data_cfg.path)
     return Dataset(f'points/{base}', 'points', {'x': x})
   if name == 'digits':
@@ -163,11 +176,16 @@ def _digits_text() -> Dataset:
                  captions=_table(digits_text.table(cd)), captioned=cd)
 
 
-def _conditioned(name: str, path: str) -> Dataset:
+def _conditioned(name: str, path: str, example_shape: tuple = ()) -> Dataset:
   x, ids, table = captions_lib.load_conditioned(path)
   if x is None:
-    raise DataError(f'data.path {path!r} holds prompts only (no array '
-                    '\'x\'); training needs examples')
+    if not example_shape:
+      raise DataError(f'data.path {path!r} holds prompts only (no array '
+                      "'x'): give data.example_shape, the shape of one "
+                      "example the teacher samples (e.g. '(64, 64, 4)')")
+    kind = 'points' if len(example_shape) == 1 else 'arrays'
+    return Dataset(name, kind, {'caption_id': ids}, captions=table,
+                   prompts_shape=tuple(int(d) for d in example_shape))
   points_lib.check_rows(path, x)
   # Image-shaped examples (images or latents) stay unquantised floats and
   # are scored on their own values (evaluation/references.py).

@@ -59,8 +59,9 @@ class CaptionSource:
   batch gathers its rows of the caption table on the host."""
 
   def __init__(self, x: np.ndarray, caption_id: np.ndarray,
-               table: CaptionTable):
+               table: CaptionTable, example_shape: tuple = ()):
     self.x, self.caption_id, self.table = x, caption_id, table
+    self.example_shape = tuple(example_shape)
 
   def __len__(self):
     return len(self.caption_id)
@@ -69,6 +70,12 @@ class CaptionSource:
     out = {'cond': self.table.gather(self.caption_id[idx])}
     if self.x is not None:
       out['x'] = self.x[idx]
+    else:
+      # Prompts only: zeros that give the batch its shape. Only methods
+      # that never read x train on such files (config_check refuses the
+      # others).
+      out['x'] = np.zeros((len(out['cond']['emb']),) + self.example_shape,
+                          np.float32)
     return out
 
 

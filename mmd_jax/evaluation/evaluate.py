@@ -114,7 +114,11 @@ class Scorer:
     self.config = config
     n = config.eval.num_samples
     self.inception = None
-    if dataset.kind in ('points', 'arrays'):
+    if not getattr(dataset, 'has_examples', True):   # prompts only
+      self.real, self.reference = None, {}
+      self.extra = {'prompts_only': 'no examples to score against; rows '
+                    'show sample statistics only'}
+    elif dataset.kind in ('points', 'arrays'):
       real_a, self.real = dataset.reference_sets(n, config.eval.seed)
       self.extra = {}
       ids_a = None
@@ -219,6 +223,9 @@ class Scorer:
 
   def _score(self, samples, labels=None) -> dict:
     cfg = self.config.eval
+    if self.real is None and self.dataset.kind in ('points', 'arrays'):
+      return {'sample_mean': float(np.mean(samples)),
+              'sample_std': float(np.std(samples))}
     if self.dataset.kind == 'arrays':
       return {'fd_raw': references.fd_raw(samples, self.real)}
     if self.dataset.kind == 'points':

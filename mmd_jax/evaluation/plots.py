@@ -133,7 +133,8 @@ def _finish(ax, fig, groups, metric, reference, path):
   ax.set_xlabel('sampling steps')
   ax.set_ylabel(metric)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  if groups or reference is not None:   # prompts-only runs have no metric
+    ax.legend(fontsize=8)
   fig.tight_layout()
   fs.save_figure(fig, path, dpi=110)
   plt.close(fig)

@@ -177,6 +177,9 @@ class Method:
   provides: tuple = ()     # artifacts it publishes
   in_space: bool = True    # trains in the run's space; False: on the data
   benched: bool = True     # in `mmd_jax.bench`'s default set
+  # Reads the data's examples when it trains; False: noise and conditions
+  # only (data-free: a prompts-only caption file will do).
+  needs_examples: bool = True
   networks: tuple = ()     # parameter sets it trains, each one denoiser
 
   def validate(self, cfg, data, used: bool = True) -> None:

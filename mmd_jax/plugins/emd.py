@@ -125,6 +125,7 @@ def _check_setting(v, where):
 class _OneStep(base.Method):
   sections = ('distill', 'emd')
   needs = ('teacher_params', 'teacher_frozen_dtype')
+  needs_examples = False   # generator samples, noise and conditions only
   networks = ('generator', 'student_score')
 
   def validate(self, cfg, data, used=True):

@@ -43,6 +43,15 @@ def validate(config) -> plan_lib.Plan:
           'caption, and the caption file has no null_emb; add it or set '
           'this to 0')
   plan = plan_lib.make_plan(config, shape)
+  if not shape.has_examples:
+    for item in plan.items:
+      if item is not plan_lib.EVALUATE and item.train and \
+          item.method.needs_examples:
+        _need(False, 'data.path',
+              f'{d.path!r} holds prompts only (no array x), and '
+              f'{item.job.name} trains on examples; on prompts only, import '
+              'the teacher (teacher.checkpoint) and train emd or '
+              'diff_instruct')
   if plan.latent:
     _need(d.name not in IMAGE_DATASETS, 'latent',
           f'latent diffusion needs in-memory data (digits, toy2d, points); '
@@ -62,6 +71,9 @@ def _check_data(config):
     _need(bool(d.path), 'data.path',
           'points data needs a .npy file path (or a captioned .npz)')
     _need(fs.isfile(d.path), 'data.path', f'file {d.path!r} does not exist')
+  shape = tuple(d.get('example_shape', ()))
+  _need(all(isinstance(v, int) and v > 0 for v in shape), 'data.example_shape',
+        f'must be a tuple of positive integers, got {shape!r}')
 
 
 def _check_model(config, images: bool):
