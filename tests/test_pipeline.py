@@ -421,6 +421,12 @@ def test_describe_reports_params_flops_and_memory(tmp_path):
   # teacher step at the same batch size.
   per_ex = {k: v['flops_per_example'] for k, v in d['stages'].items()}
   assert per_ex['mm_alternating_k2'] > 1.5 * per_ex['teacher']
+  # One forward of the denoiser: a training step is forward and backward.
+  fwd = d['teacher_forward']
+  assert 0.15 * per_ex['teacher'] < fwd['flops_per_example'] < \
+      0.7 * per_ex['teacher'], (fwd, per_ex)
+  assert fwd['targets']['h100x8']['flops_bound_s'] > 0
+  assert 'teacher forward' in describe.format_summary(d)
   assert json.load(open(w / 'describe.json'))['stages'].keys() == \
       d['stages'].keys()
   assert not (w / 'teacher').exists()   # nothing trained

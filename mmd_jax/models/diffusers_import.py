@@ -26,6 +26,8 @@ W/teacher/diffusers/, so the workdir reads its teacher without the source.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import os
 
@@ -42,6 +44,19 @@ COPY_DIR = 'diffusers'   # under the teacher's stage directory
 
 
 PIPELINE_INDEX = 'model_index.json'
+# True while a run is only described (--mode=describe): shapes come from
+# config.json, so a directory without weights (configs/sd15) will do.
+_SHAPES_ONLY = contextvars.ContextVar('diffusers_shapes_only', default=False)
+
+
+@contextlib.contextmanager
+def shapes_only():
+  """Within: check() accepts model directories without weights."""
+  token = _SHAPES_ONLY.set(True)
+  try:
+    yield
+  finally:
+    _SHAPES_ONLY.reset(token)
 
 
 def is_pipeline(path: str) -> bool:
@@ -123,7 +138,8 @@ def check(model_dir: str, noise_schedule: str, prediction_type: str, data):
     c = du.read_any_config(model_dir)
   except du.DiffusersImportError as e:
     fail(str(e))
-  if not fs.isfile(os.path.join(model_dir, du.WEIGHTS_FILE)):
+  if not fs.isfile(os.path.join(model_dir, du.WEIGHTS_FILE)) and \
+      not _SHAPES_ONLY.get():
     fail(f'{model_dir} has no {du.WEIGHTS_FILE} (the safetensors weights)')
   try:
     s = settings(model_dir, noise_schedule, prediction_type)

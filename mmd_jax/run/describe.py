@@ -83,6 +83,34 @@ def _on_targets(chosen, loop, method, networks, cost, batch, job) -> dict:
   return {t.name: targets.estimate(t, **sizes) for t in chosen}
 
 
+def _forward_cost(env, opened, chosen) -> dict:
+  """FLOPs, memory and per-target bounds of one forward of the run's
+  denoiser (the teacher's network) at the first trained stage's batch."""
+  spec, mesh, n = opened.ctx.spec, env.mesh, opened.job.batch_size
+  batch = abstract_batch(opened.ctx.dataset, n, mesh)
+  params = jax.eval_shape(spec.init_params, jax.random.PRNGKey(0),
+                          jax.ShapeDtypeStruct(batch['x'].shape, jnp.float32))
+  lam = jax.ShapeDtypeStruct((n,), jnp.float32)
+  cond = batch.get('cond', batch.get('label'))
+  fn = lambda p, z, l, c: spec.module.apply(p, z, l, c)
+  compiled = jax.jit(fn).lower(params, batch['x'], lam, cond).compile()
+  cost = compiled.cost_analysis()
+  cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) \
+      else cost
+  mem = compiled.memory_analysis()
+  temp = int(getattr(mem, 'temp_size_in_bytes', 0)) if mem else 0
+  flops = float(cost.get('flops', float('nan')))
+  out = {'global_batch': int(n), 'flops_per_step': flops,
+         'flops_per_example': flops / n, 'params_bytes': _float_bytes(params)}
+  if chosen:
+    out['targets'] = {t.name: targets.estimate(
+        t, flops_per_step=flops, trained_bytes=0.0,
+        state_bytes=out['params_bytes'], gathered_bytes=out['params_bytes'],
+        activation_bytes_per_row=temp / max(n // mesh.devices.size, 1),
+        global_batch=n, micro_batches=1, steps=1) for t in chosen}
+  return out
+
+
 def describe(config, workdir: str) -> dict:
   # Describing needs neither data nor Inception weights: validate the
   # training stages only.
@@ -90,7 +118,9 @@ def describe(config, workdir: str) -> dict:
   with config.unlocked():
     config.stages = tuple(s for s in config.stages if s != EVALUATE) or (
         config.stages)
-  plan = config_check.validate(config)
+  from mmd_jax.models import diffusers_import
+  with diffusers_import.shapes_only():   # a weightless model dir will do
+    plan = config_check.validate(config)
   fs.check_reachable(workdir)
   r = runner.Run(config, workdir, data_shape(config.data), plan,
                  abstract=True)
@@ -106,6 +136,8 @@ def describe(config, workdir: str) -> dict:
   out = _summary(config, env, networks, trained)
   chosen = [targets.get(n.strip()) for n in
             config.describe.target.split(',') if n.strip()]
+  if trained:   # what one forward of the denoiser costs, at the stage batch
+    out['teacher_forward'] = _forward_cost(env, trained[0], chosen)
   for opened in trained:
     job = opened.job
     out['stages'][job.name] = _job_cost(env, opened, networks, chosen)
@@ -155,6 +187,15 @@ def format_summary(d: dict) -> str:
                                      for k, v in d['networks'].items()),
            f"mesh {d['mesh']} ({d['devices']} {d['backend']} devices); "
            f"grad_accum_steps {d['grad_accum_steps']}"]
+  f = d.get('teacher_forward')
+  if f:
+    lines.append(f"  {'teacher forward':24s} batch {f['global_batch']:6d} "
+                 f"{f['flops_per_step'] / 1e12:10.2f} TFLOP/step "
+                 f"{f['flops_per_example'] / 1e9:9.2f} GFLOP/example")
+    for t in f.get('targets', {}).values():
+      lines.append(' ' * 28 + f"on {t['target']}: "
+                   f"{t['memory_per_chip_bytes'] / 2**30:.1f} GiB/chip, >= "
+                   f"{t['flops_bound_s'] * 1e3:.1f} ms per batch compute")
   for name, s in d['stages'].items():
     mem = s.get('memory_bytes')
     lines.append(
