@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 from mmd_jax.evaluation.plots import image_grid  # noqa: E402
 from mmd_jax.workdir import fs  # noqa: E402
 
-MAX_CAPTIONS = 12   # rows (or panels) per picture: the first captions drawn
+MAX_CAPTIONS = 12   # rows (or panels) per picture, spread over the table
 PER_CAPTION = 10    # images per row
 
 
@@ -23,7 +23,9 @@ def save(samples, ids, texts, path: str, title: str = '', real=None):
   caption table's texts. Points: one scatter per caption over the data in
   grey; images: a row of PER_CAPTION samples per caption."""
   samples, ids = np.asarray(samples), np.asarray(ids)
-  shown = list(dict.fromkeys(ids.tolist()))[:MAX_CAPTIONS]
+  drawn = list(dict.fromkeys(ids.tolist()))
+  # Spread over the table: its neighbouring rows often differ in one word.
+  shown = drawn[::-(-len(drawn) // MAX_CAPTIONS)][:MAX_CAPTIONS]
   if samples.ndim == 2:
     fig = _points(samples, ids, shown, texts, real)
   else:
