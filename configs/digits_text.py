@@ -7,7 +7,7 @@ trained with 10% caption dropout to the empty caption. Then an 8-step
 mm_alternating student. Metrics: per-attribute and joint caption accuracy
 (the class read by the project's digits classifier, ink and slant exact
 functions of the pixels, thresholds the training images' tertiles) and
-`fd`; 3 evaluation seeds. About 50 minutes on one core.
+`fd`; 3 evaluation seeds. About an hour on one core (57 minutes).
 
 Variants: (none) the benchmark; tiny: a seconds-long run for tests.
 """
@@ -21,7 +21,7 @@ def get_config(arg=None):
   # Conv nets are compute-bound on CPU (69% of one core's matmul peak at
   # 32 channels): 16 channels and a batch of 128 cost 112 ms per teacher
   # step and 218 ms per mm_alternating step (256: ~440) on one core, so
-  # the benchmark runs in about 50 minutes; 32 channels cost 2.7x. [ours]
+  # the benchmark ran in 57 minutes; 32 channels cost 2.7x. [ours]
   c.model.channels = 16
   c.model.channel_mult = (1, 2)
   c.model.num_res_blocks = 1

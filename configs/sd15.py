@@ -6,9 +6,11 @@ shapes alone (no weights: `--mode=describe` only).
 
 configs/sd15/ is a weightless diffusers pipeline directory: SD v1.5's
 published unet/config.json (859,520,964 parameters), vae/config.json
-(83,653,863) and scheduler/scheduler_config.json; shapes.npz is a captions
-file with four zero examples of SD's 64x64x4 latents (512 px) and one zero
-caption of CLIP ViT-L's 77 x 768 tokens. The teacher is the imported UNet;
+(83,653,863) and scheduler/scheduler_config.json; shapes.npz is a
+prompts-only captions file holding one zero caption of CLIP ViT-L's
+77 x 768 tokens, and data.example_shape is SD's 64x64x4 latent (512 px).
+Both stand for shapes only: training with them is refused (no weights, no
+examples). The teacher is the imported UNet;
 the stages are the teacher-only forward (the teacher's import), both
 moment-matching algorithms at k = 8 and EMD.
 
@@ -31,6 +33,7 @@ def get_config(arg=None):
   c = default.get_base_config()
   c.data.name = 'points'
   c.data.path = os.path.join(HERE, 'shapes.npz')
+  c.data.example_shape = (64, 64, 4)
   c.model.conditional = True
   c.teacher.checkpoint = HERE
   c.teacher.label_dropout = 0.0    # imported, not trained here

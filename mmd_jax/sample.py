@@ -71,22 +71,22 @@ def _check_request(steps, num_samples, batch_size):
                       'model)')
 
 
-def _caption_ids(ctx, caption_ids):
+def _caption_ids(ctx, caption_ids, flag='--caption_ids'):
   """The asked-for caption rows as ints, checked against the table."""
   if not caption_ids:
     return None
   if ctx.spec.captions is None:
-    raise SampleError('--caption_ids: this model is not conditioned on '
+    raise SampleError(f'{flag}: this model is not conditioned on '
                       'captions')
   k = len(ctx.dataset.captions)
   try:
     ids = [int(i) for i in caption_ids]
   except ValueError:
-    raise SampleError(f'--caption_ids={",".join(caption_ids)}: expected '
+    raise SampleError(f'{flag}={",".join(caption_ids)}: expected '
                       'integers') from None
   bad = [i for i in ids if not 0 <= i < k]
   if bad:
-    raise SampleError(f'--caption_ids: {bad[0]} is not a row of the caption '
+    raise SampleError(f'{flag}: {bad[0]} is not a row of the caption '
                       f'table (0..{k - 1})')
   return ids
 
@@ -98,13 +98,13 @@ def _negative(ctx, sampling, negative_id, guidance):
   if ctx.spec.captions is None:
     raise SampleError('--negative_caption_id: this model is not conditioned '
                       'on captions')
-  if not guidance:
-    raise SampleError('--negative_caption_id: a negative caption acts '
-                      'through classifier-free guidance; give --guidance > 0')
   if not hasattr(sampling.draw, 'with_negative'):
     raise SampleError('--negative_caption_id: only many-step models sample '
                       'with guidance here')
-  row = _caption_ids(ctx, [str(negative_id)])[0]
+  if not guidance:
+    raise SampleError('--negative_caption_id: a negative caption acts '
+                      'through classifier-free guidance; give --guidance > 0')
+  row = _caption_ids(ctx, [str(negative_id)], '--negative_caption_id')[0]
   table = ctx.dataset.captions
   one = table.gather(np.asarray([row]))
 

@@ -214,6 +214,9 @@ def test_a_file_of_my_own_trains_teacher_mm_and_diff_instruct_and_samples_per_ca
                 - teach(guidance=2.0)).max() > 1e-3
   with pytest.raises(sample.SampleError, match='give --guidance > 0'):
     teach(negative_caption_id=0)
+  with pytest.raises(sample.SampleError, match='--negative_caption_id: 7 is '
+                     'not a row'):
+    teach(guidance=1.0, negative_caption_id=7)
   with pytest.raises(sample.SampleError, match='distilled'):
     sample.draw(str(w / 'mm_alternating_k2'), None, 6, guidance=1.0)
 
@@ -348,3 +351,18 @@ def test_an_image_shaped_caption_file_trains_a_cross_attention_unet(
   rep = json.load(open(w / 'report.json'))
   assert np.isfinite(rep['rows'][0]['metrics']['fd_raw'])
   assert (w / 'captions_teacher_ancestral.png').exists()
+
+
+def test_fd_raw_is_zero_between_equal_sets_and_grows_with_a_shift():
+  from mmd_jax.evaluation import references
+  rng = np.random.default_rng(0)
+  a = rng.standard_normal((600, 4, 4, 2))
+  b = rng.standard_normal((600, 4, 4, 2))
+  assert abs(references.fd_raw(a, a)) < 1e-6
+  same = references.fd_raw(a, b)
+  # A mean shift of 0.5 in each of the 32 values adds 32 * 0.25 = 8.
+  shifted = references.fd_raw(a + 0.5, b)
+  assert 7.0 < shifted - same < 9.0, (same, shifted)
+  wide = rng.standard_normal((300, 20, 20, 1))   # projected to 256 dims
+  assert np.isfinite(references.fd_raw(wide, wide + 1.0))
+  assert np.isnan(references.fd_raw(np.full((3, 2, 2, 1), np.nan), a[:3]))

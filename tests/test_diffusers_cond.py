@@ -200,6 +200,14 @@ def test_a_pipeline_that_does_not_fit_the_captions_is_refused(tmp_path):
   with pytest.raises(ConfigError, match=r'takes \(8, 8\) x 4 samples'):
     tiny.run('digits', 'tiny', tmp_path / 'w2', {
         'teacher.checkpoint': str(pipe), 'stages': ('teacher',)})
+  sched = pipe / 'scheduler' / 'scheduler_config.json'
+  json.dump(dict(json.load(open(sched)), rescale_betas_zero_snr=True),
+            open(sched, 'w'))
+  with pytest.raises(ConfigError, match='rescale_betas_zero_snr=True is not '
+                     'supported'):
+    tiny.run('toy2d_text', 'tiny', tmp_path / 'w4', {
+        'data.name': 'points', 'data.path': _latents_file(tmp_path),
+        'teacher.checkpoint': str(pipe), 'stages': ('teacher',)})
   os.remove(pipe / 'unet' / 'config.json')
   with pytest.raises(ConfigError, match='unet has no config.json'):
     tiny.run('toy2d_text', 'tiny', tmp_path / 'w3', {
@@ -243,3 +251,30 @@ def test_a_prompts_only_file_trains_diff_instruct_and_refuses_the_rest(
   s, ids, _ = sample.draw(str(w / 'diff_instruct_k1'), None, 4,
                           caption_ids=['1'])
   assert s.shape == (4, 8, 8, 4) and np.all(np.isfinite(s))
+
+
+def test_a_weightless_pipeline_is_described_and_refused_for_training(
+    tmp_path):
+  """configs/sd15's mechanism on the small fixture: --mode=describe reads
+  config.json only, and prompts-only data; a training run refuses both."""
+  import tiny
+  from mmd_jax.run import describe
+  from mmd_jax.run.checks import ConfigError
+  pipe = _pipeline(tmp_path)
+  os.remove(pipe / 'unet' / du.WEIGHTS_FILE)
+  full = np.load(_latents_file(tmp_path))
+  path = str(tmp_path / 'prompts.npz')
+  np.savez(path, **{k: full[k] for k in full.files
+                    if k not in ('x', 'caption_id')}, caption_id=[0])
+  c = tiny.config('toy2d_text', 'tiny', {
+      'data.name': 'points', 'data.path': path,
+      'data.example_shape': (8, 8, 4), 'teacher.checkpoint': str(pipe),
+      'distill.batch_size': 8, 'stages': ('teacher', 'mm_alternating')})
+  d = describe.describe(c, str(tmp_path / 'd'))
+  assert d['networks']['teacher']['params'] == 51684   # the fixture's count
+  assert d['stages']['mm_alternating_k2']['flops_per_step'] > 0
+  with pytest.raises(ConfigError, match='has no diffusion_pytorch_model'):
+    tiny.run('toy2d_text', 'tiny', tmp_path / 'w', {
+        'data.name': 'points', 'data.path': path,
+        'data.example_shape': (8, 8, 4), 'teacher.checkpoint': str(pipe),
+        'stages': ('teacher', 'diff_instruct')})

@@ -8,7 +8,8 @@ transformers, not JAX; run it by hand:
       --captions=captions.txt --output=F.npz \
       [--x=latents.npy --caption_ids=ids.npy] [--mask_padding] [--pooled]
 
-`captions.txt` holds the K captions, one per line. The file gets:
+`captions.txt` holds the K captions, one per line (no blank lines: a
+caption id is a line number from 0). The file gets:
 - `emb` [K, L, D]: the text encoder's last hidden state for each caption,
   tokenised as the pipeline does (padding to the tokenizer's
   model_max_length, 77 for CLIP);
@@ -32,22 +33,26 @@ import torch
 from transformers import AutoTokenizer, CLIPTextModel
 
 
-def encode(pipeline: str, texts, mask_padding: bool = False):
+def encode(pipeline: str, texts, mask_padding: bool = False,
+           chunk: int = 64):
   """{'emb', 'mask', 'pooled'} of `texts` with DIR/tokenizer and
   DIR/text_encoder, in float32."""
   tok = AutoTokenizer.from_pretrained(os.path.join(pipeline, 'tokenizer'))
   enc = CLIPTextModel.from_pretrained(os.path.join(pipeline, 'text_encoder'))
   enc.eval()
-  batch = tok(list(texts), padding='max_length',
-              max_length=tok.model_max_length, truncation=True,
-              return_tensors='pt')
-  with torch.no_grad():
-    out = enc(batch.input_ids)
-  mask = (batch.attention_mask.numpy() if mask_padding
-          else np.ones(batch.input_ids.shape))
-  return {'emb': out.last_hidden_state.float().numpy(),
-          'mask': mask.astype(np.float32),
-          'pooled': out.pooler_output.float().numpy()}
+  parts = []
+  for i in range(0, len(texts), chunk):   # a bounded batch per forward
+    batch = tok(list(texts[i:i + chunk]), padding='max_length',
+                max_length=tok.model_max_length, truncation=True,
+                return_tensors='pt')
+    with torch.no_grad():
+      out = enc(batch.input_ids)
+    mask = (batch.attention_mask.numpy() if mask_padding
+            else np.ones(batch.input_ids.shape))
+    parts.append({'emb': out.last_hidden_state.float().numpy(),
+                  'mask': mask.astype(np.float32),
+                  'pooled': out.pooler_output.float().numpy()})
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def main():
@@ -60,8 +65,13 @@ def main():
   p.add_argument('--mask_padding', action='store_true')
   p.add_argument('--pooled', action='store_true')
   a = p.parse_args()
-  texts = [l.rstrip('\n') for l in open(a.captions, encoding='utf-8')
-           if l.strip()]
+  texts = [l.rstrip('\r\n') for l in open(a.captions, encoding='utf-8')]
+  while texts and not texts[-1].strip():
+    texts.pop()   # a trailing newline; inner blank lines are rows
+  blank = [i for i, t in enumerate(texts) if not t.strip()]
+  if blank:
+    p.error(f'{a.captions}: line {blank[0] + 1} is blank; every line is a '
+            'row of the table (caption ids count lines)')
   table = encode(a.pipeline, texts, a.mask_padding)
   null = encode(a.pipeline, [''], a.mask_padding)
   out = {'emb': table['emb'], 'mask': table['mask'],

@@ -125,6 +125,9 @@ class Scorer:
       if dataset.captions is not None:
         real_a, ids_a, self.caption_refs = references.caption_references(
             dataset, n, config.eval.seed)
+        if dataset.captioned is None:   # a file: its other half, disjoint
+          self.real = references.subset(np.concatenate(self.caption_refs),
+                                        n, config.eval.seed)
       self.reference = self._score(real_a, ids_a)
     elif dataset.kind == 'images':
       self._init_images(workdir, dataset)

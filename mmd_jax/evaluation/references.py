@@ -29,6 +29,12 @@ def fd_raw(samples, real) -> float:
   return float(fid.frechet_distance_features(a, b))
 
 
+def subset(x, n: int, seed: int):
+  """At most n rows of x, drawn without replacement (captions mixed)."""
+  rng = np.random.default_rng([seed, 7921])
+  return x[rng.permutation(len(x))[:n]]
+
+
 def caption_references(dataset, n: int, seed: int):
   """(a real set scored as the reference row, its caption ids, one set
   per caption that samples are scored against): exact conditional samples

@@ -31,7 +31,8 @@ from mmd_jax.models.layers import GroupNorm
 COND_DOWN_BLOCKS = ('DownBlock2D', 'CrossAttnDownBlock2D')
 COND_UP_BLOCKS = ('UpBlock2D', 'CrossAttnUpBlock2D')
 # diffusers turns a 0/1 caption mask into this additive bias on the
-# attention logits (not -inf: a fully masked caption attends uniformly).
+# attention logits. Not -inf: a fully masked caption shifts every logit
+# alike, so it attends as if unmasked (and never to NaN).
 MASK_BIAS = -10000.0
 
 
@@ -309,7 +310,7 @@ class UNet2DCondition(nn.Module):
   @nn.compact
   def __call__(self, sample, timestep, encoder_hidden_states,
                encoder_attention_mask=None, timestep_cond=None, train=False):
-    del train   # no dropout at inference; the port is a frozen teacher
+    del train   # no dropout layers: imports with dropout are refused
     c = self.cfg
     ch = c.block_out_channels
     if isinstance(encoder_hidden_states, dict):

@@ -26,14 +26,12 @@ W/teacher/diffusers/, so the workdir reads its teacher without the source.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import json
 import os
 
 from mmd_jax.numerics import diffusion
 from mmd_jax.workdir import fs
-from mmd_jax.run.checks import ConfigError
+from mmd_jax.run.checks import ConfigError, is_describing
 from mmd_jax.models import diffusers_unet as du
 from mmd_jax.models import imported
 
@@ -44,19 +42,6 @@ COPY_DIR = 'diffusers'   # under the teacher's stage directory
 
 
 PIPELINE_INDEX = 'model_index.json'
-# True while a run is only described (--mode=describe): shapes come from
-# config.json, so a directory without weights (configs/sd15) will do.
-_SHAPES_ONLY = contextvars.ContextVar('diffusers_shapes_only', default=False)
-
-
-@contextlib.contextmanager
-def shapes_only():
-  """Within: check() accepts model directories without weights."""
-  token = _SHAPES_ONLY.set(True)
-  try:
-    yield
-  finally:
-    _SHAPES_ONLY.reset(token)
 
 
 def is_pipeline(path: str) -> bool:
@@ -126,25 +111,18 @@ def settings(model_dir: str, noise_schedule: str = 'auto',
   return out
 
 
-def check(model_dir: str, noise_schedule: str, prediction_type: str, data):
-  """One-line ConfigErrors, before anything is built: the model must be
-  one the port builds, and fit the run's data."""
-  def fail(msg):
-    raise ConfigError(f'config.teacher.checkpoint: {msg}')
-  if is_pipeline(model_dir) and not fs.isdir(unet_dir(model_dir)):
-    fail(f'{model_dir} is a diffusers pipeline without unet/')
-  model_dir = unet_dir(model_dir)
-  try:
-    c = du.read_any_config(model_dir)
-  except du.DiffusersImportError as e:
-    fail(str(e))
-  if not fs.isfile(os.path.join(model_dir, du.WEIGHTS_FILE)) and \
-      not _SHAPES_ONLY.get():
-    fail(f'{model_dir} has no {du.WEIGHTS_FILE} (the safetensors weights)')
+def _check_settings(model_dir, noise_schedule, prediction_type, fail):
+  """The schedule and prediction the network is read with."""
   try:
     s = settings(model_dir, noise_schedule, prediction_type)
   except du.DiffusersImportError as e:
     fail(str(e))
+  sched = _scheduler_config(model_dir)
+  for key, default in (('rescale_betas_zero_snr', False),
+                       ('trained_betas', None)):
+    if sched.get(key, default) not in (default, []):
+      fail(f'scheduler_config.json: {key}={sched[key]!r} is not supported '
+           f'(the schedule is rebuilt from beta_schedule/start/end)')
   if s['prediction_type'] not in PREDICTIONS:
     fail(f"prediction_type {s['prediction_type']!r} is not one of "
          f'{tuple(PREDICTIONS)}')
@@ -159,6 +137,25 @@ def check(model_dir: str, noise_schedule: str, prediction_type: str, data):
       diffusion.DDPM_BETA_SCHEDULES:
     fail(f"beta_schedule {s['beta_schedule']!r} is not one of "
          f'{diffusion.DDPM_BETA_SCHEDULES}')
+
+
+def check(model_dir: str, noise_schedule: str, prediction_type: str, data):
+  """One-line ConfigErrors, before anything is built: the model must be
+  one the port builds, and fit the run's data."""
+  def fail(msg):
+    raise ConfigError(f'config.teacher.checkpoint: {msg}')
+  if is_pipeline(model_dir) and not fs.isdir(unet_dir(model_dir)):
+    fail(f'{model_dir} is a diffusers pipeline without unet/')
+  model_dir = unet_dir(model_dir)
+  try:
+    c = du.read_any_config(model_dir)
+  except du.DiffusersImportError as e:
+    fail(str(e))
+  # Describing reads config.json only (configs/sd15 has no weights).
+  if not fs.isfile(os.path.join(model_dir, du.WEIGHTS_FILE)) and \
+      not is_describing():
+    fail(f'{model_dir} has no {du.WEIGHTS_FILE} (the safetensors weights)')
+  _check_settings(model_dir, noise_schedule, prediction_type, fail)
   shape = tuple(data.example_shape)
   if len(shape) != 3:
     fail(f'a diffusers UNet takes images; this run has examples of shape '
@@ -194,6 +191,9 @@ def _check_captions(c, data, fail):
   if c.time_cond_proj_dim is not None:
     fail('time_cond_proj_dim: a guidance-embedded (LCM-style) UNet needs '
          'a guidance input this import does not give')
+  if c.dropout:
+    fail(f'dropout={c.dropout}: the port has no dropout layers; students '
+         'copied from it would train without them')
 
 
 def network(model_dir: str, noise_schedule: str, prediction_type: str,

@@ -170,6 +170,14 @@ def cond_config_from_dict(d: dict, where: str = 'config.json'
               'cross_attention_dim', 'only_cross_attention',
               'transformer_layers_per_block'):
     need(len(c.per_block(key)) == n, key, 'must have one entry per block')
+  rev = c.reverse_transformer_layers_per_block
+  nested = any(isinstance(v, (list, tuple))
+               for v in c.per_block('transformer_layers_per_block'))
+  need(not nested or rev is not None, 'transformer_layers_per_block',
+       'per layer needs reverse_transformer_layers_per_block too (as '
+       'diffusers requires)')
+  need(rev is None or len(rev) == n, 'reverse_transformer_layers_per_block',
+       'must have one entry per block')
   need(len(set(c.per_block('cross_attention_dim'))) == 1,
        'cross_attention_dim', 'must be the same for every block (one '
        'caption embedding)')

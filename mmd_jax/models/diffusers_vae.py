@@ -83,8 +83,8 @@ def _blocks(c: VAEConfig) -> _Blocks:
 
 
 def _norm_act(c: VAEConfig, x, name: str):
-  return ACTIVATIONS[c.act_fn](GroupNorm(c.norm_num_groups, epsilon=1e-6,
-                                         name=name)(x))
+  # diffusers' Encoder and Decoder end in SiLU whatever act_fn says.
+  return nn.silu(GroupNorm(c.norm_num_groups, epsilon=1e-6, name=name)(x))
 
 
 class Encoder(nn.Module):
@@ -196,6 +196,11 @@ def config_from_dict(d: dict, where: str = 'config.json') -> VAEConfig:
     need(len(getattr(c, key)) == len(c.block_out_channels), key,
          'must have one entry per block_out_channels')
   need(c.act_fn in ACTIVATIONS, 'act_fn', f'{c.act_fn!r} is not supported')
+  for key in ('latents_mean', 'latents_std'):
+    need(getattr(c, key) is None, key, 'is not supported: the port maps '
+         'latents with scaling_factor and shift_factor only')
+  need(isinstance(c.sample_size, int), 'sample_size', f'{c.sample_size!r}: '
+       'only square images (an int) are supported')
   return c
 
 

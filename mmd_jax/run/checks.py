@@ -2,7 +2,28 @@
 uses: the runner's (config_check.py) and each method's own `validate`."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 from mmd_jax.errors import Error
+
+# True while a run is only described (--mode=describe): nothing trains and
+# nothing is loaded, so shapes will do (a weightless diffusers directory,
+# a prompts-only file under methods that would train on examples).
+_DESCRIBING = contextvars.ContextVar('mmd_jax_describing', default=False)
+
+
+@contextlib.contextmanager
+def describing():
+  token = _DESCRIBING.set(True)
+  try:
+    yield
+  finally:
+    _DESCRIBING.reset(token)
+
+
+def is_describing() -> bool:
+  return _DESCRIBING.get()
 
 
 class ConfigError(Error, ValueError):

@@ -5,12 +5,13 @@ eval, mesh, ...) and the plan; each method checks its own sections
 from __future__ import annotations
 
 
+from mmd_jax import plugins as registry
 from mmd_jax.workdir import fs
 from mmd_jax.numerics import diffusion
 from mmd_jax.device import parallel
 from mmd_jax.run import plan as plan_lib
 from mmd_jax.run.checks import (ConfigError, guidance_needs_labels,
-                                need as _need)
+                                is_describing, need as _need)
 from mmd_jax.run.checks import one_of, positive_int as _positive_int
 from mmd_jax.data import DATASETS, data_shape
 from mmd_jax.data.images import IMAGE_DATASETS
@@ -34,7 +35,10 @@ def validate(config) -> plan_lib.Plan:
   _check_model(config, images)
   _check_diffusion(config)
   _check_run(config)
-  _check_eval(config, images, stages)
+  _check_eval(config, shape.kind in ('digits', 'images'), stages)
+  _need(not tuple(d.get('example_shape', ())) or not shape.has_examples,
+        'data.example_shape', 'is for prompts-only caption files; this '
+        "data has examples (their shape is the data's)")
   guidance_needs_labels(config, 'eval.guidance', shape)
   sig = shape.caption_signature
   if config.model.conditional and sig is not None and sig.null is None:
@@ -43,15 +47,17 @@ def validate(config) -> plan_lib.Plan:
           'caption, and the caption file has no null_emb; add it or set '
           'this to 0')
   plan = plan_lib.make_plan(config, shape)
-  if not shape.has_examples:
+  if not shape.has_examples and not is_describing():
+    _need(not plan.latent, 'data.path', f'{d.path!r} holds prompts only (no '
+          'array x); a latent run encodes examples, and there are none')
+    free = [m.name for m in registry.methods() if not m.needs_examples]
     for item in plan.items:
       if item is not plan_lib.EVALUATE and item.train and \
           item.method.needs_examples:
         _need(False, 'data.path',
               f'{d.path!r} holds prompts only (no array x), and '
               f'{item.job.name} trains on examples; on prompts only, import '
-              'the teacher (teacher.checkpoint) and train emd or '
-              'diff_instruct')
+              f'the teacher (teacher.checkpoint) and train one of {free}')
   if plan.latent:
     _need(d.name not in IMAGE_DATASETS, 'latent',
           f'latent diffusion needs in-memory data (digits, toy2d, points); '
@@ -136,7 +142,8 @@ def _check_eval(config, images: bool, stages: tuple):
     if e[key]:
       _need(fs.isfile(e[key]), f'eval.{key}', f'file {e[key]!r} does not exist')
   if e.inception_weights:
-    _need(images, 'eval.inception_weights', 'Inception metrics need image data')
+    _need(images, 'eval.inception_weights', 'Inception metrics need pixel data (digits or a tfds '
+          'image dataset), not arrays from a file')
   if d.name in IMAGE_DATASETS and plan_lib.EVALUATE in stages:
     _need(bool(e.inception_weights), 'eval.inception_weights',
           f'FID on {d.name} needs the Inception weights file: convert '

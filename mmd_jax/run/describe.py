@@ -19,6 +19,7 @@ from absl import logging
 from mmd_jax.data import DataShape, data_shape
 from mmd_jax.device import collectives, parallel, targets, timing
 from mmd_jax.run import config_check, runner
+from mmd_jax.run.checks import describing
 from mmd_jax.run.jobs import abstract_batch, loop_of
 from mmd_jax.run.plan import EVALUATE
 from mmd_jax.workdir import fs
@@ -91,7 +92,7 @@ def _forward_cost(env, opened, chosen) -> dict:
   params = jax.eval_shape(spec.init_params, jax.random.PRNGKey(0),
                           jax.ShapeDtypeStruct(batch['x'].shape, jnp.float32))
   lam = jax.ShapeDtypeStruct((n,), jnp.float32)
-  cond = batch.get('cond', batch.get('label'))
+  cond = spec.cond_of(batch)
   fn = lambda p, z, l, c: spec.module.apply(p, z, l, c)
   compiled = jax.jit(fn).lower(params, batch['x'], lam, cond).compile()
   cost = compiled.cost_analysis()
@@ -118,8 +119,7 @@ def describe(config, workdir: str) -> dict:
   with config.unlocked():
     config.stages = tuple(s for s in config.stages if s != EVALUATE) or (
         config.stages)
-  from mmd_jax.models import diffusers_import
-  with diffusers_import.shapes_only():   # a weightless model dir will do
+  with describing():   # shapes will do: a weightless model dir, prompts
     plan = config_check.validate(config)
   fs.check_reachable(workdir)
   r = runner.Run(config, workdir, data_shape(config.data), plan,

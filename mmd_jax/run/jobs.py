@@ -160,7 +160,8 @@ def _preview(env, opened: Opened):
         'ancestral', n, ctx.dataset.example_shape,
         cycle.of(ctx.spec, ctx.dataset),
         decode=ctx.space.decode)
-    real = env.data.train['x'][:2000] if env.data.kind == 'points' else None
+    real = (env.data.train['x'][:2000] if env.data.kind == 'points'
+            and env.data.has_examples else None)
     plots.save_samples(x, path,
                        f'{opened.job.name}, {k} steps, step {int(state.step)}',
                        real=real)
