@@ -153,6 +153,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # batch_size, warmup_steps, grad_clip, guidance}; their own settings live
   # here.
   c.emd = ml_collections.ConfigDict()
+  # The generators' own number of updates (0: distill.num_train_steps), for
+  # one-step generators that need a longer budget than the few-step
+  # students they are compared with (say so beside any comparison).
+  c.emd.num_train_steps = 0
   c.emd.generator_learning_rate = 1e-4
   c.emd.score_learning_rate = 1e-4
   c.emd.b1 = 0.0                   # Adam, warm-up then linear decay to 0

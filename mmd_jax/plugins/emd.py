@@ -122,6 +122,11 @@ def _check_setting(v, where):
        f"must be >= 0, got {v['fake_guidance']}")
 
 
+def _num_steps(cfg) -> int:
+  """The generators' budget: emd.num_train_steps, else distill's."""
+  return cfg.emd.get('num_train_steps', 0) or cfg.distill.num_train_steps
+
+
 class _OneStep(base.Method):
   sections = ('distill', 'emd')
   needs = ('teacher_params', 'teacher_frozen_dtype')
@@ -135,6 +140,9 @@ class _OneStep(base.Method):
     for key in ('num_train_steps', 'batch_size'):
       positive_int(cfg, f'distill.{key}')
     need(d.warmup_steps >= 0, 'distill.warmup_steps', 'must be >= 0')
+    n = e.get('num_train_steps', 0)
+    need(isinstance(n, int) and n >= 0, 'emd.num_train_steps',
+         f'must be an integer >= 0 (0: distill.num_train_steps), got {n!r}')
     for k in ('generator_learning_rate', 'score_learning_rate'):
       need(e[k] > 0, f'emd.{k}', f'must be > 0, got {e[k]}')
     need(0.0 <= e.b1 < 1.0 and 0.0 <= e.b2 < 1.0, 'emd.b1',
@@ -180,9 +188,16 @@ class _OneStep(base.Method):
                        ('fake_score', 'network'), ('fake_guidance', 0.0)):
       if setting[k] == default:
         del setting[k]
+    # Recorded where they differ from the defaults they were fixed at
+    # before, so that a changed rate or budget is refused, not resumed.
+    e = cfg.emd
+    for k, default in (('generator_learning_rate', 1e-4),
+                       ('score_learning_rate', 1e-4), ('num_train_steps', 0)):
+      if e.get(k, default) != default:   # older configs lack the key
+        setting[k] = e[k]
     return base.Job(
         method=self.name, name=name, model=model, steps=1,
-        num_steps=d.num_train_steps, batch_size=d.batch_size,
+        num_steps=_num_steps(cfg), batch_size=d.batch_size,
         batch_key='distill.batch_size', data_salt=1,
         micro_batches=cfg.grad_accum_steps, setting=setting,
         meta={'logsnr_generator': hp.logsnr_generator},
@@ -198,7 +213,7 @@ class _OneStep(base.Method):
     spec = ctx.spec
 
     def adam(lr):
-      return optim.global_step_adam(lr, d.warmup_steps, d.num_train_steps,
+      return optim.global_step_adam(lr, d.warmup_steps, _num_steps(cfg),
                                     d.grad_clip, b1=e.b1, b2=e.b2,
                                     eps=1e-8)[0]
     gen_tx = adam(e.generator_learning_rate)
