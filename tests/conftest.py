@@ -52,6 +52,9 @@ SLOW_FIRST = (
     'test_resilience.py::',
     'test_diffusers_unet.py::test_a_diffusers_teacher_is_imported',
     'test_vae.py::test_latent_pipeline',
+    'test_diffusers_cond.py::test_a_pipeline_is',
+    'test_captions.py::test_a_file_of_my_own',
+    'test_captions.py::test_digits_text_tiny',
 )
 
 

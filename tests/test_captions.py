@@ -366,3 +366,38 @@ def test_fd_raw_is_zero_between_equal_sets_and_grows_with_a_shift():
   wide = rng.standard_normal((300, 20, 20, 1))   # projected to 256 dims
   assert np.isfinite(references.fd_raw(wide, wide + 1.0))
   assert np.isnan(references.fd_raw(np.full((3, 2, 2, 1), np.nan), a[:3]))
+
+
+def test_a_prompts_only_file_trains_diff_instruct_and_refuses_the_rest(
+    tmp_path):
+  """No array x: an imported teacher and a one-step generator train on
+  captions and noise alone (points, so previews draw no data); a method
+  that reads examples is refused in one line, and so is a file without
+  data.example_shape; evaluation reports sample statistics."""
+  import json
+  import tiny
+  from mmd_jax import sample
+  from mmd_jax.run.checks import ConfigError
+  tiny.run('toy2d_text', 'tiny', tmp_path / 't', {'stages': ('teacher',)})
+  table = text_encoder.encode(['left', 'upper right'])
+  path = _write(tmp_path, caption_id=np.arange(2), **table)
+  over = {'data.name': 'points', 'data.path': path,
+          'data.example_shape': (2,),
+          'teacher.checkpoint': str(tmp_path / 't' / 'teacher')}
+  with pytest.raises(ConfigError, match='holds prompts only.*'
+                     'mm_alternating_k2 trains on examples'):
+    tiny.run('toy2d_text', 'tiny', tmp_path / 'w0', dict(
+        over, stages=('teacher', 'mm_alternating')))
+  with pytest.raises(DataError, match='give data.example_shape'):
+    tiny.run('toy2d_text', 'tiny', tmp_path / 'w1', dict(
+        over, stages=('teacher',), **{'data.example_shape': ()}))
+  w = tmp_path / 'w'
+  tiny.run('toy2d_text', 'tiny', w, dict(
+      over, stages=('teacher', 'diff_instruct', 'evaluate')))
+  rep = json.load(open(w / 'report.json'))
+  assert 'prompts_only' in rep and rep['reference'] == {}
+  for r in rep['rows']:
+    assert np.isfinite(r['metrics']['sample_std']), r
+  s, ids, _ = sample.draw(str(w / 'diff_instruct_k1'), None, 4,
+                          caption_ids=['1'])
+  assert s.shape == (4, 2) and np.all(np.isfinite(s))

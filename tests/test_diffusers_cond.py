@@ -46,7 +46,7 @@ def test_port_matches_diffusers_with_and_without_caption_masks(name):
   assert isinstance(module, du.UNet2DCondition)
   ref = np.load(os.path.join(FIXTURES, name, 'reference.npz'))
   cond = ref['timestep_cond'] if 'timestep_cond' in ref else None
-  apply = jax.jit(module.apply)
+  apply = module.apply   # eager: two calls compile slower than they run
   for mask, want in ((ref['encoder_attention_mask'], ref['output']),
                      (None, ref['output_unmasked'])):
     out = np.asarray(apply(params, ref['sample'], ref['timestep'],
@@ -154,7 +154,6 @@ def test_a_pipeline_is_a_caption_conditioned_teacher(tmp_path):
   mapped step with the caption as encoder_hidden_states, and its samples
   of an 8x8x4 latent file are scored (fd_raw)."""
   import tiny
-  from mmd_jax import sample
   from mmd_jax.run.stage_dir import open_stage
   pipe = _pipeline(tmp_path)
   w = tmp_path / 'w'
@@ -184,8 +183,6 @@ def test_a_pipeline_is_a_caption_conditioned_teacher(tmp_path):
   out = spec.module.apply(params, z, np.full(2, lam, np.float32), cond)
   np.testing.assert_allclose(np.asarray(out), np.asarray(eps), rtol=1e-4,
                              atol=1e-4 * float(np.abs(eps).max()))
-  s, ids, _ = sample.draw(str(w / 'teacher'), 4, 4, caption_ids=['1'])
-  assert s.shape == (4, 8, 8, 4) and list(ids['caption_ids']) == [1] * 4
 
 
 def test_a_pipeline_that_does_not_fit_the_captions_is_refused(tmp_path):
@@ -215,66 +212,28 @@ def test_a_pipeline_that_does_not_fit_the_captions_is_refused(tmp_path):
         'teacher.checkpoint': str(pipe), 'stages': ('teacher',)})
 
 
-def test_a_prompts_only_file_trains_diff_instruct_and_refuses_the_rest(
-    tmp_path):
-  """No array x: the imported teacher and a one-step generator train on
-  captions and noise alone; a method that reads examples is refused in one
-  line, and so is a file without data.example_shape."""
-  import tiny
-  from mmd_jax import sample
-  from mmd_jax.data import DataError
-  from mmd_jax.run.checks import ConfigError
-  pipe = _pipeline(tmp_path)
-  full = np.load(_latents_file(tmp_path))
-  path = str(tmp_path / 'prompts.npz')
-  np.savez(path, **{k: full[k] for k in full.files
-                    if k not in ('x', 'caption_id')},
-           **{'caption_id': np.arange(2)})
-  over = {'data.name': 'points', 'data.path': path,
-          'teacher.checkpoint': str(pipe), 'data.example_shape': (8, 8, 4)}
-  with pytest.raises(ConfigError, match='holds prompts only.*'
-                     'mm_alternating_k2 trains on examples'):
-    tiny.run('toy2d_text', 'tiny', tmp_path / 'w0', dict(
-        over, stages=('teacher', 'mm_alternating')))
-  with pytest.raises(DataError, match='give data.example_shape'):
-    tiny.run('toy2d_text', 'tiny', tmp_path / 'w1', dict(
-        over, stages=('teacher',), **{'data.example_shape': ()}))
-  w = tmp_path / 'w'
-  tiny.run('toy2d_text', 'tiny', w, dict(
-      over, stages=('teacher', 'diff_instruct', 'evaluate'),
-      **{'distill.num_train_steps': 2, 'distill.batch_size': 8,
-         'eval.num_samples': 16, 'eval.batch_size': 16}))
-  rep = json.load(open(w / 'report.json'))
-  assert 'prompts_only' in rep and rep['reference'] == {}
-  for r in rep['rows']:
-    assert np.isfinite(r['metrics']['sample_std'])
-  s, ids, _ = sample.draw(str(w / 'diff_instruct_k1'), None, 4,
-                          caption_ids=['1'])
-  assert s.shape == (4, 8, 8, 4) and np.all(np.isfinite(s))
-
-
 def test_a_weightless_pipeline_is_described_and_refused_for_training(
     tmp_path):
-  """configs/sd15's mechanism on the small fixture: --mode=describe reads
-  config.json only, and prompts-only data; a training run refuses both."""
+  """configs/sd15's mechanism on the small fixture: while describing,
+  config.json and prompts-only data will do; a training run refuses both
+  (no weights, no examples for mm_alternating)."""
   import tiny
-  from mmd_jax.run import describe
-  from mmd_jax.run.checks import ConfigError
+  from mmd_jax.run import config_check, describe
+  from mmd_jax.run.checks import ConfigError, describing
   pipe = _pipeline(tmp_path)
   os.remove(pipe / 'unet' / du.WEIGHTS_FILE)
   full = np.load(_latents_file(tmp_path))
   path = str(tmp_path / 'prompts.npz')
   np.savez(path, **{k: full[k] for k in full.files
                     if k not in ('x', 'caption_id')}, caption_id=[0])
-  c = tiny.config('toy2d_text', 'tiny', {
-      'data.name': 'points', 'data.path': path,
-      'data.example_shape': (8, 8, 4), 'teacher.checkpoint': str(pipe),
-      'distill.batch_size': 8, 'stages': ('teacher', 'mm_alternating')})
+  over = {'data.name': 'points', 'data.path': path,
+          'data.example_shape': (8, 8, 4), 'teacher.checkpoint': str(pipe),
+          'stages': ('teacher', 'mm_alternating')}
+  c = tiny.config('toy2d_text', 'tiny', over)
+  with describing():
+    config_check.validate(c)
+  with pytest.raises(ConfigError, match='has no diffusion_pytorch_model'):
+    config_check.validate(c)
+  c.stages = ('teacher',)
   d = describe.describe(c, str(tmp_path / 'd'))
   assert d['networks']['teacher']['params'] == 51684   # the fixture's count
-  assert d['stages']['mm_alternating_k2']['flops_per_step'] > 0
-  with pytest.raises(ConfigError, match='has no diffusion_pytorch_model'):
-    tiny.run('toy2d_text', 'tiny', tmp_path / 'w', {
-        'data.name': 'points', 'data.path': path,
-        'data.example_shape': (8, 8, 4), 'teacher.checkpoint': str(pipe),
-        'stages': ('teacher', 'diff_instruct')})
