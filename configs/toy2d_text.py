@@ -14,7 +14,7 @@ caption file of your own (data/captions.py); caption accuracy then needs
 known modes and is left out, the per-caption energy distance is against
 the file's own examples of each caption.
 
-Variants: (none) the benchmark (about 20 minutes on 2 cores); tiny: a
+Variants: (none) the benchmark (about 35 minutes on one core); tiny: a
 seconds-long run for tests.
 """
 from configs import toy2d
