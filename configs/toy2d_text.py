@@ -5,7 +5,7 @@ embedded by the deterministic encoder of data/text_encoder.py.
 The teacher is the toy2d MLP conditioned on the caption's pooled (masked
 mean) embedding, trained with 10% caption dropout to the null (empty)
 caption. Then an 8-step mm_alternating student and a one-step Diff-Instruct
-generator. Metrics: caption accuracy (samples within 4 stds of a mode
+generator (trained for 6x the student's updates: docs/captions.md). Metrics: caption accuracy (samples within 4 stds of a mode
 their caption allows) and the energy distance per caption to exact
 conditional samples, averaged over captions; 3 evaluation seeds.
 
