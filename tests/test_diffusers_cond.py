@@ -151,21 +151,16 @@ def _latents_file(tmp_path, n=64, length=5, dim=12):
 def test_a_pipeline_is_a_caption_conditioned_teacher(tmp_path):
   """teacher.checkpoint=<pipeline>: the imported UNet2DConditionModel reads
   the run's captions; the teacher's denoiser is diffusers' network at the
-  mapped step with the caption as encoder_hidden_states, and its samples
-  of an 8x8x4 latent file are scored (fd_raw)."""
+  mapped step with the caption as encoder_hidden_states."""
   import tiny
   from mmd_jax.run.stage_dir import open_stage
   pipe = _pipeline(tmp_path)
   w = tmp_path / 'w'
   tiny.run('toy2d_text', 'tiny', w, {
       'data.name': 'points', 'data.path': _latents_file(tmp_path),
-      'teacher.checkpoint': str(pipe), 'eval.num_samples': 64,
-      'eval.batch_size': 64, 'stages': ('teacher', 'evaluate')})
-  # (A student of the imported UNet trains in the prompts-only test.)
-  rep = json.load(open(w / 'report.json'))
-  assert {r['model'] for r in rep['rows']} == {'teacher'}
-  for r in rep['rows']:
-    assert np.isfinite(r['metrics']['fd_raw']), r
+      'teacher.checkpoint': str(pipe), 'stages': ('teacher',)})
+  # (test_captions scores arrays files end to end, with a UNet trained
+  # here; the import is what this test is about.)
   assert json.load(open(w / 'teacher' / 'diffusers' / 'import.json'))[
       'beta_schedule'] == 'scaled_linear'
   # The denoiser is the network: eps at step n for this caption.
