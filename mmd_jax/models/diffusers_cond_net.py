@@ -25,7 +25,8 @@ import jax.numpy as jnp
 
 from mmd_jax.models.diffusers_net import (ACTIVATIONS, DownBlock, ResnetBlock,
                                           UpBlock, _conv, _resnet_kwargs,
-                                          _resample, timestep_embedding)
+                                          conv_downsample, conv_upsample,
+                                          timestep_embedding)
 from mmd_jax.models.layers import GroupNorm
 
 COND_DOWN_BLOCKS = ('DownBlock2D', 'CrossAttnDownBlock2D')
@@ -232,10 +233,7 @@ class CrossAttnDownBlock(nn.Module):
                        f'attentions_{j}')(x, context, bias)
       outputs.append(x)
     if self.add_downsample:
-      p = c.downsample_padding
-      if p == 0:
-        x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
-      x = _conv(self.out_channels, 3, 2, p, name='downsamplers_0_conv')(x)
+      x = conv_downsample(x, self.out_channels, c.downsample_padding)
       outputs.append(x)
     return x, outputs
 
@@ -256,8 +254,7 @@ class CrossAttnUpBlock(nn.Module):
       x = _transformer(c, i, layers, _only_cross(c, i, True),
                        f'attentions_{j}', reverse=True)(x, context, bias)
     if self.add_upsample:
-      x = _conv(self.out_channels, 3, padding=1,
-                name='upsamplers_0_conv')(_resample(x, up=True))
+      x = conv_upsample(x, self.out_channels)
     return x
 
 

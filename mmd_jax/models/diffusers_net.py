@@ -114,6 +114,20 @@ class FourierProjection(nn.Module):
     return jnp.concatenate([jnp.sin(proj), jnp.cos(proj)], -1)
 
 
+def conv_downsample(x, channels: int, padding: int):
+  """diffusers' Downsample2D with a conv; padding 0 pads right and bottom
+  by one, as diffusers does."""
+  if padding == 0:
+    x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+  return _conv(channels, 3, 2, padding, name='downsamplers_0_conv')(x)
+
+
+def conv_upsample(x, channels: int):
+  """diffusers' Upsample2D: nearest x2, then a 3x3 conv."""
+  return _conv(channels, 3, padding=1,
+               name='upsamplers_0_conv')(_resample(x, up=True))
+
+
 def _resample(x, up: bool):
   b, h, w, c = x.shape
   if up:   # nearest, x2
@@ -212,10 +226,7 @@ class DownBlock(nn.Module):
         x = ResnetBlock(self.out_channels, **res, down=True,
                         name='downsamplers_0')(x, temb, train)
       else:
-        p = c.downsample_padding
-        if p == 0:
-          x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        x = _conv(self.out_channels, 3, 2, p, name='downsamplers_0_conv')(x)
+        x = conv_downsample(x, self.out_channels, c.downsample_padding)
       outputs.append(x)
     return x, outputs
 
@@ -244,8 +255,7 @@ class UpBlock(nn.Module):
         x = ResnetBlock(self.out_channels, **res, up=True,
                         name='upsamplers_0')(x, temb, train)
       else:
-        x = _conv(self.out_channels, 3, padding=1,
-                  name='upsamplers_0_conv')(_resample(x, up=True))
+        x = conv_upsample(x, self.out_channels)
     return x
 
 

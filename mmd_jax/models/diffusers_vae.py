@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from mmd_jax.models import diffusers_unet as du
 from mmd_jax.models.diffusers_net import (ACTIVATIONS, DownBlock, MidBlock,
-                                          ResnetBlock, _conv, _resample)
+                                          ResnetBlock, _conv, conv_upsample)
 from mmd_jax.models.layers import GroupNorm
 from mmd_jax.workdir import fs
 
@@ -116,8 +116,7 @@ class UpDecoderBlock(nn.Module):
       x = ResnetBlock(self.out_channels, b.norm_num_groups, b.norm_eps,
                       act=b.act_fn, name=f'resnets_{j}')(x, None)
     if self.add_upsample:
-      x = _conv(self.out_channels, 3, padding=1,
-                name='upsamplers_0_conv')(_resample(x, up=True))
+      x = conv_upsample(x, self.out_channels)
     return x
 
 
