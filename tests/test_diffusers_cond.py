@@ -17,6 +17,7 @@ from mmd_jax.models import diffusers_unet as du
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                         'fixtures', 'diffusers_cond')
 NAMES = sorted(os.listdir(FIXTURES))
+VAE_FIXTURES = os.path.join(os.path.dirname(FIXTURES), 'diffusers_vae')
 
 
 def _cfg(name):
@@ -113,21 +114,27 @@ def test_missing_and_misshapen_weights_end_in_one_line(tmp_path):
     du.from_pretrained(str(d))
 
 
-def _pipeline(tmp_path):
+def _pipeline(tmp_path, vae=False):
   """A Stable-Diffusion-layout pipeline around the sd1_conv fixture: its
-  unet/, SD's scaled-linear DDPM schedule in scheduler/, model_index.json."""
+  unet/, SD's scaled-linear DDPM schedule in scheduler/, model_index.json;
+  with `vae`, the sd_like AutoencoderKL (16x16x3 images to its 8x8x4
+  latents) in vae/."""
   p = tmp_path / 'pipe'
+  index = {'_class_name': 'StableDiffusionPipeline',
+           'unet': ['diffusers', 'UNet2DConditionModel'],
+           'scheduler': ['diffusers', 'PNDMScheduler']}
   shutil.copytree(os.path.join(FIXTURES, 'sd1_conv'), p / 'unet')
   os.remove(p / 'unet' / 'reference.npz')
+  if vae:
+    shutil.copytree(os.path.join(VAE_FIXTURES, 'sd_like'), p / 'vae')
+    os.remove(p / 'vae' / 'reference.npz')
+    index['vae'] = ['diffusers', 'AutoencoderKL']
   (p / 'scheduler').mkdir()
   json.dump({'_class_name': 'PNDMScheduler', 'beta_schedule':
              'scaled_linear', 'beta_start': 0.00085, 'beta_end': 0.012,
              'num_train_timesteps': 1000, 'prediction_type': 'epsilon'},
             open(p / 'scheduler' / 'scheduler_config.json', 'w'))
-  json.dump({'_class_name': 'StableDiffusionPipeline',
-             'unet': ['diffusers', 'UNet2DConditionModel'],
-             'scheduler': ['diffusers', 'PNDMScheduler']},
-            open(p / 'model_index.json', 'w'))
+  json.dump(index, open(p / 'model_index.json', 'w'))
   return p
 
 
@@ -148,23 +155,62 @@ def _latents_file(tmp_path, n=64, length=5, dim=12):
   return path
 
 
-def test_a_pipeline_is_a_caption_conditioned_teacher(tmp_path):
-  """teacher.checkpoint=<pipeline>: the imported UNet2DConditionModel reads
-  the run's captions; the teacher's denoiser is diffusers' network at the
-  mapped step with the caption as encoder_hidden_states."""
+def _images_file(tmp_path, n=64, length=5, dim=12, size=16):
+  """Captioned size x size x 3 images in [-1, 1]: two captions, two means."""
+  rng = np.random.default_rng(4)
+  ids = np.arange(n) % 2
+  x = rng.standard_normal((n, size, size, 3)) * 0.3
+  x += np.where(ids == 0, -0.5, 0.5)[:, None, None, None]
+  emb = rng.standard_normal((2, length, dim)).astype(np.float32)
+  mask = np.ones((2, length), np.float32)
+  mask[1, 3:] = 0
+  path = str(tmp_path / f'images{size}.npz')
+  np.savez(path, x=np.clip(x, -1, 1).astype(np.float32), caption_id=ids,
+           emb=emb, mask=mask, null_emb=np.zeros((length, dim), np.float32),
+           null_mask=np.ones(length, np.float32),
+           captions=np.array(['dark', 'bright']))
+  return path
+
+
+def test_a_pipeline_is_a_caption_conditioned_latent_teacher(tmp_path):
+  """teacher.checkpoint=latent.vae_checkpoint=<pipeline>: the run is latent
+  in the pipeline's AutoencoderKL, as diffusers' pipelines are (latent =
+  (mean - shift) * scaling_factor, encoded once and cached in W/vae), and
+  the teacher's denoiser is diffusers' UNet at the mapped step with the
+  caption as encoder_hidden_states."""
   import tiny
+  from mmd_jax.models import diffusers_vae
   from mmd_jax.run.stage_dir import open_stage
-  pipe = _pipeline(tmp_path)
+  pipe = _pipeline(tmp_path, vae=True)
   w = tmp_path / 'w'
+  images = _images_file(tmp_path)
   tiny.run('toy2d_text', 'tiny', w, {
-      'data.name': 'points', 'data.path': _latents_file(tmp_path),
-      'teacher.checkpoint': str(pipe), 'stages': ('teacher',)})
+      'data.name': 'points', 'data.path': images,
+      'teacher.checkpoint': str(pipe), 'latent.vae_checkpoint': str(pipe),
+      'stages': ('teacher',)})
   # (test_captions scores arrays files end to end, with a UNet trained
   # here; the import is what this test is about.)
   assert json.load(open(w / 'teacher' / 'diffusers' / 'import.json'))[
       'beta_schedule'] == 'scaled_linear'
-  # The denoiser is the network: eps at step n for this caption.
+  assert json.load(open(w / 'vae' / 'stage.json'))['imported_from'] == str(
+      pipe / 'vae')
   stage = open_stage(str(w / 'teacher'))
+  # The space: diffusers' latents of the data, cached in W/vae.
+  vae, vae_params = diffusers_vae.from_pretrained(str(pipe / 'vae'))
+  x = np.load(images)['x']
+  mean, _ = vae.apply(vae_params, x[:8], method=vae.encode)
+  assert vae.cfg.shift_factor is None
+  z = stage.ctx.dataset.train['x']
+  assert z.shape == (64, 8, 8, 4) and stage.ctx.dataset.kind == 'arrays'
+  np.testing.assert_allclose(z[:8], np.asarray(mean) * 0.18215, rtol=1e-5,
+                             atol=1e-6)
+  cached = [f for f in os.listdir(w / 'vae') if f.startswith('latents_')]
+  assert len(cached) == 1
+  np.testing.assert_array_equal(np.load(w / 'vae' / cached[0])['z'], z)
+  np.testing.assert_allclose(
+      stage.ctx.space.decode(z[:2]), np.asarray(vae.apply(
+          vae_params, mean[:2], method=vae.decode)), rtol=1e-5, atol=1e-5)
+  # The denoiser is the network: eps at step n for this caption.
   spec, params = stage.ctx.spec, stage.state.sampling_params
   module, unet_params = du.from_pretrained(str(pipe / 'unet'))
   table = stage.ctx.dataset.captions
@@ -178,6 +224,30 @@ def test_a_pipeline_is_a_caption_conditioned_teacher(tmp_path):
   out = spec.module.apply(params, z, np.full(2, lam, np.float32), cond)
   np.testing.assert_allclose(np.asarray(out), np.asarray(eps), rtol=1e-4,
                              atol=1e-4 * float(np.abs(eps).max()))
+
+
+def test_a_vae_that_does_not_fit_the_data_is_refused(tmp_path):
+  import tiny
+  from mmd_jax.run.checks import ConfigError
+  pipe = _pipeline(tmp_path, vae=True)
+
+  def run(data, **kw):
+    tiny.run('toy2d_text', 'tiny', tmp_path / 'w', dict({
+        'data.name': 'points', 'data.path': data,
+        'teacher.checkpoint': str(pipe), 'latent.vae_checkpoint': str(pipe),
+        'stages': ('teacher',)}, **kw))
+  with pytest.raises(ConfigError, match=r'^config.latent.vae_checkpoint: '
+                     r'the VAE downsamples by 2; .* 15x15 images'):
+    run(_images_file(tmp_path, size=15))
+  # Without the VAE the pipeline's UNet meets 16x16x3 images.
+  with pytest.raises(ConfigError, match=r'^config.teacher.checkpoint: the '
+                     r'model takes \(8, 8\) x 4 samples'):
+    run(_images_file(tmp_path), **{'latent.vae_checkpoint': ''})
+  shutil.rmtree(pipe / 'vae')
+  with pytest.raises(ConfigError, match='^config.latent.vae_checkpoint: the '
+                     'pipeline .* has no vae/'):
+    run(_images_file(tmp_path))
+  assert not (tmp_path / 'w').exists()
 
 
 def test_a_pipeline_that_does_not_fit_the_captions_is_refused(tmp_path):

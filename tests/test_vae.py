@@ -239,3 +239,34 @@ def test_vae_config_errors_name_the_key(key, value, needle):
   with pytest.raises(config_check.ConfigError) as e:
     config_check.validate(c)
   assert str(e.value).startswith(needle), str(e.value)
+
+
+def test_a_latent_space_caches_its_encoding_keyed_by_the_data(tmp_path):
+  """Encoded once per dataset: the same data read back from the cache (not
+  re-encoded), other data encoded afresh, never served a stale file."""
+  from mmd_jax.data import Dataset
+  from mmd_jax.numerics.space import LatentSpace
+  calls = []
+
+  def encoder(params, x):
+    calls.append(len(x))
+    return x[:, ::2, ::2, :] * params
+
+  space = LatentSpace('half', 16, encoder, None, jnp.float32(2.0), 0.5,
+                      latent_shape=(4, 4, 1), cache_dir=str(tmp_path))
+  x = np.random.default_rng(0).uniform(-1, 1, (10, 8, 8, 1)).astype(
+      np.float32)
+  data = Dataset('d', 'digits', {'x': x, 'label': np.arange(10)})
+  a = space.encode_dataset(data)
+  assert a.kind == 'arrays' and a.train['x'].shape == (10, 4, 4, 1)
+  np.testing.assert_allclose(a.train['x'], x[:, ::2, ::2] * 2.0 * 0.5)
+  np.testing.assert_array_equal(a.train['label'], np.arange(10))
+  assert calls == [10] and len(os.listdir(tmp_path)) == 1
+  b = space.encode_dataset(data)
+  assert calls == [10]   # read back
+  np.testing.assert_array_equal(b.train['x'], a.train['x'])
+  x2 = x.copy()
+  x2[3, 0, 0, 0] += 0.25   # one value changed: encoded afresh
+  c = space.encode_dataset(Dataset('d', 'digits', {'x': x2}))
+  assert calls == [10, 10] and len(os.listdir(tmp_path)) == 2
+  assert c.train['x'][3, 0, 0, 0] == pytest.approx(x2[3, 0, 0, 0])

@@ -21,7 +21,8 @@ caption id is a line number from 0). The file gets:
   classifier-free guidance and caption dropout;
 - `captions` [K]: the texts; `pooled` [K, P] and `null_pooled` [P] with
   `--pooled` (the text encoder's pooled output);
-- `x` and `caption_id` from `--x` (examples: latents, NHWC) and
+- `x` and `caption_id` from `--x` (examples, NHWC: latents, or images in
+  [-1, 1] for a run with `latent.vae_checkpoint`) and
   `--caption_ids` (int, one row of captions.txt per example); without
   them, `caption_id` is 0..K-1 and there is no `x`: a prompts-only file.
 """

@@ -159,6 +159,21 @@ def _table(path, arrays) -> CaptionTable:
   return CaptionTable(emb, mask, pooled, null, texts)
 
 
+def save_conditioned(path: str, x, caption_id, table: CaptionTable):
+  """The file `load_conditioned` reads (x may be None: prompts only)."""
+  arrays = {'caption_id': np.asarray(caption_id, np.int32),
+            'emb': table.emb, 'mask': table.mask}
+  if x is not None:
+    arrays['x'] = np.asarray(x, np.float32)
+  if table.pooled is not None:
+    arrays['pooled'] = table.pooled
+  if table.null is not None:
+    arrays.update({f'null_{k}': v for k, v in table.null.items()})
+  if table.texts is not None:
+    arrays['captions'] = np.array(table.texts)
+  fs.save_npz(path, **arrays)
+
+
 def load_conditioned(path: str):
   """(x or None, caption_id, CaptionTable) from a conditioned .npz; one
   DataError line naming the array for anything wrong."""

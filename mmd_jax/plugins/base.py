@@ -189,6 +189,12 @@ class Method:
     the data, the batch split or files on disk): a typo in a section no
     stage reads is still refused."""
 
+  def space_data(self, cfg, data):
+    """A SPACE provider: the `DataShape` the in-space methods will see, when
+    it is known before training (a diffusers VAE's image latents), so that
+    they validate against it; None: they validate against `data`."""
+    return None
+
   def network(self, cfg, data, workdir: str) -> Optional[Network]:
     """The run's network, when this method brings one (an imported
     teacher); None: the one config.model describes."""

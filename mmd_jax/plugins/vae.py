@@ -27,6 +27,7 @@ from mmd_jax.workdir import fs
 from mmd_jax.run.checks import need, one_of, positive_int
 from mmd_jax.evaluation import plots
 from mmd_jax.methods import vae
+from mmd_jax.models import diffusers_latent, diffusers_vae
 from mmd_jax.models.vae import ARCHS, LIKELIHOODS, VAE as VAEModule
 from mmd_jax.numerics.space import LatentSpace
 from mmd_jax.plugins import base, register
@@ -90,23 +91,54 @@ class VAE(base.Method):
          f'must be below 100 or a multiple of 100, got {v.iwae_samples}')
     if not used:
       return
+    ckpt = self._checkpoint(cfg)
+    if ckpt:
+      need(fs.isdir(ckpt), 'latent.vae_checkpoint',
+           f'{ckpt!r} is neither a VAE stage directory nor a diffusers '
+           'AutoencoderKL (or pipeline) directory')
+      if self._diffusers(cfg):
+        self.space_data(cfg, data)
+        return
     need(data.kind != 'points' or v.arch == 'mlp', 'vae.arch',
          'conv needs image data; use mlp for points')
     need(v.batch_size % cfg.grad_accum_steps == 0, 'grad_accum_steps',
          f'vae.batch_size={v.batch_size} is not divisible into '
          f'{cfg.grad_accum_steps} micro-batches')
-    ckpt = self._checkpoint(cfg)
-    if ckpt:
-      need(fs.isdir(ckpt), 'latent.vae_checkpoint',
-           f'{ckpt!r} is not a VAE stage directory')
 
   def _checkpoint(self, cfg) -> str:
     lat = cfg.get('latent')
     return lat.get('vae_checkpoint', '') if lat is not None else ''
 
+  def _diffusers(self, cfg) -> str | None:
+    """The diffusers AutoencoderKL directory latent.vae_checkpoint names."""
+    return diffusers_latent.vae_dir(self._checkpoint(cfg))
+
+  def space_data(self, cfg, data):
+    src = self._diffusers(cfg)
+    if src is None:
+      return None
+    module = diffusers_latent.module_of(src)
+    diffusers_latent.check_data(module, data)
+    return diffusers_latent.space(module, None, data.example_shape
+                                  ).encode_dataset(data)
+
   def jobs(self, cfg):
     v, ckpt = cfg.vae, self._checkpoint(cfg)
     ckpt = fs.absolute(ckpt) if ckpt else ''
+    src = self._diffusers(cfg) if ckpt else None
+    if src is not None:   # imported into W/vae, never trained here
+      src = fs.absolute(src)
+      c = diffusers_latent.module_of(src).cfg
+      return [base.Job(
+          method=self.name, name='vae', model='vae', steps=None,
+          num_steps=v.num_train_steps, batch_size=v.batch_size,
+          batch_key='vae.batch_size', data_salt=3,
+          setting={'arch': 'diffusers_' + diffusers_latent.CLASS_NAME,
+                   'latent_channels': c.latent_channels,
+                   'scaling_factor': c.scaling_factor,
+                   'shift_factor': c.shift_factor},
+          micro_batches=cfg.grad_accum_steps,
+          source=src, source_key='latent.vae_checkpoint', stage_dir='')]
     return [base.Job(
         method=self.name, name='vae', model='vae', steps=None,
         num_steps=v.num_train_steps, batch_size=v.batch_size,
@@ -115,6 +147,8 @@ class VAE(base.Method):
         source=ckpt, source_key='latent.vae_checkpoint', stage_dir=ckpt)]
 
   def bind(self, job, cfg, ctx, artifacts):
+    if job.setting.get('arch', '').startswith('diffusers_'):
+      return self._bind_diffusers(job, ctx)
     v = cfg.vae
     module = module_for(cfg, ctx.data)
     hp = vae.VAEHParams(num_samples=v.num_samples, likelihood=v.likelihood,
@@ -132,6 +166,41 @@ class VAE(base.Method):
         publish=functools.partial(self._publish, job, cfg, ctx),
         report=functools.partial(self._report, job, cfg, ctx),
         preview=preview)
+
+  def _bind_diffusers(self, job, ctx):
+    """An imported diffusers VAE: loaded once into W/vae, whose kept
+    config.json rebuilds its module later; it publishes the space only."""
+    stage_dir = os.path.join(ctx.workdir, job.name)
+    module = diffusers_latent.module_of(diffusers_latent.kept_or_source(
+        stage_dir, job.source))
+    tx = optax.set_to_zero()
+
+    def init(key, batch, frozen):
+      params = diffusers_vae.abstract_params(module)
+      params = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), params)
+      return vae.VAEState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=tx.init(params), rng=key, module=module,
+                          hparams=vae.VAEHParams(), tx=tx)
+
+    def load(state):
+      _, params = diffusers_vae.from_pretrained(job.source)
+      if jax.process_index() == 0:
+        diffusers_latent.keep_config(job.source, stage_dir)
+      logging.info('VAE imported from %s', job.source)
+      return state.replace(params=jax.tree.map(
+          lambda p, old: jax.device_put(p, old.sharding), params,
+          state.params))
+
+    def publish(state):
+      shape = ctx.data.example_shape
+      if base.is_abstract(state.params):
+        return {base.SPACE: diffusers_latent.space(module, None, shape)}
+      return {base.SPACE: diffusers_latent.space(module, state.params, shape,
+                                                 cache_dir=stage_dir)}
+
+    def step(state, batch, key):
+      raise RuntimeError('an imported diffusers VAE is not trained here')
+    return base.Bound(init=init, step=step, publish=publish, load=load)
 
   def _publish(self, job, cfg, ctx, state):
     v = cfg.vae

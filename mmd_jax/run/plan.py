@@ -170,8 +170,10 @@ def make_plan(config, data=None) -> Plan:
       views[space.name] = view(config, space)
       latent = True
   if data is not None:
+    spaced = (space.space_data(views[space.name], data) if latent else None
+              ) or data
     for m, _ in (o for o in order if o is not EVALUATE):
-      m.validate(views[m.name], data)
+      m.validate(views[m.name], spaced if m.in_space else data)
     _check_unused_sections(config, views, data)
 
   items = []
