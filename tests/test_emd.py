@@ -17,6 +17,7 @@ DI = emd.EMDHParams(**emd.DIFF_INSTRUCT, logsnr_generator=0.0)
 
 # A tiny spec and non-degenerate random nets, shared with the MM tests.
 from test_moment_matching import _random_params, _spec  # noqa: E402
+import tiny
 
 
 def _flat(tree):
@@ -143,7 +144,8 @@ def _gradient_draws(hp, num_draws, n=16):
     return _flat(g)
 
   keys = jax.random.split(jax.random.PRNGKey(3), num_draws)
-  return np.asarray(jax.lax.map(draw, keys), np.float64)
+  return np.asarray(tiny.jit_run_fast(lambda k: jax.lax.map(draw, k))(keys),
+                    np.float64)
 
 
 def _z_scores(draws):
@@ -247,7 +249,7 @@ def test_e_step_reaches_the_gaussian_target(parameterization, integrator,
   n = 20_000
   z = jax.random.normal(jax.random.PRNGKey(0), (n, 2))
   eps = jax.random.normal(jax.random.PRNGKey(1), (n, 2))
-  r = jax.jit(lambda z, e, k: emd.langevin(
+  r = tiny.jit_run_fast(lambda z, e, k: emd.langevin(
       hp, gen, diff, z, e, jnp.full((n,), lam0), k))(
           z, eps, jax.random.PRNGKey(2))
   x_t = a * gen(r.z) + s * r.eps

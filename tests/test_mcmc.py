@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mmd_jax.numerics import mcmc
+import tiny
 
 MODEL = mcmc.GaussianChain(scales=(1.0, 0.5), obs_scale=0.7, x=1.3)
 
@@ -24,7 +25,7 @@ def _draw(sampler, parameterization, key):
     return mcmc.hmc(log_prob, x0, k1, step_size=0.3, num_leapfrog=5,
                     num_samples=300)
 
-  out = jax.jit(jax.vmap(chain))(jax.random.split(key, num_chains))
+  out = tiny.jit_run_fast(jax.vmap(chain))(jax.random.split(key, num_chains))
   s = out.samples[:, 50:]        # burn-in
   z = MODEL.to_z(s) if parameterization == 'noncentred' else s
   return np.asarray(z, np.float64).reshape(-1, 2), out
@@ -119,7 +120,7 @@ def test_general_hierarchical_model_matches_the_gaussian_chain():
     out = mcmc.hmc(h.log_prob_noncentred, [jnp.zeros(()), jnp.zeros(())],
                    key, 0.3, 5, 300)
     return jnp.stack(h.to_z(out.samples), -1)[50:]
-  z = np.asarray(jax.jit(jax.vmap(chain))(
+  z = np.asarray(tiny.jit_run_fast(jax.vmap(chain))(
       jax.random.split(jax.random.PRNGKey(5), 256))).reshape(-1, 2)
   mean, cov = MODEL.posterior()
   np.testing.assert_allclose(z.mean(0), mean, atol=0.03)

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmd_jax.numerics import diffusion, sampling
+import tiny
 
 MEAN = np.array([1.0, -0.5], np.float32)
 COV = np.array([[0.5, 0.3], [0.3, 0.4]], np.float32)
@@ -26,7 +27,7 @@ def _moments(x):
 
 def test_ancestral_512_steps_matches_data_moments():
   sched = diffusion.Schedule('cosine')
-  x = jax.jit(lambda k: sampling.ancestral_sample(
+  x = tiny.jit_run_fast(lambda k: sampling.ancestral_sample(
       k, analytic_denoiser, sched, (40_000, 2), 512))(jax.random.PRNGKey(0))
   m, c = _moments(x)
   np.testing.assert_allclose(m, MEAN, atol=0.02)
@@ -35,7 +36,7 @@ def test_ancestral_512_steps_matches_data_moments():
 
 def test_ddim_matches_data_moments():
   sched = diffusion.Schedule('cosine')
-  x = jax.jit(lambda k: sampling.ddim_sample(
+  x = tiny.jit_run_fast(lambda k: sampling.ddim_sample(
       k, analytic_denoiser, sched, (40_000, 2), 256))(jax.random.PRNGKey(1))
   m, c = _moments(x)
   np.testing.assert_allclose(m, MEAN, atol=0.02)

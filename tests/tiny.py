@@ -30,3 +30,17 @@ def xla_flags(devices: int | None = None, fast_compile: bool = True) -> str:
   if devices:
     flags += f' --xla_force_host_platform_device_count={devices}'
   return flags.strip()
+
+
+# A program a test runs for long (hundreds of steps over tens of thousands
+# of chains, or a training loop) compiles with LLVM's optimisation: at the
+# suite's level 0 (conftest) it runs ~3x slower, which costs more than the
+# compile saves (the e-step test's 600 Langevin steps: 26 s at level 0,
+# 8 s at level 2, each compiled in 1-2 s).
+RUN_FAST = {'xla_backend_optimization_level': 2}
+
+
+def jit_run_fast(fn, **kw):
+  """jax.jit(fn) compiled for a long run (see RUN_FAST)."""
+  import jax
+  return jax.jit(fn, compiler_options=RUN_FAST, **kw)
