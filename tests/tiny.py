@@ -21,12 +21,12 @@ def run(name: str, arg: str | None, workdir, overrides: dict | None = None):
 
 def xla_flags(devices: int | None = None, fast_compile: bool = True) -> str:
   """This session's XLA flags (conftest's), with `devices` CPU devices, for
-  a subprocess's environment; `fast_compile=False` drops the optimisation
-  level 0 that conftest adds (default code generation)."""
+  a subprocess's environment; `fast_compile=False` drops conftest's
+  fast-compile flags (default code generation)."""
   flags = os.environ.get('XLA_FLAGS', '')
   if not fast_compile:
-    flags = ' '.join(f for f in flags.split()
-                     if not f.startswith('--xla_backend_optimization_level'))
+    flags = ' '.join(f for f in flags.split() if not f.startswith(
+        ('--xla_backend_optimization_level', '--xla_cpu_use_fusion_emitters')))
   if devices:
     flags += f' --xla_force_host_platform_device_count={devices}'
   return flags.strip()
