@@ -28,7 +28,8 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 # compile a step as the elemental emitters they replaced, and run these
 # tiny programs no faster: the device-check UViT's teacher step compiled
 # in 2.6 s without them and 5.9 s with them, and stepped in 107 ms vs
-# 120-138 ms.
+# 120-138 ms. The whole suite on a fresh clone: 723 s of pytest with them,
+# 556 s without (CPU 24m35 vs 19m16).
 FAST_COMPILE = ('--xla_backend_optimization_level=0',
                 '--xla_cpu_use_fusion_emitters=false')
 for _flag in FAST_COMPILE:
