@@ -402,3 +402,29 @@ def test_a_prompts_only_file_trains_diff_instruct_and_refuses_the_rest(
   s, ids, _ = sample.draw(str(w / 'diff_instruct_k1'), None, 4,
                           caption_ids=['1'])
   assert s.shape == (4, 2) and np.all(np.isfinite(s))
+
+
+def test_an_exported_split_reads_back_as_the_same_captioned_data(tmp_path):
+  """mmd_jax.data.export writes what data.path reads: the same examples,
+  caption ids, table and null caption; data without captions is refused."""
+  import tiny
+  from mmd_jax.data import export, load_dataset
+  c = tiny.config('digits_text', 'tiny')
+  path = str(tmp_path / 'train.npz')
+  n = export.export(c, path)
+  ref = load_dataset(c.data)
+  back = load_dataset(tiny.config('toy2d_text', 'tiny', {
+      'data.name': 'points', 'data.path': path}).data)
+  assert n == len(ref.train['x']) and back.kind == 'arrays'
+  np.testing.assert_array_equal(back.train['x'], ref.train['x'])
+  np.testing.assert_array_equal(back.train['caption_id'],
+                                ref.train['caption_id'])
+  for key in ('emb', 'mask'):
+    np.testing.assert_array_equal(getattr(back.captions, key),
+                                  getattr(ref.captions, key))
+  for key in ('emb', 'mask'):
+    np.testing.assert_array_equal(back.captions.null[key],
+                                  ref.captions.null[key])
+  assert back.captions.texts == ref.captions.texts
+  with pytest.raises(DataError, match="data.name='digits' has no captions"):
+    export.export(tiny.config('digits', 'tiny'), path)
