@@ -50,6 +50,24 @@ def model():
       norm_num_groups=4, attention_head_dim=8, num_class_embeds=10)
 
 
+def ema_update(ema, net, decay: float, step: int):
+  """The EMA with warm-up min(decay, (1 + step) / (10 + step))."""
+  with torch.no_grad():
+    d = min(decay, (1 + step) / (10 + step))
+    for pe, p in zip(ema.parameters(), net.parameters()):
+      pe.mul_(d).add_(p, alpha=1 - d)
+
+
+def dispatch(p: argparse.ArgumentParser, commands: dict):
+  """Adds --threads, parses, and runs the chosen command."""
+  p.add_argument('--threads', type=int, default=0,
+                 help='torch CPU threads (0: torch\'s default)')
+  a = p.parse_args()
+  if a.threads:
+    torch.set_num_threads(a.threads)
+  commands[a.command](a)
+
+
 def train(a):
   torch.manual_seed(0)
   x, y = digits_train()
@@ -71,10 +89,7 @@ def train(a):
     opt.zero_grad()
     loss.backward()
     opt.step()
-    with torch.no_grad():
-      d = min(a.ema, (1 + step) / (10 + step))
-      for pe, p in zip(ema.parameters(), net.parameters()):
-        pe.mul_(d).add_(p, alpha=1 - d)
+    ema_update(ema, net, a.ema, step)
     if (step + 1) % 500 == 0:
       print(f'step {step + 1}/{a.steps} loss {loss.item():.4f} '
             f'{(step + 1) / (time.time() - t0):.1f} steps/s', flush=True)
@@ -117,12 +132,7 @@ def main():
   p.add_argument('--num_samples', type=int, default=2000)
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--output', default='diffusers_samples.npz')
-  p.add_argument('--threads', type=int, default=0,
-                 help='torch CPU threads (0: torch\'s default)')
-  a = p.parse_args()
-  if a.threads:
-    torch.set_num_threads(a.threads)
-  {'train': train, 'sample': sample}[a.command](a)
+  dispatch(p, {'train': train, 'sample': sample})
 
 
 if __name__ == '__main__':

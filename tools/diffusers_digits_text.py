@@ -32,6 +32,9 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
+# The sibling tool (this script's directory is on sys.path when it runs).
+from diffusers_digits import dispatch, ema_update
+
 
 def load(path):
   d = np.load(path, allow_pickle=False)
@@ -56,13 +59,6 @@ def unet_model(dim: int):
       down_block_types=('CrossAttnDownBlock2D', 'DownBlock2D'),
       up_block_types=('UpBlock2D', 'CrossAttnUpBlock2D'),
       cross_attention_dim=dim, attention_head_dim=4, norm_num_groups=8)
-
-
-def _ema(ema, net, decay, step):
-  with torch.no_grad():
-    d = min(decay, (1 + step) / (10 + step))
-    for pe, p in zip(ema.parameters(), net.parameters()):
-      pe.mul_(d).add_(p, alpha=1 - d)
 
 
 def train_vae(a, x):
@@ -119,7 +115,7 @@ def train_unet(a, d, z):
     opt.zero_grad()
     loss.backward()
     opt.step()
-    _ema(ema, net, a.ema, step)
+    ema_update(ema, net, a.ema, step)
     if (step + 1) % 500 == 0:
       print(f'unet step {step + 1}/{a.steps} loss {loss.item():.4f} '
             f'{(step + 1) / (time.time() - t0):.1f} steps/s', flush=True)
@@ -186,12 +182,7 @@ def main():
   p.add_argument('--sample_batch_size', type=int, default=500)
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--output', default='diffusers_samples.npz')
-  p.add_argument('--threads', type=int, default=0,
-                 help='torch CPU threads (0: torch\'s default)')
-  a = p.parse_args()
-  if a.threads:
-    torch.set_num_threads(a.threads)
-  {'train': train, 'sample': sample}[a.command](a)
+  dispatch(p, {'train': train, 'sample': sample})
 
 
 if __name__ == '__main__':

@@ -23,11 +23,11 @@ import numpy as np
 
 from mmd_jax.models import diffusers_unet as du
 from mmd_jax.models import diffusers_vae
+from mmd_jax.models.diffusers_import import COPY_DIR
 from mmd_jax.numerics.space import LatentSpace
 from mmd_jax.run.checks import ConfigError
 from mmd_jax.workdir import fs
 
-COPY_DIR = 'diffusers'   # under the VAE's stage directory: its config.json
 CLASS_NAME = 'AutoencoderKL'
 
 
@@ -47,12 +47,10 @@ def vae_dir(path: str) -> str | None:
   if not fs.isfile(cfg):
     return None
   try:
-    d = json.loads(fs.read_text(cfg))
-  except ValueError:
-    raise ConfigError(f'config.latent.vae_checkpoint: {cfg} is not valid '
-                      'JSON') from None
-  return path if isinstance(d, dict) and d.get(
-      '_class_name') == CLASS_NAME else None
+    d = du.read_json(cfg)
+  except du.DiffusersImportError as e:
+    raise ConfigError(f'config.latent.vae_checkpoint: {e}') from None
+  return path if d.get('_class_name') == CLASS_NAME else None
 
 
 def module_of(directory: str) -> diffusers_vae.AutoencoderKL:

@@ -126,25 +126,21 @@ class VAE(base.Method):
     v, ckpt = cfg.vae, self._checkpoint(cfg)
     ckpt = fs.absolute(ckpt) if ckpt else ''
     src = self._diffusers(cfg) if ckpt else None
-    if src is not None:   # imported into W/vae, never trained here
-      src = fs.absolute(src)
+    if src is None:   # trained here, or an mmd_jax VAE stage read in place
+      where = dict(setting=setting(cfg), source=ckpt, stage_dir=ckpt)
+    else:             # a diffusers VAE, imported into W/vae
       c = diffusers_latent.module_of(src).cfg
-      return [base.Job(
-          method=self.name, name='vae', model='vae', steps=None,
-          num_steps=v.num_train_steps, batch_size=v.batch_size,
-          batch_key='vae.batch_size', data_salt=3,
-          setting={'arch': 'diffusers_' + diffusers_latent.CLASS_NAME,
-                   'latent_channels': c.latent_channels,
-                   'scaling_factor': c.scaling_factor,
-                   'shift_factor': c.shift_factor},
-          micro_batches=cfg.grad_accum_steps,
-          source=src, source_key='latent.vae_checkpoint', stage_dir='')]
+      where = dict(setting={'arch': 'diffusers_' + diffusers_latent.CLASS_NAME,
+                            'latent_channels': c.latent_channels,
+                            'scaling_factor': c.scaling_factor,
+                            'shift_factor': c.shift_factor},
+                   source=fs.absolute(src), stage_dir='')
     return [base.Job(
         method=self.name, name='vae', model='vae', steps=None,
         num_steps=v.num_train_steps, batch_size=v.batch_size,
-        batch_key='vae.batch_size', data_salt=3, setting=setting(cfg),
+        batch_key='vae.batch_size', data_salt=3,
         micro_batches=cfg.grad_accum_steps,
-        source=ckpt, source_key='latent.vae_checkpoint', stage_dir=ckpt)]
+        source_key='latent.vae_checkpoint', **where)]
 
   def bind(self, job, cfg, ctx, artifacts):
     if job.setting.get('arch', '').startswith('diffusers_'):
@@ -192,11 +188,10 @@ class VAE(base.Method):
           state.params))
 
     def publish(state):
-      shape = ctx.data.example_shape
-      if base.is_abstract(state.params):
-        return {base.SPACE: diffusers_latent.space(module, None, shape)}
-      return {base.SPACE: diffusers_latent.space(module, state.params, shape,
-                                                 cache_dir=stage_dir)}
+      abstract = base.is_abstract(state.params)
+      return {base.SPACE: diffusers_latent.space(
+          module, None if abstract else state.params, ctx.data.example_shape,
+          cache_dir='' if abstract else stage_dir)}
 
     def step(state, batch, key):
       raise RuntimeError('an imported diffusers VAE is not trained here')
