@@ -8,6 +8,11 @@ import ml_collections
 def get_base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # Independent copies of every student and generator job (run/plan.py):
+  # copy i > 0 trains in <stage>_seed<i> with its own key and data order,
+  # and report rows give the mean and std over the copies (evaluation
+  # seeds nested). The teacher and the VAE are trained once.
+  c.train_seeds = 1
   c.stages = ('teacher', 'evaluate')
 
   c.data = ml_collections.ConfigDict()
@@ -90,6 +95,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.distill.learning_rate = 1e-4
   c.distill.warmup_steps = 1000
   c.distill.grad_clip = 1.0
+  c.distill.lr_decay = True        # False: constant after the warm-up
+  # mm_alternating only (Algorithm 2 leaves them open): auxiliary-model
+  # updates per student update, and the decay of a bias-corrected EMA of
+  # the student that samples (0: the student itself).
+  c.distill.aux_updates = 1
+  c.distill.student_ema = 0.0
   c.distill.weighting = 'v'        # w(s) for k > 2: v | edm | flat | snr | dmd
   c.distill.weighting_small_k = 'flat'  # w(s) for k <= 2 (paper: flat or dmd)
   c.distill.renoise = 'conditional'     # conditional | marginal (ablation)
@@ -121,16 +132,21 @@ def get_base_config() -> ml_collections.ConfigDict:
   # every k (docs/results.md, the toy2d leaderboard).
   c.progressive = ml_collections.ConfigDict()
   c.progressive.start_steps = 64
-  # 0: distill.num_train_steps split evenly over the rounds, so the whole
-  # chain costs what one moment-matching student costs (matched budget).
+  # 0: distill.num_train_steps split evenly over the log2(start_steps)
+  # rounds down to one step, whatever k are asked for: the chain to k = 1
+  # costs what one moment-matching student costs, and a k-step student
+  # costs the same in every run (at 64: k = 8 after 3 of 6 rounds, half a
+  # student's budget).
   c.progressive.steps_per_round = 0
   c.progressive.learning_rate = 1e-4
   c.progressive.warmup_steps = 0
   c.progressive.grad_clip = 1.0
 
   # Consistency distillation (docs/ALGORITHMS.md §4b): one consistency model
-  # per k of distill.sampling_steps, sampled with k-step multistep
-  # consistency sampling. [paper]: mu = 0.95, Heun, Adam at 4e-4 (CIFAR-10,
+  # (consistency_k<smallest k>), scored with k-step multistep consistency
+  # sampling at every k of distill.sampling_steps; train_seeds copies it.
+  # Settings from one source, the paper's CIFAR-10 CD (batch 512 as
+  # toy2d's), except N (docs/baselines.md). [paper]: mu = 0.95, Heun, Adam at 4e-4 (CIFAR-10,
   # batch 512, N = 18; ImageNet-64: N = 40, 8e-6 at batch 2048), iCT's
   # pseudo-Huber c = 0.00054 sqrt(dim). N = 40: on Gaussian data with the
   # exact teacher, Heun over 18 points ends 10% high in covariance, over
@@ -147,6 +163,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.consistency.learning_rate = 4e-4
   c.consistency.warmup_steps = 0
   c.consistency.grad_clip = 0.0    # [paper]: none
+  # Samples come from an EMA of the online weights, bias-corrected; 0: the
+  # online weights. [paper]: 0.9999 over 600k-800k updates; [ours] 0.999
+  # at budgets of a few thousand updates, where 0.9999 would still weigh
+  # the first updates.
+  c.consistency.sample_ema_decay = 0.999
 
   # EM distillation (docs/ALGORITHMS.md §4): the `emd` and `diff_instruct`
   # stages train one-step generators with distill.{num_train_steps,

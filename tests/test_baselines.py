@@ -1,6 +1,8 @@
 """Progressive and consistency distillation against closed forms: PD's
 target, CD's boundary condition and target, and one-step students of both
 on Gaussian data with the analytic teacher."""
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -217,3 +219,33 @@ def test_cd_one_step_student_reaches_the_data_moments():
   x0 = cd.sample(spec, state.hparams, params, jax.random.PRNGKey(2),
                  (20_000, 2), 1)
   assert np.abs(_moments(x0)[1] - COV).max() > 0.2
+
+
+def test_cd_samples_from_the_bias_corrected_ema():
+  """sampling_params after n updates: sum_i (1 - d) d^(n-i) eta_i / (1 -
+  d^n) over the online weights eta_1..eta_n (the teacher's weights, where
+  it starts, carry none); decay 0: the online weights."""
+  spec = _gaussian_spec()
+  params = spec.init_params(jax.random.PRNGKey(0), jnp.zeros((1, 2)))
+  d = 0.6
+  state = cd.init(jax.random.PRNGKey(0), params, spec,
+                  cd.CDHParams(num_points=8, sample_ema_decay=d),
+                  optax.adam(1e-2))
+  step = jax.jit(cd.step)
+  online = []
+  for i in range(4):
+    x = jnp.asarray(np.random.default_rng(i).normal(size=(64, 2)), jnp.float32)
+    state, _ = step(state, {'x': x}, jax.random.PRNGKey(i))
+    online.append(state.student_params)
+  n = len(online)
+  expected = jax.tree.map(
+      lambda *ps: sum((1 - d) * d ** (n - 1 - i) * p for i, p in enumerate(ps))
+      / (1 - d ** n), *online)
+  got = state.sampling_params
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  assert not np.allclose(jax.tree.leaves(got)[0],
+                         jax.tree.leaves(state.student_params)[0])
+  online_only = state.replace(hparams=dataclasses.replace(
+      state.hparams, sample_ema_decay=0.0))
+  assert online_only.sampling_params is online_only.student_params

@@ -317,3 +317,44 @@ def test_alternating_step_updates_in_place():
   hlo = jax.jit(mm.alternating_step, donate_argnums=(0,)).lower(
       st, {'x': x}, jax.random.PRNGKey(3)).compile().as_text()
   assert ' f32[64,64]{1,0} copy(' not in hlo
+
+
+def test_alternating_options_ratio_constant_rate_and_student_ema():
+  """aux_updates = 2: two auxiliary updates per student update (aux_step
+  1, 1, 0, ...); decay=False: the rate stays at its peak after the
+  warm-up; student_ema: the sampling weights are the bias-corrected EMA of
+  the student after each of its own updates."""
+  spec = _spec()
+  x = jax.random.normal(jax.random.PRNGKey(0), (8, 2))
+  theta = _random_params(spec, jax.random.PRNGKey(1), x)
+  peak, d = 1e-3, 0.5
+  tx = mm.mm_optimizer(peak, 2, 9, decay=False)
+  st = mm.init_alternating(jax.random.PRNGKey(2), theta, spec,
+                           mm.MMHParams(k=4, aux_updates=2, student_ema=d),
+                           tx)
+  step = jax.jit(mm.alternating_step)
+  aux, rates, students = [], [], []
+  for _ in range(9):
+    prev = st.student_params
+    st, m = step(st, {'x': x}, jax.random.PRNGKey(3))
+    aux.append(float(m['aux_step']))
+    rates.append(float(m['learning_rate']))
+    moved = any(not np.array_equal(a, b) for a, b in zip(
+        jax.tree.leaves(prev), jax.tree.leaves(st.student_params)))
+    assert moved == (aux[-1] == 0.0)
+    if moved:
+      students.append(st.student_params)
+  assert aux == [1, 1, 0] * 3
+  np.testing.assert_allclose(rates, [0, peak / 2] + [peak] * 7, rtol=1e-6)
+  n = len(students)
+  assert n == 3 and int(st.student_ema_updates) == 3
+  want = jax.tree.map(lambda *ps: sum(
+      (1 - d) * d ** (n - 1 - i) * p for i, p in enumerate(ps)) / (1 - d ** n),
+                      *students)
+  for a, b in zip(jax.tree.leaves(st.sampling_params), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  # Off (the default): the student samples, and the state has no EMA.
+  plain = mm.init_alternating(jax.random.PRNGKey(2), theta, spec,
+                              mm.MMHParams(k=4), tx)
+  assert plain.student_ema is None
+  assert plain.sampling_params is plain.student_params

@@ -255,21 +255,23 @@ def test_moment_matching_stages_end_to_end(tmp_path):
     assert r['num_seeds'] == 2 and set(r['metrics_std']) == set(r['metrics'])
     assert r['metrics_std']['energy_distance'] > 0
   # Cost: examples and teacher evaluations per the jobs' sizes (6 steps of
-  # 64; progressive's 6 steps split over its 2 rounds, the k=2 round
-  # including the k=4 round that it starts from).
+  # 64; progressive's 6 steps split over the 3 rounds from 8 steps to one,
+  # whatever k are asked for, the k=2 round including the k=4 round that
+  # it starts from).
   cost = lambda m, k: students[(m, k)]['cost']
   assert cost('mm_alternating', 2)['train_examples'] == 6 * 64
   assert cost('mm_alternating', 2)['teacher_evals'] == 6 * 64
   assert cost('mm_parameter', 2)['teacher_evals'] == 2 * 6 * 64
-  assert cost('progressive', 4)['train_examples'] == 3 * 64
-  assert cost('progressive', 2)['train_examples'] == 6 * 64
-  assert cost('progressive', 2)['teacher_evals'] == 2 * 6 * 64
+  assert cost('progressive', 4)['train_examples'] == 2 * 64
+  assert cost('progressive', 2)['train_examples'] == 4 * 64
+  assert cost('progressive', 2)['teacher_evals'] == 2 * 4 * 64
   assert cost('progressive', 2)['train_seconds'] > cost(
       'progressive', 4)['train_seconds'] > 0
   assert json.load(open(w / 'progressive_k4' / 'stage.json'))[
       'setting']['teacher_steps'] == 8
   md = open(w / 'report.md').read()
-  assert '## Leaderboard: energy_distance (mean ± std over seeds)' in md
+  assert ('## Leaderboard: energy_distance (mean ± std over evaluation seeds '
+          'of one trained copy') in md
   assert '| method | k=2 | k=4 |' in md and 'leaderboard.png' in md
   assert (w / 'leaderboard.png').exists()
   # Periodic quality during distillation: step 4 of 6 (the end is the

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -81,10 +82,11 @@ def scale_by_global_schedule(sched: optax.Schedule
 
 def global_step_adam(learning_rate: float, warmup_steps: int,
                      total_steps: int, grad_clip: float, b1: float, b2: float,
-                     eps: float):
+                     eps: float, decay: bool = True):
   """(tx, schedule): clipping, Adam, and warm-up then linear decay read at
-  the global step; the rate is 0 at the last step, `total_steps - 1`."""
-  sched = schedule(learning_rate, warmup_steps, total_steps, True,
+  the global step; the rate is 0 at the last step, `total_steps - 1`
+  (`decay=False`: constant after the warm-up)."""
+  sched = schedule(learning_rate, warmup_steps, total_steps, decay,
                    end=total_steps - 1)
   tx = optax.chain(*_adam(grad_clip, b1, b2, eps),
                    scale_by_global_schedule(sched))
@@ -101,3 +103,21 @@ def update(tx, grads, opt_state, params, global_step):
   rate = optax.tree_utils.tree_get(opt_state, 'learning_rate',
                                    jnp.full((), jnp.nan, jnp.float32))
   return optax.apply_updates(params, updates), opt_state, rate
+
+
+def ema_update(ema, params, updates, decay: float, when=True):
+  """(ema, updates) after one more update of `params` into the sampling
+  EMA, which starts at zeros (`debiased_ema` divides the start out);
+  unchanged where `when` is False."""
+  new = optax.incremental_update(params, ema, 1.0 - decay)
+  pick = lambda a, b: jax.tree.map(lambda x, y: jnp.where(when, x, y), a, b)
+  return pick(new, ema), jnp.where(when, updates + 1, updates)
+
+
+def debiased_ema(ema, updates, decay: float, fallback):
+  """The bias-corrected EMA of `updates` updates, ema / (1 - decay^n),
+  so that the zeros it starts from carry no weight; `fallback` (the
+  online weights) before the first update."""
+  scale = 1.0 / (1.0 - decay ** jnp.maximum(updates, 1).astype(jnp.float32))
+  return jax.tree.map(lambda e, p: jnp.where(updates > 0, e * scale, p), ema,
+                      fallback)

@@ -1,5 +1,6 @@
 """One table over several training seeds: the report.json of each workdir
-(the same config, a different --config.seed) merged row by row.
+(the same config, a different --config.seed) merged row by row; a row
+already merged over config.train_seeds counts each of its copies.
 
   python -m mmd_jax.evaluation.across_seeds --workdirs=W0,W1 \
       [--metrics=energy_distance,mode_ratio_min] [--output=F.json] [--curves]
@@ -15,9 +16,12 @@ final step is the report's row, so it is not repeated there.
 from __future__ import annotations
 
 import json
+import re
+
 import numpy as np
 from absl import app, flags
 
+from mmd_jax.run import plan
 from mmd_jax.workdir import fs
 
 DEFAULT_METRICS = ('energy_distance', 'mode_ratio_min', 'mode_weight_error',
@@ -35,7 +39,7 @@ def combine(reports: list[dict], metrics=None) -> list[dict]:
   groups: dict = {}
   for report in reports:
     for row in report['rows']:
-      groups.setdefault(_key(row), []).append(row)
+      groups.setdefault(_key(row), []).extend(_copies(row))
   out = []
   for (model, sampler, steps), rows in groups.items():
     names = [m for m in rows[0]['metrics'] if metrics is None or m in metrics]
@@ -54,6 +58,16 @@ def combine(reports: list[dict], metrics=None) -> list[dict]:
       merged['train_seconds_per_step'] = float(np.mean(per_step))
     out.append(merged)
   return out
+
+
+def _copies(row: dict) -> list:
+  """A report row as one row per trained copy: a row merged over
+  config.train_seeds counts each copy as a training seed."""
+  if 'train_seeds' not in row:
+    return [row]
+  return [{**row, 'metrics': c['metrics'],
+           'metrics_std': c.get('metrics_std', {})}
+          for c in row['train_seeds']]
 
 
 def _cell(row: dict, metric: str) -> str:
@@ -92,7 +106,8 @@ def curves(workdirs: list[str], metrics=None) -> list[dict]:
         continue
       for line in filter(None, log.read_text().splitlines()):
         rec = json.loads(line)
-        groups.setdefault((stage, int(rec.pop('step'))), []).append(
+        cell = re.sub(rf'{plan.SEED_SUFFIX}\d+$', '', stage)
+        groups.setdefault((cell, int(rec.pop('step'))), []).append(
             {k.removeprefix('eval/'): v for k, v in rec.items()})
   out = []
   for (stage, step), recs in sorted(groups.items()):

@@ -16,7 +16,7 @@ from absl import logging
 from mmd_jax.workdir import fs
 from mmd_jax.evaluation import (caption_pictures, cycle, fid, plots,
                                  precision_recall, references, report,
-                                 toy_metrics)
+                                 toy_metrics, train_seeds)
 from mmd_jax.evaluation.digits_classifier import DigitsClassifier
 from mmd_jax.device.timing import fmt_duration
 
@@ -282,6 +282,7 @@ class Entry:
   train_seconds_per_step: float | None = None
   setting: dict | None = None       # hyperparameters shown beside the row
   cost: dict | None = None          # costs.job_cost of a trained student
+  train_seed: int | None = None     # the copy of config.train_seeds
 
 
 def run(config, workdir: str, dataset, entries, extra_rows=(),
@@ -305,6 +306,8 @@ def run(config, workdir: str, dataset, entries, extra_rows=(),
   for e in entries:
     per_seed, gen_s, first = _sample_and_score(config, scorer, e, keys)
     rows.append(_row(e, per_seed, gen_s))
+    if e.train_seed:   # pictures show the first training seed's copy
+      continue
     # One picture per model (the first seed's samples): a many-step model's
     # across its step counts (one per sampler), a student's (or
     # generator's) at its own k.
@@ -327,6 +330,7 @@ def run(config, workdir: str, dataset, entries, extra_rows=(),
   images.update(c for c in captioned.values() if c)
 
   metric = report.PRIMARY_METRIC[dataset.kind]
+  rows = train_seeds.merge(rows)
   rep = {'dataset': dataset.name, 'reference': scorer.reference, 'rows': rows,
          **scorer.extra}
   if jax.process_index() == 0:
@@ -360,8 +364,9 @@ def _row(e: Entry, per_seed: list, gen_s: list) -> dict:
   deviation when there are several."""
   num_seeds = len(per_seed)
   metrics, std = mean_and_std(per_seed)
-  logging.info('evaluate %s %s k=%d: %s (%.1fs to sample, %d seed%s)',
-               e.model, e.sampler, e.steps,
+  logging.info('evaluate %s%s %s k=%d: %s (%.1fs to sample, %d seed%s)',
+               e.model, '' if e.train_seed is None else
+               f' (training seed {e.train_seed})', e.sampler, e.steps,
                {m: round(v, 5) for m, v in metrics.items()}, sum(gen_s),
                num_seeds, 's' if num_seeds > 1 else '')
   row = {'model': e.model, 'sampler': e.sampler, 'steps': int(e.steps),
@@ -375,6 +380,8 @@ def _row(e: Entry, per_seed: list, gen_s: list) -> dict:
     row['cost'] = e.cost
   if e.setting is not None:
     row['setting'] = e.setting
+  if e.train_seed is not None:
+    row['train_seed'] = e.train_seed
   return row
 
 

@@ -119,6 +119,12 @@ def leaderboard(rows, metric: str, reference: float | None, path: str
     xs, ys, es = zip(*pts)
     ax.errorbar(xs, ys, yerr=es, ls='--', color='gray', marker='.',
                 capsize=2, alpha=0.8, label=name)
+  n = max((r.get('num_train_seeds', 0) for r in rows if student(r)),
+          default=0)
+  ax.set_title(f'error bars: std over {n} training seeds (students), '
+               'evaluation seeds (references)' if n else
+               'error bars: std over evaluation seeds of one trained copy',
+               fontsize=9)
   _finish(ax, fig, {**methods, **refs}, metric, reference, path)
   return True
 

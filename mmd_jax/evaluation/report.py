@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 
+from mmd_jax.evaluation import train_seeds
 from mmd_jax.workdir import fs
 
 PRIMARY_METRIC = {'points': 'energy_distance', 'digits': 'fd', 'images': 'fid',
@@ -67,7 +68,7 @@ def leaderboard(rows, metric: str) -> list:
       refs.setdefault(f"{r['model']} ({r['sampler']}, reference)",
                       {})[r['steps']] = r
   head = ['method'] + [f'k={k}' for k in ks]
-  out = [f'## Leaderboard: {metric} (mean ± std over seeds)', '',
+  out = [f'## Leaderboard: {metric} ({_std_words(students)})', '',
          '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for m in methods:
     out.append('| ' + ' | '.join([m] + [
@@ -87,6 +88,18 @@ def leaderboard(rows, metric: str) -> list:
   return out + ['']
 
 
+def _std_words(students) -> str:
+  """Which spread the ± of the students' cells is."""
+  n = {r.get('num_train_seeds') for r in students}
+  if n != {None}:
+    counts = '/'.join(str(c) for c in sorted(c for c in n if c))
+    return (f'mean ± std over {counts} training seeds, each scored over its '
+            'evaluation seeds; the many-step references: ± over evaluation '
+            'seeds')
+  return ('mean ± std over evaluation seeds of one trained copy; set '
+          'train_seeds for the spread over training')
+
+
 def render_markdown(report: dict, images: dict, metric: str | None = None
                     ) -> str:
   metrics = []
@@ -101,6 +114,12 @@ def render_markdown(report: dict, images: dict, metric: str | None = None
     lines.append(f'- {k}: {json.dumps(v)}')
   if extra:
     lines.append('')
+  seeded = [r for r in report['rows'] if r.get('num_train_seeds')]
+  if seeded:
+    lines += [f"Rows trained {seeded[0]['num_train_seeds']} times "
+              '(config.train_seeds): ± is the std over training seeds (each '
+              "copy's evaluation-seed std is `eval_seed_std` in "
+              'report.json); other rows: ± over evaluation seeds.', '']
   cost = any('train_seconds_per_step' in r for r in report['rows'])
   header = ['model', 'sampler', 'steps'] + metrics + (
       ['train s/step'] if cost else [])
@@ -117,6 +136,7 @@ def render_markdown(report: dict, images: dict, metric: str | None = None
   lines.append('')
   if metric:
     lines += leaderboard(report['rows'], metric)
+    lines += train_seeds.paired_table(report['rows'], metric)
   lines += _settings_tables(report['rows'])
   for title, path in images.items():
     lines += [f'## {title}', '', f'![{title}]({path})', '']

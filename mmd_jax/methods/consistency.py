@@ -43,6 +43,10 @@ class CDHParams:
   sigma_max: float = 80.0
   guidance: float = 0.0       # CFG weight inside the teacher
   grad_accum_steps: int = 1
+  # The weights samples come from: an EMA of the online weights with this
+  # decay, bias-corrected (it starts at zero, not at the teacher); 0: the
+  # online weights themselves.
+  sample_ema_decay: float = 0.999
 
 
 @flax.struct.dataclass
@@ -51,6 +55,8 @@ class CDState:
   teacher_params: dict   # frozen
   student_params: dict   # eta
   ema_params: dict       # eta^-, the target network
+  sample_ema: dict       # the sampling EMA, before bias correction
+  sample_updates: jax.Array   # updates it has averaged
   opt_state: optax.OptState
   rng: jax.Array
   spec: DenoiserSpec = flax.struct.field(pytree_node=False)
@@ -59,7 +65,11 @@ class CDState:
 
   @property
   def sampling_params(self):
-    return self.student_params
+    d = self.hparams.sample_ema_decay
+    if not d:
+      return self.student_params
+    return optim.debiased_ema(self.sample_ema, self.sample_updates, d,
+                              self.student_params)
 
 
 def init(key, teacher_params, spec: DenoiserSpec, hp: CDHParams,
@@ -69,7 +79,10 @@ def init(key, teacher_params, spec: DenoiserSpec, hp: CDHParams,
   student = copy(teacher_params)
   return CDState(step=jnp.zeros((), jnp.int32),
                  teacher_params=copy(teacher_params), student_params=student,
-                 ema_params=copy(teacher_params), opt_state=tx.init(student),
+                 ema_params=copy(teacher_params),
+                 sample_ema=jax.tree.map(jnp.zeros_like, student),
+                 sample_updates=jnp.zeros((), jnp.int32),
+                 opt_state=tx.init(student),
                  rng=key, spec=spec, hparams=hp, tx=tx)
 
 
@@ -197,7 +210,11 @@ def step(state: CDState, batch, key):
                                   state.student_params, state.step)
     ema = optax.incremental_update(params, state.ema_params,
                                    1.0 - hp.ema_decay)
+    sample_ema, n = optim.ema_update(state.sample_ema, params,
+                                     state.sample_updates,
+                                     hp.sample_ema_decay)
     return state.replace(student_params=params, ema_params=ema,
+                         sample_ema=sample_ema, sample_updates=n,
                          opt_state=opt), {}
 
   new, _, ok = guard.apply_if_finite((loss, grad_norm), apply, state, g)

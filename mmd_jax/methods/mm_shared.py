@@ -32,6 +32,11 @@ class MMHParams:
   # network at t = 1 (log-SNR lambda_min), which barely reads its input.
   k1_generator: bool = True
   k1_logsnr: float = 0.0
+  # Algorithm 2 only: auxiliary-model updates per student update, and the
+  # decay of a bias-corrected EMA of the student that samples (0: the
+  # student itself).
+  aux_updates: int = 1
+  student_ema: float = 0.0
 
   @property
   def generator(self) -> bool:

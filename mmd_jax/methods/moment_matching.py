@@ -13,6 +13,8 @@ Student, auxiliary model and teacher are parameter sets of one module.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -29,15 +31,18 @@ from mmd_jax.methods.mm_shared import (  # noqa: F401
     student_sample, weight)
 
 
-def mm_optimizer(learning_rate, warmup_steps, total_steps, grad_clip=1.0):
+def mm_optimizer(learning_rate, warmup_steps, total_steps, grad_clip=1.0,
+                 decay: bool = True):
   """The paper's optimiser: Adam(b1=0, b2=0.99, eps=1e-12), clipping at 1,
-  warm-up then linear decay to 0, on the global step: Algorithm 2's two
+  warm-up then linear decay to 0 (`decay=False`: constant after the
+  warm-up), on the global step: Algorithm 2's two
   networks each update every other step, and both follow one schedule
   (warm-up ends at global step `warmup_steps`, the rate is 0 at the last
   step). Any optax transformation works too; it then counts its own
   updates."""
   tx, _ = optim.global_step_adam(learning_rate, warmup_steps, total_steps,
-                                 grad_clip, b1=0.0, b2=0.99, eps=1e-12)
+                                 grad_clip, b1=0.0, b2=0.99, eps=1e-12,
+                                 decay=decay)
   return tx
 
 
@@ -57,10 +62,17 @@ class AlternatingState:
   spec: DenoiserSpec = flax.struct.field(pytree_node=False)
   hparams: MMHParams = flax.struct.field(pytree_node=False)
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+  # With hparams.student_ema: the EMA of the student and its update count;
+  # None otherwise (so that earlier checkpoints restore).
+  student_ema: Any = None
+  student_ema_updates: Any = None
 
   @property
   def sampling_params(self):
-    return self.student_params
+    if not self.hparams.student_ema:
+      return self.student_params
+    return optim.debiased_ema(self.student_ema, self.student_ema_updates,
+                              self.hparams.student_ema, self.student_params)
 
 
 def init_alternating(key, teacher_params, spec: DenoiserSpec, hp: MMHParams,
@@ -69,10 +81,14 @@ def init_alternating(key, teacher_params, spec: DenoiserSpec, hp: MMHParams,
   # Copies throughout: steps donate their state, which must never delete
   # the caller's teacher arrays.
   student, aux = _copy(teacher_params), _copy(teacher_params)
+  ema = {}
+  if hp.student_ema:
+    ema = dict(student_ema=jax.tree.map(jnp.zeros_like, student),
+               student_ema_updates=jnp.zeros((), jnp.int32))
   return AlternatingState(
       step=jnp.zeros((), jnp.int32), teacher_params=_copy(teacher_params),
       student_params=student, aux_params=aux, student_opt=tx.init(student),
-      aux_opt=tx.init(aux), rng=key, spec=spec, hparams=hp, tx=tx)
+      aux_opt=tx.init(aux), rng=key, spec=spec, hparams=hp, tx=tx, **ema)
 
 
 def _alternating_grads(state: AlternatingState, key, is_aux, mb, rows):
@@ -132,6 +148,11 @@ def _alternating_update(state: AlternatingState, g, check, is_aux):
       when=~is_aux)
   new = state.replace(aux_params=aux, aux_opt=aux_opt,
                       student_params=student, student_opt=student_opt)
+  if state.hparams.student_ema:
+    ema, n = optim.ema_update(state.student_ema, student,
+                              state.student_ema_updates,
+                              state.hparams.student_ema, when=~is_aux & ok)
+    new = new.replace(student_ema=ema, student_ema_updates=n)
   return new, jnp.where(is_aux, aux_rate, student_rate), ok
 
 
@@ -148,7 +169,9 @@ def alternating_step(state: AlternatingState, batch, key):
   network it trains (`_alternating_update`).
   """
   key = jax.random.fold_in(key, state.step)
-  is_aux = state.step % 2 == 0
+  # aux_updates = r: steps 0..r-1 of every r + 1 update the auxiliary model.
+  r = state.hparams.aux_updates
+  is_aux = state.step % (r + 1) < r
   g, metrics = accumulate(
       lambda mb, rows: _alternating_grads(state, key, is_aux, mb, rows),
       dict(batch), state.hparams.grad_accum_steps)

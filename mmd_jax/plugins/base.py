@@ -73,6 +73,9 @@ class Job:
   # Teacher network evaluations per training example (a VJP or JVP counts
   # as two): the report row's cost.teacher_evals.
   teacher_evals_per_example: float = 0.0
+  # Which of config.train_seeds independent copies this is (run/plan.py
+  # makes them); None: the run trains one copy.
+  train_seed: Optional[int] = None
 
 
 @dataclasses.dataclass
@@ -114,6 +117,9 @@ class Sampling:
   draw: Callable
   steps: Optional[int]
   any_steps: bool = True
+  # A student that evaluation scores at each of these k as its own row (a
+  # consistency model samples at any k); (): at `steps` only.
+  report_steps: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +187,13 @@ class Method:
   # only (data-free: a prompts-only caption file will do).
   needs_examples: bool = True
   networks: tuple = ()     # parameter sets it trains, each one denoiser
+
+  @property
+  def replicable(self) -> bool:
+    """Whether config.train_seeds copies its jobs: a method whose jobs
+    publish nothing other methods read (a student, a generator), so that
+    each copy is a leaf of the run."""
+    return not self.provides
 
   def validate(self, cfg, data, used: bool = True) -> None:
     """One-line ConfigErrors for bad values of its sections. `data` is the

@@ -1,8 +1,10 @@
-"""Consistency distillation (methods/consistency.py): one consistency model
-per k of `distill.sampling_steps`, `consistency_k<k>`, each sampled with
-k-step multistep consistency sampling. The training does not depend on k:
-each directory is its own run on the per-student budget, so every k row
-costs what a moment-matching student at that k costs."""
+"""Consistency distillation (methods/consistency.py): one consistency model,
+`consistency_k<smallest k>`, scored with k-step multistep consistency
+sampling at every k of `distill.sampling_steps`. Its training does not
+depend on k, so one model trained on a student's budget gives every row
+(each row costs what one moment-matching student costs), and the rows of
+one trained model differ by the sampler alone: training noise and the
+multistep sampler are told apart (config.train_seeds copies the model)."""
 from __future__ import annotations
 
 import dataclasses
@@ -39,8 +41,9 @@ class Consistency(base.Method):
     need(isinstance(c.num_points, int) and c.num_points >= 2,
          'consistency.num_points', f'must be an integer >= 2, got '
          f'{c.num_points!r}')
-    need(0.0 <= c.ema_decay < 1.0, 'consistency.ema_decay',
-         f'must be in [0, 1), got {c.ema_decay}')
+    for key in ('ema_decay', 'sample_ema_decay'):
+      need(0.0 <= c[key] < 1.0, f'consistency.{key}',
+           f'must be in [0, 1), got {c[key]}')
     need(c.solver in cd.SOLVERS, 'consistency.solver',
          f'unknown {c.solver!r}; known: {cd.SOLVERS}')
     need(c.huber_c > 0, 'consistency.huber_c', 'must be > 0')
@@ -59,7 +62,8 @@ class Consistency(base.Method):
                         solver=c.solver, huber_c=c.huber_c,
                         sigma_min=c.sigma_min, sigma_max=c.sigma_max,
                         guidance=cfg.distill.guidance,
-                        grad_accum_steps=cfg.grad_accum_steps)
+                        grad_accum_steps=cfg.grad_accum_steps,
+                        sample_ema_decay=c.sample_ema_decay)
 
   def jobs(self, cfg):
     d, hp = cfg.distill, self.hparams(cfg)
@@ -68,12 +72,13 @@ class Consistency(base.Method):
     setting['learning_rate'] = cfg.consistency.learning_rate
     evals = (2.0 if hp.solver == 'heun' else 1.0) * (2.0 if hp.guidance
                                                       else 1.0)
+    k = min(d.sampling_steps)
     return [base.Job(
         method=self.name, name=f'{self.name}_k{k}', model=self.name, steps=k,
         num_steps=d.num_train_steps, batch_size=d.batch_size,
         batch_key='distill.batch_size', data_salt=1,
         micro_batches=cfg.grad_accum_steps, setting=setting,
-        teacher_evals_per_example=evals) for k in d.sampling_steps]
+        teacher_evals_per_example=evals)]
 
   def bind(self, job, cfg, ctx, artifacts):
     c, spec, hp = cfg.consistency, ctx.spec, self.hparams(cfg)
@@ -87,7 +92,9 @@ class Consistency(base.Method):
     return base.Bound(
         base.with_frozen_teacher_in(init, artifacts['teacher_frozen_dtype']),
         cd.step, {'teacher_params': artifacts['teacher_params']},
-        sampling=base.Sampling(ConsistencySampler(spec, hp), steps=job.steps))
+        sampling=base.Sampling(
+            ConsistencySampler(spec, hp), steps=job.steps,
+            report_steps=tuple(sorted(set(cfg.distill.sampling_steps)))))
 
 
 register(Consistency())

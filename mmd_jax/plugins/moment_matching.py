@@ -35,6 +35,11 @@ class _MomentMatching(base.Method):
          f'must be True or False, got {d.k1_generator!r}')
     need(abs(d.k1_logsnr) <= 20, 'distill.k1_logsnr',
          f'must be a log-SNR in [-20, 20], got {d.k1_logsnr}')
+    need(isinstance(d.lr_decay, bool), 'distill.lr_decay',
+         f'must be True or False, got {d.lr_decay!r}')
+    positive_int(cfg, 'distill.aux_updates')
+    need(0.0 <= d.student_ema < 1.0, 'distill.student_ema',
+         f'must be in [0, 1), got {d.student_ema}')
     if not used:
       return
     n = cfg.grad_accum_steps
@@ -48,7 +53,11 @@ class _MomentMatching(base.Method):
         renoise=d.renoise, guidance=d.guidance, s_range=d.s_range,
         grad_accum_steps=cfg.grad_accum_steps,
         k1_generator=d.get('k1_generator', False),
-        k1_logsnr=d.get('k1_logsnr', 0.0))
+        k1_logsnr=d.get('k1_logsnr', 0.0),
+        **self._alternating_only(d))
+
+  def _alternating_only(self, d) -> dict:
+    return {}
 
   def jobs(self, cfg):
     d = cfg.distill
@@ -63,19 +72,28 @@ class _MomentMatching(base.Method):
                    if not key.startswith('k1_')}
       else:        # k = 1 always draws s over [0, 1]
         setting.pop('s_range')
+      for key, default in dataclasses.asdict(mm.MMHParams()).items():
+        if key in ('aux_updates', 'student_ema') and setting.get(
+            key) == default:   # as directories recorded before them
+          setting.pop(key)
+      optimizer = {'learning_rate': d.learning_rate,
+                   'warmup_steps': d.warmup_steps}
+      if not d.lr_decay:
+        optimizer['lr_decay'] = False
       out.append(base.Job(
           method=self.name, name=f'{self.name}_k{k}', model=self.name,
           steps=k, num_steps=d.num_train_steps, batch_size=d.batch_size,
           batch_key='distill.batch_size', data_salt=1,
           micro_batches=cfg.grad_accum_steps, setting=setting,
-          meta={'weighting': hp.weighting, 'renoise': hp.renoise},
+          meta={'weighting': hp.weighting, 'renoise': hp.renoise,
+                'optimizer': optimizer},
           teacher_evals_per_example=self.teacher_evals(hp)))
     return out
 
   def _optimizer(self, cfg):
     d = cfg.distill
     return mm.mm_optimizer(d.learning_rate, d.warmup_steps, d.num_train_steps,
-                           d.grad_clip)
+                           d.grad_clip, decay=d.lr_decay)
 
   def _bound(self, job, cfg, ctx, artifacts, init, step, frozen):
     return base.Bound(
@@ -106,6 +124,9 @@ class Alternating(_MomentMatching):
 
   def teacher_evals(self, hp):
     return 2.0 if hp.guidance else 1.0   # the teacher at z_s (CFG: twice)
+
+  def _alternating_only(self, d) -> dict:
+    return {'aux_updates': d.aux_updates, 'student_ema': d.student_ema}
 
   def bind(self, job, cfg, ctx, artifacts):
     hp, tx, spec = self.hparams(cfg, job.steps), self._optimizer(cfg), ctx.spec

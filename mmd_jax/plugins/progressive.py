@@ -62,17 +62,24 @@ class Progressive(base.Method):
            f'distill.sampling_steps; use a power of two times every k, '
            'larger than all of them')
     need(self._steps(cfg) >= 1, 'distill.num_train_steps',
-         f'{d.num_train_steps} steps do not cover {len(reached)} rounds')
+         f'{d.num_train_steps} steps do not cover the '
+         f'{len(rounds(p.start_steps, 1))} rounds from '
+         f'progressive.start_steps={p.start_steps} to one step')
     n = cfg.grad_accum_steps
     need(d.batch_size % n == 0, 'grad_accum_steps',
          f'{n} does not divide distill.batch_size={d.batch_size}')
 
   def _steps(self, cfg) -> int:
+    """Updates per round: the budget split over the rounds down to one
+    step, whatever k the run asks for, so that a k-step student costs the
+    same in every run (it used to depend on the smallest k asked for: with
+    k = 1 on the board the k = 8 student got half the budget it gets
+    alone)."""
     p = cfg.progressive
     if p.steps_per_round:
       return p.steps_per_round
-    n = len(rounds(p.start_steps, min(cfg.distill.sampling_steps)))
-    return cfg.distill.num_train_steps // max(n, 1)
+    return cfg.distill.num_train_steps // max(len(rounds(p.start_steps, 1)),
+                                              1)
 
   def hparams(self, cfg, k):
     return pd.PDHParams(k=k, guidance=cfg.distill.guidance,

@@ -176,17 +176,65 @@ def make_plan(config, data=None) -> Plan:
       m.validate(views[m.name], spaced if m.in_space else data)
     _check_unused_sections(config, views, data)
 
-  items = []
+  # Copies train seed by seed (every method's copy 0, then copy 1, ...):
+  # a run stopped early has whole boards.
+  copies = train_seeds(config)
+  items, later = [], {}
+  flush = lambda: sum((later.pop(s) for s in sorted(later)), [])
   for o in order:
     if o is EVALUATE:
-      items.append(EVALUATE)
+      items += flush() + [EVALUATE]
       continue
     m, in_stages = o
-    for job in m.jobs(views[m.name]):
-      items.append(PlannedJob(m, views[m.name], job,
-                              in_stages and not job.source))
+    jobs = m.jobs(views[m.name])
+    train = [in_stages and not job.source for job in jobs]
+    if copies > 1 and m.replicable and all(train):
+      for seed in range(copies):
+        planned = [PlannedJob(m, views[m.name], j, True)
+                   for j in seeded(jobs, seed)]
+        (later.setdefault(seed, []) if seed else items).extend(planned)
+      continue
+    items += [PlannedJob(m, views[m.name], j, t) for j, t in zip(jobs, train)]
+  items += flush()
   _check_job_needs(items)
   return Plan(items, latent, config)
+
+
+def train_seeds(config) -> int:
+  n = config.get('train_seeds', 1)
+  need(isinstance(n, int) and not isinstance(n, bool) and n >= 1,
+       'train_seeds', f'must be an integer >= 1 (got {n!r})')
+  return n
+
+
+SEED_SUFFIX = '_seed'
+
+
+def seeded(jobs: list, seed: int) -> list:
+  """Training seed `seed` of a method's jobs: seed 0 is the jobs as they
+  are (the directory, key and data order of a one-copy run); seed i > 0
+  renames each directory `<name>_seed<i>` (its key comes from the name) and
+  shifts its data order. Job-scoped needs follow the renaming, so a chain
+  (progressive rounds) is copied whole."""
+  if seed == 0:
+    return [dataclasses.replace(j, train_seed=0,
+                                meta={**j.meta, 'train_seed': 0})
+            for j in jobs]
+  names = {j.name: f'{j.name}{SEED_SUFFIX}{seed}' for j in jobs}
+
+  def rename(artifact):
+    head, _, tail = artifact.partition('/')
+    return f'{names[head]}/{tail}' if head in names else artifact
+  return [dataclasses.replace(
+      j, name=names[j.name], train_seed=seed,
+      data_salt=j.data_salt + DATA_SALT_PER_SEED * seed,
+      needs=tuple(rename(a) for a in j.needs),
+      meta={**j.meta, 'train_seed': seed}) for j in jobs]
+
+
+# Data orders of different training seeds never coincide with another
+# job's (salts below this are the methods' own).
+DATA_SALT_PER_SEED = 1000
 
 
 def _check_unused_sections(config, views, data):

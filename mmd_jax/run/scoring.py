@@ -28,11 +28,12 @@ def _entries(r, opened, params) -> list:
             for s in e.samplers for k in e.teacher_steps]
   stored = opened.stored or {}
   return [evaluation.Entry(
-      sampler='student', steps=sampling.steps,
+      sampler='student', steps=k,
       train_seconds_per_step=stored.get('seconds_per_step'),
       cost=costs.job_cost(job, r.plan.jobs_by_name,
                           lambda j: r.opened[j.name].stored),
-      setting=opened.bound.report_setting, **common)]
+      setting=opened.bound.report_setting, train_seed=job.train_seed,
+      **common) for k in sampling.report_steps or (sampling.steps,)]
 
 
 def evaluate(r, items, checkpoint_step=None) -> dict:

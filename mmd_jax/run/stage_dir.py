@@ -71,9 +71,10 @@ def open_stage(stage_dir: str) -> Stage:
   config = load_config(cfg_path)
   plan = plan_lib.make_plan(config)
   cfg = plan.view_of(method)
-  job = dataclasses.replace(
-      method.job_for(cfg, os.path.basename(stage_dir), meta),
-      stage_dir=stage_dir, source='', source_key='')
+  name = os.path.basename(stage_dir)
+  job = plan.jobs_by_name.get(name) or method.job_for(cfg, name, meta)
+  job = dataclasses.replace(job, stage_dir=stage_dir, source='',
+                            source_key='')
   r = Run(config, os.path.dirname(stage_dir), load_dataset(config.data), plan)
   # The jobs before it offer what it needs (shapes, or a latent run's
   # space, restored when asked for); their directories are not checked.
