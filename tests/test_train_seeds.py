@@ -202,3 +202,26 @@ def test_one_consistency_model_per_seed_scored_at_every_k(tmp_path):
     assert r['cost']['train_examples'] == 6 * 64
   assert (rows[1]['train_seeds'][0]['metrics'] !=
           rows[2]['train_seeds'][0]['metrics'])
+
+
+def test_compare_runs_table_pairs_each_run_with_the_first():
+  from mmd_jax.evaluation import compare_runs
+  teacher = {'model': 'teacher', 'sampler': 'ancestral', 'steps': 8,
+             'metrics': {'energy_distance': 0.0125}}
+  base = train_seeds.merge([teacher] + [
+      _row('mm_alternating', s, v, 1e-4) for s, v in
+      enumerate((0.002, 0.008, 0.005))])
+  other = train_seeds.merge([teacher] + [
+      _row('mm_alternating', s, v + 0.01, 1e-4) for s, v in
+      enumerate((0.002, 0.008, 0.005))])
+  text = compare_runs.table([('base', {'rows': base}),
+                             ('other', {'rows': other})], 'mm_alternating',
+                            8, 'energy_distance', ('teacher', 'ancestral', 8))
+  lines = text.splitlines()
+  assert lines[0].startswith('| run | seed 0 | seed 1 | seed 2 |')
+  assert lines[2].startswith('| base | 0.002 | 0.008 | 0.005 | 0.005 ± 0.003 |')
+  # worst 0.008 against the teacher's 8 steps: 0.64.
+  assert '| 0.008 | 0.64 |' in lines[2]
+  assert lines[3].startswith('| other | 0.012 | 0.018 | 0.015 |')
+  assert lines[3].endswith('worse |')   # other minus base: +0.01 exactly
+  assert lines[-1] == 'reference teacher:ancestral:8: 0.0125'
