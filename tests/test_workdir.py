@@ -231,10 +231,19 @@ def test_a_changed_config_on_resume_is_refused_not_treated_as_damage(
   listing = _listing(w)
   with pytest.raises(CheckpointMismatchError) as e:
     _tiny_teacher(w, 40, **{'model.width': 64})
-  assert 'holds arrays of other shapes than this config builds' in str(e.value)
+  assert 'holds a state of other shapes or fields than this config builds' in (
+      str(e.value))
   assert '\n' not in str(e.value)
   assert _listing(w) == listing and not (
       w / 'teacher' / 'checkpoints_corrupt').exists()
+  # Evaluating it (a plain restore) is the same one line.
+  import tiny
+  from mmd_jax.run import runner
+  with pytest.raises(CheckpointMismatchError) as e:
+    runner.evaluate_workdir(tiny.config('toy2d', 'tiny', {
+        'model.width': 64, 'stages': ('teacher', 'evaluate')}), str(w))
+  assert 'holds a state of other shapes or fields' in str(e.value)
+  assert '\n' not in str(e.value)
 
 
 def test_when_every_checkpoint_is_unreadable_the_run_stops(tmp_path):

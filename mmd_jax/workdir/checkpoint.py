@@ -28,6 +28,16 @@ def _first_line(e) -> str:
   return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
+def _mismatch(directory, step, e) -> str:
+  """The one line of a checkpoint that holds another state than the one
+  this config and this version build."""
+  return (f'{directory} step {step} holds a state of other shapes or fields '
+          f'than this config builds ({_first_line(e)}): the config changed '
+          'since it was trained, or another version of mmd_jax wrote it; use '
+          'the config (config.json) and version it was trained with, or a '
+          'new workdir')
+
+
 class CheckpointMismatchError(WorkdirError):
   """A checkpoint holds another config's arrays; the message is the line."""
 
@@ -123,12 +133,8 @@ class Checkpointer:
       try:
         return self.restore(abstract_state, step), step
       except Exception as e:  # orbax/tensorstore raise many types
-        if any(m in str(e) for m in MISMATCH_MARKERS):
-          raise CheckpointMismatchError(
-              f'{self.directory} step {step} holds arrays of other shapes '
-              f'than this config builds ({_first_line(e)}): the config '
-              'changed since it was trained; use the config it was trained '
-              'with (its config.json) or a new workdir') from None
+        if isinstance(e, CheckpointMismatchError):
+          raise
         self._quarantine(step, e)
         moved.append(step)
     corrupt = self.directory + '_corrupt'
@@ -220,8 +226,14 @@ class Checkpointer:
     if step is None:
       return None
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-    out = self.manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+    try:
+      out = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target)))
+    except ValueError as e:
+      if not any(m in str(e) for m in MISMATCH_MARKERS):
+        raise
+      raise CheckpointMismatchError(_mismatch(self.directory, step, e)
+                                    ) from None
     self._verify(out['state'], step)
     logging.info('restored %s at step %d', self.directory, step)
     return out['state']
