@@ -168,6 +168,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # at budgets of a few thousand updates, where 0.9999 would still weigh
   # the first updates.
   c.consistency.sample_ema_decay = 0.999
+  # Sampling only: ((k, power), ...), the multistep time points t_i =
+  # (1 - i/k)^power at those k (1: uniform in t, the default). Tune them
+  # with `python -m mmd_jax.evaluation.tune_sampler` (docs/baselines.md).
+  c.consistency.time_powers = ()
 
   # EM distillation (docs/ALGORITHMS.md §4): the `emd` and `diff_instruct`
   # stages train one-step generators with distill.{num_train_steps,
@@ -258,6 +262,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 2000
   c.eval.teacher_steps = (1, 2, 4, 8, 16, 64, 256)
   c.eval.samplers = ('ancestral',)  # ancestral | ddim
+  # Many-step models: ((k, power), ...), the time grid t_i = (1 - i/k)^power
+  # of their samplers at those k (1: uniform in t). Tune with
+  # `python -m mmd_jax.evaluation.tune_sampler`.
+  c.eval.time_powers = ()
   c.eval.guidance = 0.0          # CFG weight for conditional teachers
   c.eval.seed = 1
   # Repeat sampling with this many independent seeds: report rows hold the

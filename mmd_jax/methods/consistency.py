@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mmd_jax.numerics import diffusion
+from mmd_jax.numerics import diffusion, sampling
 from mmd_jax.blocks import guard, optim
 from mmd_jax.numerics.denoiser import DenoiserSpec
 from mmd_jax.blocks.microbatch import ALL, Rows, accumulate
@@ -222,19 +222,22 @@ def step(state: CDState, batch, key):
       'loss': loss, 'grad_norm': grad_norm, 'finite': ok}
 
 
-def sample(spec, hp: CDHParams, params, key, shape, k: int, labels=None):
+def sample(spec, hp: CDHParams, params, key, shape, k: int, labels=None,
+           time_power: float = 1.0):
   """Multistep consistency sampling: x = f(z, sigma_max) with z ~ N(0, I)
   read as the VP point at sigma_max [paper: x_T ~ N(0, T^2 I) in the VE
-  view], then for t = (k-1)/k, ..., 1/k (Algorithm 1's grid, clipped to the
-  trained range): z_t ~ q(z_t | x), x = f(z_t, t). The noise is drawn as
-  the samplers draw theirs (same key, same z)."""
+  view], then for t = (k-1)/k, ..., 1/k (Algorithm 1's grid, each t raised
+  to `time_power`, clipped to the trained range): z_t ~ q(z_t | x),
+  x = f(z_t, t). The noise is drawn as the samplers draw theirs (same key,
+  same z)."""
   init_key, loop_key = jax.random.split(key)
   z = jax.random.normal(init_key, shape, jnp.float32)
   lam_boundary, lam_top = logsnr_ends(spec, hp)
   full = lambda lam: jnp.full((shape[0],), lam, jnp.float32)
   x = consistency_fn(spec, hp, params, z, full(lam_top), labels)
   for i in range(1, k):
-    lam = full(jnp.clip(spec.schedule(1.0 - i / k), lam_top, lam_boundary))
+    t, _ = sampling.time_grid(i, k, time_power)
+    lam = full(jnp.clip(spec.schedule(t), lam_top, lam_boundary))
     eps = jax.random.normal(jax.random.fold_in(loop_key, i), shape)
     x = consistency_fn(spec, hp, params, diffusion.diffuse(x, lam, eps), lam,
                        labels)

@@ -111,9 +111,11 @@ class DenoiserSpec:
     return self.x_hat(params, z, lam, labels)
 
   def sample(self, params, key, shape, k: int, labels=None,
-             guidance: float = 0.0, sampler: str = 'ancestral', null=None):
+             guidance: float = 0.0, sampler: str = 'ancestral', null=None,
+             time_power: float = 1.0):
     den = self.denoiser(params, labels, guidance, null)
-    return sampling.SAMPLERS[sampler](key, den, self.schedule, shape, k)
+    return sampling.SAMPLERS[sampler](key, den, self.schedule, shape, k,
+                                      time_power)
 
 
 def spec_from_config(config, dataset, network=None) -> DenoiserSpec:

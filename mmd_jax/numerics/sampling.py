@@ -21,22 +21,34 @@ def cfg_combine(x_cond, x_uncond, guidance):
   return (1.0 + guidance) * x_cond - guidance * x_uncond
 
 
-def _grid(schedule, i, k, batch):
+def time_grid(i, k, time_power: float = 1.0):
+  """(t, s) of step i of k: (1 - i/k, 1 - (i+1)/k), each raised to
+  `time_power` (1: uniform in t; > 1: the steps crowd at low noise and the
+  first one lands lower)."""
   t = 1.0 - i / k
   s = t - 1.0 / k
+  if time_power != 1.0:
+    t, s = t ** time_power, jnp.maximum(s, 0.0) ** time_power
+  return t, s
+
+
+def _grid(schedule, i, k, batch, time_power=1.0):
+  t, s = time_grid(i, k, time_power)
   lam_t = jnp.full((batch,), schedule(t))
   lam_s = jnp.full((batch,), schedule(s))
   return lam_t, lam_s
 
 
-def ancestral_sample(key, denoise: Denoiser, schedule, shape, k: int):
-  """Algorithm 1: k steps t = 1, (k-1)/k, ..., 1/k; returns the last x_hat."""
+def ancestral_sample(key, denoise: Denoiser, schedule, shape, k: int,
+                     time_power: float = 1.0):
+  """Algorithm 1: k steps t = 1, (k-1)/k, ..., 1/k (`time_grid`); returns
+  the last x_hat."""
   init_key, loop_key = jax.random.split(key)
   z = jax.random.normal(init_key, shape, jnp.float32)
 
   def body(carry, i):
     z, _ = carry
-    lam_t, lam_s = _grid(schedule, i, k, shape[0])
+    lam_t, lam_s = _grid(schedule, i, k, shape[0], time_power)
     x_hat = denoise(z, lam_t)
     z_s = diffusion.sample_posterior(
         jax.random.fold_in(loop_key, i), z, x_hat, lam_t, lam_s)
@@ -47,13 +59,14 @@ def ancestral_sample(key, denoise: Denoiser, schedule, shape, k: int):
   return x_hat
 
 
-def ddim_sample(key, denoise: Denoiser, schedule, shape, k: int):
+def ddim_sample(key, denoise: Denoiser, schedule, shape, k: int,
+                time_power: float = 1.0):
   """Deterministic DDIM: z_s = alpha_s x_hat + sigma_s eps_hat."""
   z = jax.random.normal(key, shape, jnp.float32)
 
   def body(carry, i):
     z, _ = carry
-    lam_t, lam_s = _grid(schedule, i, k, shape[0])
+    lam_t, lam_s = _grid(schedule, i, k, shape[0], time_power)
     x_hat = denoise(z, lam_t)
     return (diffusion.ddim_step(z, x_hat, lam_t, lam_s), x_hat), None
 

@@ -127,12 +127,20 @@ class SpecSampler:
   """Algorithm 1 (or DDIM) with the denoiser the spec reads."""
   spec: Any
   negative: Any = None   # a function of the batch size: the null half
+  # ((k, power), ...): the time grid's spacing at those k (sampling.py's
+  # `time_grid`); 1 elsewhere.
+  time_powers: tuple = ()
 
   def __call__(self, params, key, shape, labels, steps, sampler='ancestral',
                guidance=0.0):
     null = None if self.negative is None else self.negative(shape[0])
     return self.spec.sample(params, key, shape, steps, labels=labels,
-                            guidance=guidance, sampler=sampler, null=null)
+                            guidance=guidance, sampler=sampler, null=null,
+                            time_power=dict(self.time_powers).get(steps, 1.0))
+
+  def with_time_power(self, k: int, power: float):
+    return dataclasses.replace(self, time_powers=tuple(
+        {**dict(self.time_powers), k: power}.items()))
 
   def with_negative(self, negative):
     """This sampler with `negative(batch)` in place of the null

@@ -19,11 +19,19 @@ from mmd_jax.plugins import base, register
 class ConsistencySampler:
   spec: object
   hp: cd.CDHParams
+  # ((k, power), ...): the spacing of the multistep time points at those k
+  # (consistency.time_powers); 1 (uniform in t) elsewhere.
+  time_powers: tuple = ()
 
   def __call__(self, params, key, shape, labels, steps, sampler='ancestral',
                guidance=0.0):
     del sampler, guidance
-    return cd.sample(self.spec, self.hp, params, key, shape, steps, labels)
+    return cd.sample(self.spec, self.hp, params, key, shape, steps, labels,
+                     dict(self.time_powers).get(steps, 1.0))
+
+  def with_time_power(self, k: int, power: float):
+    return dataclasses.replace(self, time_powers=tuple(
+        {**dict(self.time_powers), k: power}.items()))
 
 
 class Consistency(base.Method):
@@ -50,6 +58,10 @@ class Consistency(base.Method):
     need(0 < c.sigma_min < c.sigma_max, 'consistency.sigma_min',
          f'must be in (0, consistency.sigma_max), got {c.sigma_min}')
     need(c.learning_rate > 0, 'consistency.learning_rate', 'must be > 0')
+    for pair in c.time_powers:
+      need(len(pair) == 2 and pair[0] in tuple(d.sampling_steps)
+           and pair[1] > 0, 'consistency.time_powers',
+           f'{tuple(pair)!r} is not (k of distill.sampling_steps, power > 0)')
     if not used:
       return
     n = cfg.grad_accum_steps
@@ -93,7 +105,9 @@ class Consistency(base.Method):
         base.with_frozen_teacher_in(init, artifacts['teacher_frozen_dtype']),
         cd.step, {'teacher_params': artifacts['teacher_params']},
         sampling=base.Sampling(
-            ConsistencySampler(spec, hp), steps=job.steps,
+            ConsistencySampler(spec, hp, tuple(
+                (int(k), float(p)) for k, p in c.time_powers)),
+            steps=job.steps,
             report_steps=tuple(sorted(set(cfg.distill.sampling_steps)))))
 
 

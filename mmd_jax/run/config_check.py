@@ -138,6 +138,10 @@ def _check_eval(config, images: bool, stages: tuple):
   for k in e.teacher_steps:
     _need(isinstance(k, int) and k >= 1, 'eval.teacher_steps',
           f'every k must be an integer >= 1, got {k!r}')
+  for pair in e.get('time_powers', ()):
+    _need(len(pair) == 2 and pair[0] in tuple(e.teacher_steps)
+          and pair[1] > 0, 'eval.time_powers',
+          f'{tuple(pair)!r} is not (k of eval.teacher_steps, power > 0)')
   for key in ('inception_weights', 'fid_reference'):
     if e[key]:
       _need(fs.isfile(e[key]), f'eval.{key}', f'file {e[key]!r} does not exist')

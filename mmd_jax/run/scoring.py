@@ -23,8 +23,11 @@ def _entries(r, opened, params) -> list:
                 conditions=cycle.of(ctx.spec, ctx.dataset),
                 decode=ctx.space.decode)
   if sampling.steps is None:   # a many-step model: every asked-for sampler
+    powers = dict((int(k), float(p)) for k, p in e.get('time_powers', ()))
+    spaced = lambda k: dict(common, draw=common['draw'].with_time_power(
+        k, powers[k])) if k in powers else common
     return [evaluation.Entry(sampler=s, steps=k, draw_sampler=s,
-                             guidance=e.guidance, **common)
+                             guidance=e.guidance, **spaced(k))
             for s in e.samplers for k in e.teacher_steps]
   stored = opened.stored or {}
   return [evaluation.Entry(
