@@ -158,6 +158,7 @@ def test_a_run_with_training_seeds(tmp_path):
        copy1['metrics_std']['energy_distance']]))
   md = (w / 'report.md').read_text()
   assert 'mean ± std over 2 training seeds' in md
+  assert 'Paired differences' not in md   # one method: nothing to pair
   # The copy samples on its own (its directory name is not a config job).
   from mmd_jax.run.stage_dir import open_stage
   stage = open_stage(str(w / 'mm_alternating_k2_seed1'))

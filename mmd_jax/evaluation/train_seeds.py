@@ -135,12 +135,7 @@ def paired_table(rows: list, metric: str,
               and 'train_seeds' in r and metric in r['metrics']]
   if not students:
     return []
-  out = [f'## Paired differences over training seeds: {metric}', '',
-         'First minus second, paired by training seed (copy i of each '
-         'shares the teacher and the evaluation noise); 95% t-interval '
-         'over training seeds.', '',
-         '| k | first | second | difference | 95% interval | n | verdict |',
-         '|---|---|---|---|---|---|---|']
+  out = []
   for k in sorted({r['steps'] for r in students}):
     at_k = [r for r in students if r['steps'] == k]
     for i, a in enumerate(at_k):
@@ -153,7 +148,14 @@ def paired_table(rows: list, metric: str,
             f"[{d['mean'] - d['half_width']:.4g}, "
             f"{d['mean'] + d['half_width']:.4g}] | {d['n']} | "
             f'{verdict(d, lower_is_better)} |')
-  return out + ['']
+  if not out:   # one method: nothing to pair
+    return []
+  return [f'## Paired differences over training seeds: {metric}', '',
+          'First minus second, paired by training seed (copy i of each '
+          'shares the teacher and the evaluation noise); 95% t-interval '
+          'over training seeds.', '',
+          '| k | first | second | difference | 95% interval | n | verdict |',
+          '|---|---|---|---|---|---|---|'] + out + ['']
 
 
 def _name(row):
