@@ -16,12 +16,11 @@ final step is the report's row, so it is not repeated there.
 from __future__ import annotations
 
 import json
-import re
 
 import numpy as np
 from absl import app, flags
 
-from mmd_jax.run import plan
+from mmd_jax.evaluation import train_seeds
 from mmd_jax.workdir import fs
 
 DEFAULT_METRICS = ('energy_distance', 'mode_ratio_min', 'mode_weight_error',
@@ -106,8 +105,8 @@ def curves(workdirs: list[str], metrics=None) -> list[dict]:
         continue
       for line in filter(None, log.read_text().splitlines()):
         rec = json.loads(line)
-        cell = re.sub(rf'{plan.SEED_SUFFIX}\d+$', '', stage)
-        groups.setdefault((cell, int(rec.pop('step'))), []).append(
+        groups.setdefault((train_seeds.cell_of(stage),
+                           int(rec.pop('step'))), []).append(
             {k.removeprefix('eval/'): v for k, v in rec.items()})
   out = []
   for (stage, step), recs in sorted(groups.items()):

@@ -13,9 +13,19 @@ of their difference: `paired` gives its mean and 95% t-interval.
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 from scipy import stats
+
+
+# Copy i > 0 of a job trains in `<name>_seed<i>` (run/plan.py).
+SEED_SUFFIX = '_seed'
+
+
+def cell_of(stage: str) -> str:
+  """The directory name of copy 0 of the cell `stage` belongs to."""
+  return re.sub(rf'{SEED_SUFFIX}\d+$', '', stage)
 
 
 def _cell_key(row):

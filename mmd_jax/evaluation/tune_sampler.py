@@ -58,7 +58,7 @@ def tune(stages: list, steps, powers, sampler: str = 'ancestral',
   draws = []
   for s in stages:
     d = s.bound.sampling.draw
-    if not hasattr(d, 'with_time_power'):
+    if not hasattr(d, 'TIME_POWERS_KEY'):
       raise SystemExit(f'--stages: {s.opened.stage_dir} samples with '
                        f'{type(d).__name__}, which takes no time spacing')
     draws.append(d)
@@ -128,9 +128,7 @@ def main(argv):
                 [float(p) for p in f.powers], f.sampler, f.num_seeds)
   if f.output:
     fs.write_text(f.output, json.dumps(result, indent=2))
-  method = stages[0].opened.job.method
-  key = ('consistency.time_powers' if method == 'consistency' else
-         'eval.time_powers')
+  key = stages[0].bound.sampling.draw.TIME_POWERS_KEY
   print(markdown(result))
   print('\n' + config_line(result, key))
 

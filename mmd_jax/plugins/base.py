@@ -130,6 +130,8 @@ class SpecSampler:
   # ((k, power), ...): the time grid's spacing at those k (sampling.py's
   # `time_grid`); 1 elsewhere.
   time_powers: tuple = ()
+  # The config key that sets `time_powers` (the runner applies it).
+  TIME_POWERS_KEY = 'eval.time_powers'
 
   def __call__(self, params, key, shape, labels, steps, sampler='ancestral',
                guidance=0.0):

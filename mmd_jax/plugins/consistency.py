@@ -22,6 +22,8 @@ class ConsistencySampler:
   # ((k, power), ...): the spacing of the multistep time points at those k
   # (consistency.time_powers); 1 (uniform in t) elsewhere.
   time_powers: tuple = ()
+  # The config key that sets `time_powers` (tune_sampler prints it).
+  TIME_POWERS_KEY = 'consistency.time_powers'
 
   def __call__(self, params, key, shape, labels, steps, sampler='ancestral',
                guidance=0.0):

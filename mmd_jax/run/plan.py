@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from mmd_jax import plugins as registry
+from mmd_jax.evaluation.train_seeds import SEED_SUFFIX
 from mmd_jax.run.checks import ConfigError, need
 from mmd_jax.plugins.base import RUN_KEYS, SPACE, Job, Method
 
@@ -207,15 +208,12 @@ def train_seeds(config) -> int:
   return n
 
 
-SEED_SUFFIX = '_seed'
-
-
 def seeded(jobs: list, seed: int) -> list:
   """Training seed `seed` of a method's jobs: seed 0 is the jobs as they
   are (the directory, key and data order of a one-copy run); seed i > 0
   renames each directory `<name>_seed<i>` (its key comes from the name) and
   shifts its data order. Job-scoped needs follow the renaming, so a chain
-  (progressive rounds) is copied whole."""
+  of rounds is copied whole."""
   if seed == 0:
     return [dataclasses.replace(j, train_seed=0,
                                 meta={**j.meta, 'train_seed': 0})
