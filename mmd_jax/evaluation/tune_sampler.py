@@ -103,11 +103,12 @@ def markdown(result: dict) -> str:
     cells.append(f"{result['chosen'][k]:g}")
     for name in ('default', 'tuned'):
       v = np.array(f[name])
-      sd = v.std(ddof=1) if len(v) > 1 else float('nan')
-      cells.append(f'{v.mean():.4g} ± {sd:.2g}')
+      cells.append(f'{v.mean():.4g} ± {v.std(ddof=1):.2g}' if len(v) > 1
+                   else f'{v.mean():.4g}')
     mean, half = train_seeds.interval(np.array(f['tuned']) -
                                       np.array(f['default']))
-    cells.append(f'{mean:+.3g} [{mean - half:+.3g}, {mean + half:+.3g}]')
+    cells.append(f'{mean:+.3g} [{mean - half:+.3g}, {mean + half:+.3g}]'
+                 if np.isfinite(half) else f'{mean:+.3g} (one copy)')
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
