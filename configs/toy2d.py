@@ -14,8 +14,9 @@ Variants (`--config=configs/toy2d.py:ARG`):
   leaderboard  one teacher; mm_alternating, mm_parameter, progressive and
           consistency students at k in {1, 2, 4, 8}, Diff-Instruct and EMD
           at k = 1, every one on the same budget of training examples
-          (3000 steps x 512; progressive splits it over its 4 rounds from
-          the teacher's 16-step DDIM); scored over 3 evaluation seeds.
+          (3000 steps x 512; progressive splits it over its 6 rounds from
+          the teacher's 64-step DDIM), each trained 3 times (train_seeds)
+          and scored over 3 evaluation seeds.
   tiny    a seconds-long run for tests; tiny_mm adds tiny students and
           tiny_emd tiny generators (with a one-entry sweep).
 """
@@ -142,10 +143,13 @@ def leaderboard(c):
   examples (distill.num_train_steps x distill.batch_size per student;
   progressive distillation splits it over its rounds), scored over 3
   evaluation seeds; the teacher's ancestral and DDIM samplers for
-  reference. Shared by digits.py."""
+  reference. Every student is trained 3 times (train_seeds): rows give
+  the mean and the std over training seeds, and report.md the paired
+  differences. Shared by digits.py."""
   c.stages = ('teacher', 'mm_alternating', 'mm_parameter', 'progressive',
               'consistency', 'diff_instruct', 'emd', 'evaluate')
   c.distill.sampling_steps = (1, 2, 4, 8)
+  c.train_seeds = 3
   c.eval.num_seeds = 3
   c.eval.samplers = ('ancestral', 'ddim')
   c.eval.teacher_steps = (1, 2, 4, 8, 16, 256)
