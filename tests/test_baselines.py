@@ -246,6 +246,13 @@ def test_cd_samples_from_the_bias_corrected_ema():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   assert not np.allclose(jax.tree.leaves(got)[0],
                          jax.tree.leaves(state.student_params)[0])
-  online_only = state.replace(hparams=dataclasses.replace(
-      state.hparams, sample_ema_decay=0.0))
-  assert online_only.sampling_params is online_only.student_params
+  # Decay 0: the online weights sample, and the state holds the fields it
+  # always had, so that earlier checkpoints restore.
+  online = cd.init(jax.random.PRNGKey(0), params, spec,
+                   cd.CDHParams(num_points=8, sample_ema_decay=0.0),
+                   optax.adam(1e-2))
+  assert type(online) is cd.CDState
+  assert [f.name for f in dataclasses.fields(online)] == [
+      'step', 'teacher_params', 'student_params', 'ema_params', 'opt_state',
+      'rng', 'spec', 'hparams', 'tx']
+  assert online.sampling_params is online.student_params

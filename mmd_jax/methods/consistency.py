@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import flax.struct
 import jax
@@ -55,8 +56,6 @@ class CDState:
   teacher_params: dict   # frozen
   student_params: dict   # eta
   ema_params: dict       # eta^-, the target network
-  sample_ema: dict       # the sampling EMA, before bias correction
-  sample_updates: jax.Array   # updates it has averaged
   opt_state: optax.OptState
   rng: jax.Array
   spec: DenoiserSpec = flax.struct.field(pytree_node=False)
@@ -65,10 +64,22 @@ class CDState:
 
   @property
   def sampling_params(self):
-    d = self.hparams.sample_ema_decay
-    if not d:
-      return self.student_params
-    return optim.debiased_ema(self.sample_ema, self.sample_updates, d,
+    return self.student_params
+
+
+@flax.struct.dataclass
+class CDEMAState(CDState):
+  """With hparams.sample_ema_decay: the state and the EMA that samples
+  (before bias correction) with its update count. A subclass, so that a
+  state without one keeps the fields (and the checkpoints) it always
+  had."""
+  sample_ema: Any = None
+  sample_updates: Any = None
+
+  @property
+  def sampling_params(self):
+    return optim.debiased_ema(self.sample_ema, self.sample_updates,
+                              self.hparams.sample_ema_decay,
                               self.student_params)
 
 
@@ -77,13 +88,15 @@ def init(key, teacher_params, spec: DenoiserSpec, hp: CDHParams,
   del batch
   copy = lambda t: jax.tree.map(jnp.copy, t)
   student = copy(teacher_params)
-  return CDState(step=jnp.zeros((), jnp.int32),
-                 teacher_params=copy(teacher_params), student_params=student,
-                 ema_params=copy(teacher_params),
-                 sample_ema=jax.tree.map(jnp.zeros_like, student),
-                 sample_updates=jnp.zeros((), jnp.int32),
-                 opt_state=tx.init(student),
-                 rng=key, spec=spec, hparams=hp, tx=tx)
+  cls, ema = CDState, {}
+  if hp.sample_ema_decay:
+    cls, ema = CDEMAState, dict(
+        sample_ema=jax.tree.map(jnp.zeros_like, student),
+        sample_updates=jnp.zeros((), jnp.int32))
+  return cls(step=jnp.zeros((), jnp.int32),
+             teacher_params=copy(teacher_params), student_params=student,
+             ema_params=copy(teacher_params), opt_state=tx.init(student),
+             rng=key, spec=spec, hparams=hp, tx=tx, **ema)
 
 
 # ----------------------------------------------------------------------------
@@ -210,12 +223,14 @@ def step(state: CDState, batch, key):
                                   state.student_params, state.step)
     ema = optax.incremental_update(params, state.ema_params,
                                    1.0 - hp.ema_decay)
-    sample_ema, n = optim.ema_update(state.sample_ema, params,
-                                     state.sample_updates,
-                                     hp.sample_ema_decay)
-    return state.replace(student_params=params, ema_params=ema,
-                         sample_ema=sample_ema, sample_updates=n,
-                         opt_state=opt), {}
+    new = state.replace(student_params=params, ema_params=ema,
+                        opt_state=opt)
+    if hp.sample_ema_decay:
+      sample_ema, n = optim.ema_update(state.sample_ema, params,
+                                       state.sample_updates,
+                                       hp.sample_ema_decay)
+      new = new.replace(sample_ema=sample_ema, sample_updates=n)
+    return new, {}
 
   new, _, ok = guard.apply_if_finite((loss, grad_norm), apply, state, g)
   return new.replace(step=state.step + 1), {

@@ -62,15 +62,22 @@ class AlternatingState:
   spec: DenoiserSpec = flax.struct.field(pytree_node=False)
   hparams: MMHParams = flax.struct.field(pytree_node=False)
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
-  # With hparams.student_ema: the EMA of the student and its update count;
-  # None otherwise (so that earlier checkpoints restore).
+
+  @property
+  def sampling_params(self):
+    return self.student_params
+
+
+@flax.struct.dataclass
+class AlternatingEMAState(AlternatingState):
+  """With hparams.student_ema: the state and an EMA of the student, which
+  samples. A subclass, so that a state without one keeps the fields (and
+  the checkpoints) it always had."""
   student_ema: Any = None
   student_ema_updates: Any = None
 
   @property
   def sampling_params(self):
-    if not self.hparams.student_ema:
-      return self.student_params
     return optim.debiased_ema(self.student_ema, self.student_ema_updates,
                               self.hparams.student_ema, self.student_params)
 
@@ -81,11 +88,12 @@ def init_alternating(key, teacher_params, spec: DenoiserSpec, hp: MMHParams,
   # Copies throughout: steps donate their state, which must never delete
   # the caller's teacher arrays.
   student, aux = _copy(teacher_params), _copy(teacher_params)
-  ema = {}
+  cls, ema = AlternatingState, {}
   if hp.student_ema:
-    ema = dict(student_ema=jax.tree.map(jnp.zeros_like, student),
-               student_ema_updates=jnp.zeros((), jnp.int32))
-  return AlternatingState(
+    cls, ema = AlternatingEMAState, dict(
+        student_ema=jax.tree.map(jnp.zeros_like, student),
+        student_ema_updates=jnp.zeros((), jnp.int32))
+  return cls(
       step=jnp.zeros((), jnp.int32), teacher_params=_copy(teacher_params),
       student_params=student, aux_params=aux, student_opt=tx.init(student),
       aux_opt=tx.init(aux), rng=key, spec=spec, hparams=hp, tx=tx, **ema)
