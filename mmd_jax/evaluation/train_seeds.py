@@ -103,15 +103,16 @@ def paired(a: dict, b: dict, metric: str) -> dict | None:
   'half_width', 'n'}; None unless both rows have copies with the metric.
   A many-step model's row (no copies) enters as a constant."""
   va, vb = _by_seed(a, metric), _by_seed(b, metric)
-  if va is None or vb is None or (not isinstance(va, dict)
-                                  and not isinstance(vb, dict)):
+  copies = [v for v in (va, vb) if isinstance(v, dict)]
+  if va is None or vb is None or not copies:
     return None
-  seeds = sorted(set(va if isinstance(va, dict) else vb)
-                 & set(vb if isinstance(vb, dict) else va))
+  # A constant takes the seeds of the other row.
+  va, vb = (v if isinstance(v, dict) else dict.fromkeys(copies[0], v)
+            for v in (va, vb))
+  seeds = sorted(set(va) & set(vb))
   if not seeds:
     return None
-  get = lambda v, s: v[s] if isinstance(v, dict) else v
-  mean, half = interval([get(va, s) - get(vb, s) for s in seeds])
+  mean, half = interval([va[s] - vb[s] for s in seeds])
   return {'mean': mean, 'half_width': half, 'n': len(seeds)}
 
 

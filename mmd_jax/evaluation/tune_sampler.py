@@ -33,11 +33,6 @@ from mmd_jax.evaluation import cycle, evaluate, report, train_seeds
 from mmd_jax.workdir import fs
 
 
-def _scorer(stage):
-  env = stage.env
-  return evaluate.Scorer(env.config, env.data, env.workdir)
-
-
 def _score(stage, scorer, draw, k, sampler, key) -> dict:
   env, ctx = stage.env, stage.ctx
   e = env.config.eval
@@ -62,7 +57,13 @@ def tune(stages: list, steps, powers, sampler: str = 'ancestral',
       raise SystemExit(f'--stages: {s.opened.stage_dir} samples with '
                        f'{type(d).__name__}, which takes no time spacing')
     draws.append(d)
-  scorers = [_scorer(s) for s in stages]
+  # Copies of one cell share a workdir, hence its reference set.
+  by_workdir = {}
+  for s in stages:
+    if s.env.workdir not in by_workdir:
+      by_workdir[s.env.workdir] = evaluate.Scorer(s.env.config, s.env.data,
+                                                  s.env.workdir)
+  scorers = [by_workdir[s.env.workdir] for s in stages]
   metric = report.PRIMARY_METRIC[stages[0].env.data.kind]
   e = stages[0].env.config.eval
   tune_key = jax.random.PRNGKey(e.seed - 1)

@@ -122,15 +122,27 @@ class Sampling:
   report_steps: tuple = ()
 
 
+class TimeSpaced:
+  """A frozen-dataclass sampler with a `time_powers` field, ((k, power),
+  ...): its time grid's spacing at those k (numerics/sampling.py's
+  `time_grid`), 1 elsewhere. `TIME_POWERS_KEY` names the config key that
+  sets it (tune_sampler prints it)."""
+  TIME_POWERS_KEY = ''
+
+  def power_at(self, k: int) -> float:
+    return dict(self.time_powers).get(k, 1.0)
+
+  def with_time_power(self, k: int, power: float):
+    return dataclasses.replace(self, time_powers=tuple(
+        {**dict(self.time_powers), k: power}.items()))
+
+
 @dataclasses.dataclass(frozen=True)
-class SpecSampler:
+class SpecSampler(TimeSpaced):
   """Algorithm 1 (or DDIM) with the denoiser the spec reads."""
   spec: Any
   negative: Any = None   # a function of the batch size: the null half
-  # ((k, power), ...): the time grid's spacing at those k (sampling.py's
-  # `time_grid`); 1 elsewhere.
-  time_powers: tuple = ()
-  # The config key that sets `time_powers` (the runner applies it).
+  time_powers: tuple = ()   # TimeSpaced; the runner applies the key's
   TIME_POWERS_KEY = 'eval.time_powers'
 
   def __call__(self, params, key, shape, labels, steps, sampler='ancestral',
@@ -138,11 +150,7 @@ class SpecSampler:
     null = None if self.negative is None else self.negative(shape[0])
     return self.spec.sample(params, key, shape, steps, labels=labels,
                             guidance=guidance, sampler=sampler, null=null,
-                            time_power=dict(self.time_powers).get(steps, 1.0))
-
-  def with_time_power(self, k: int, power: float):
-    return dataclasses.replace(self, time_powers=tuple(
-        {**dict(self.time_powers), k: power}.items()))
+                            time_power=self.power_at(steps))
 
   def with_negative(self, negative):
     """This sampler with `negative(batch)` in place of the null

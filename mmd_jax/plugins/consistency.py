@@ -16,24 +16,17 @@ from mmd_jax.plugins import base, register
 
 
 @dataclasses.dataclass(frozen=True)
-class ConsistencySampler:
+class ConsistencySampler(base.TimeSpaced):
   spec: object
   hp: cd.CDHParams
-  # ((k, power), ...): the spacing of the multistep time points at those k
-  # (consistency.time_powers); 1 (uniform in t) elsewhere.
-  time_powers: tuple = ()
-  # The config key that sets `time_powers` (tune_sampler prints it).
+  time_powers: tuple = ()   # TimeSpaced: the multistep time points
   TIME_POWERS_KEY = 'consistency.time_powers'
 
   def __call__(self, params, key, shape, labels, steps, sampler='ancestral',
                guidance=0.0):
     del sampler, guidance
     return cd.sample(self.spec, self.hp, params, key, shape, steps, labels,
-                     dict(self.time_powers).get(steps, 1.0))
-
-  def with_time_power(self, k: int, power: float):
-    return dataclasses.replace(self, time_powers=tuple(
-        {**dict(self.time_powers), k: power}.items()))
+                     self.power_at(steps))
 
 
 class Consistency(base.Method):

@@ -72,10 +72,9 @@ class _MomentMatching(base.Method):
                    if not key.startswith('k1_')}
       else:        # k = 1 always draws s over [0, 1]
         setting.pop('s_range')
-      for key, default in dataclasses.asdict(mm.MMHParams()).items():
-        if key in ('aux_updates', 'student_ema') and setting.get(
-            key) == default:   # as directories recorded before them
-          setting.pop(key)
+      for key in ('aux_updates', 'student_ema'):
+        if setting.get(key) == getattr(mm.MMHParams, key):
+          setting.pop(key)   # at the default: as directories before them
       optimizer = {'learning_rate': d.learning_rate,
                    'warmup_steps': d.warmup_steps}
       if not d.lr_decay:
