@@ -89,7 +89,7 @@ def get_config(arg=None):
   c.teacher.batch_size = 512
   c.teacher.learning_rate = 1e-3
   c.eval.num_samples = 4000
-  # Moment matching (docs/ALGORITHMS.md §6): lr 1e-4, batch 512, w = 1 + SNR.
+  # Moment matching (docs/ALGORITHMS.md §6): lr 1e-4, batch 512, flat w.
   c.distill.num_train_steps = 3000
   c.distill.batch_size = 512
   c.distill.learning_rate = 1e-4

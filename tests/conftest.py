@@ -37,6 +37,10 @@ for _flag in FAST_COMPILE:
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' '
                                + _flag).strip()
 
+# As mmd_jax.main does for its runs: XLA:CPU's 40 s collective timeout
+# aborted multi-device runs in CI on a busy 2-core host (main.py says more).
+from mmd_jax.main import patient_cpu_collectives  # noqa: E402
+patient_cpu_collectives()
 
 import jax  # noqa: E402
 

@@ -13,6 +13,8 @@ import time
 
 import numpy as np
 
+import tiny
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -65,7 +67,7 @@ def test_two_processes_match_one(tmp_path):
   one = tmp_path / 'one'
   r = subprocess.run(_cmd(config, one, extra), cwd=ROOT, env=env,
                      capture_output=True, text=True, timeout=600)
-  assert r.returncode == 0, r.stderr[-2000:]
+  assert r.returncode == 0, tiny.why(r)
 
   two = tmp_path / 'two'
   codes, errs = _two(config, two, env, extra, sigterm_at=stop)

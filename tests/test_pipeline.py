@@ -30,7 +30,7 @@ def _cli(args, cwd, devices=None, timeout=300):
 
 def _one_error_line(r):
   """The run failed with exactly one `error:` line, and it is the last."""
-  assert r.returncode == 2, r.stderr[-2000:]
+  assert r.returncode == 2, tiny.why(r)
   lines = [l for l in r.stderr.strip().splitlines() if l.startswith('error:')]
   assert len(lines) == 1, r.stderr[-2000:]
   assert r.stderr.strip().splitlines()[-1] == lines[0]
@@ -102,7 +102,7 @@ def test_sample_is_bit_reproducible_and_the_cli_writes_it(
   out = tmp_path / 'a.npz'
   r = _cli(['mmd_jax.sample', f'--workdir={stage}', '--steps=8',
             '--num_samples=300', '--seed=3', f'--output={out}'], repo_root)
-  assert r.returncode == 0, r.stderr[-2000:]
+  assert r.returncode == 0, tiny.why(r)
   # Quiet: no library notices, no orbax INFO lines; one line of its own.
   for noise in ('oneDNN', "Unable to initialize backend 'tpu'", 'orbax',
                 'absl::InitializeLog'):

@@ -12,6 +12,8 @@ import pytest
 from mmd_jax.workdir import workdir_lock
 from mmd_jax.workdir.stage_meta import WorkdirError
 
+import tiny
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -24,7 +26,7 @@ def _main(w, *extra):
 
 
 def _one_line_error(r):
-  assert r.returncode == 2, r.stderr[-2000:]
+  assert r.returncode == 2, tiny.why(r)
   last = r.stderr.strip().splitlines()[-1]
   assert last.startswith('error: '), r.stderr[-2000:]
   assert 'Traceback' not in r.stderr
@@ -126,7 +128,7 @@ def test_a_full_disk_gives_one_line_and_keeps_the_last_checkpoint(small_disk):
   subprocess.run(['mount', '-o', 'remount,size=8m', str(small_disk)],
                  check=True)
   r = _main(w, '--config.teacher.num_train_steps=60', *args)
-  assert r.returncode == 0, r.stderr[-2000:]
+  assert r.returncode == 0, tiny.why(r)
   assert 'resuming at step 20 of 60' in r.stderr
 
 

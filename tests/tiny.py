@@ -44,3 +44,25 @@ def jit_run_fast(fn, **kw):
   """jax.jit(fn) compiled for a long run (see RUN_FAST)."""
   import jax
   return jax.jit(fn, compiler_options=RUN_FAST, **kw)
+
+
+def why(r, chars: int = 4000) -> str:
+  """What a failed subprocess (a CompletedProcess) said, for an assertion
+  message. A process killed by a signal under absl dumps each thread's
+  stack and then the names of ~100 extension modules, and a plain tail
+  showed only those names: here the dump's own lines (which thread
+  aborted, where) and the log lines before it are kept, the module list
+  dropped."""
+  import signal
+  lines = [l for l in r.stderr.splitlines()
+           if not l.startswith('Extension modules:') and '(total: ' not in l]
+  head = f'exit code {r.returncode}'
+  if r.returncode < 0:
+    head += f' ({signal.Signals(-r.returncode).name})'
+  fatal = next((i for i, l in enumerate(lines)
+                if l.startswith('Fatal Python error')), None)
+  if fatal is None:
+    return head + '\n' + '\n'.join(lines)[-chars:]
+  before = '\n'.join(lines[:fatal])[-chars // 2:]
+  dump = '\n'.join(lines[fatal:])[:chars // 2]
+  return f'{head}\n{before}\n{dump}'
