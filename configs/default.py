@@ -116,6 +116,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # k = 2 it beat grid on toy2d (ED 0.083 against 0.15) and digits (fd 11.8
   # against 17.4), and tied at k = 4, 8 (README). k = 1 is always full.
   c.distill.s_range = 'full'
+  # Sampling only, both MM students: ((k, power), ...), the time grid
+  # t_i = (1 - i/k)^power at those k (1: uniform, the paper's). Students
+  # train on jumps anywhere in [0, 1]; tune_sampler tests other spacings.
+  c.distill.time_powers = ()
   # k = 1: the student as a one-step generator, the network read at log-SNR
   # k1_logsnr on pure noise (EMD's form, lambda* = 0), t = 1 and s over
   # [0, 1]. False: the network at t = 1 (log-SNR logsnr_min), where it has
@@ -147,6 +151,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.progressive.learning_rate = 1e-4
   c.progressive.warmup_steps = 0
   c.progressive.grad_clip = 1.0
+  # Sampling only: ((k, power), ...) of the student's DDIM grid (1: the
+  # uniform grid it was distilled on), for tune_sampler.
+  c.progressive.time_powers = ()
 
   # Consistency distillation (docs/ALGORITHMS.md §4b): one consistency model
   # (consistency_k<smallest k>), scored with k-step multistep consistency

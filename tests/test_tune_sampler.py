@@ -80,3 +80,36 @@ def test_teacher_time_powers_change_only_their_k(tmp_path):
   with pytest.raises(ConfigError, match='^config.eval.time_powers: '):
     runner.evaluate_workdir(tiny.config('toy2d', 'tiny', {
         **over, 'eval.time_powers': ((8, 2.0),)}), str(w))
+
+
+def test_student_time_powers_change_their_own_method_only(tmp_path):
+  """distill.time_powers spaces both moment-matching students' grids,
+  progressive.time_powers the progressive student's; each leaves the
+  other methods' rows alone, and a k no student has is one line."""
+  from mmd_jax.run import runner
+  w = tmp_path / 's'
+  over = {'stages': ('teacher', 'mm_alternating', 'mm_parameter',
+                     'progressive', 'evaluate'),
+          'distill.sampling_steps': (2,), 'eval.teacher_steps': (2,)}
+  tiny.run('toy2d', 'tiny_mm', w, over)
+
+  def rows():
+    return {r['model']: r['metrics']['energy_distance'] for r in
+            json.load(open(w / 'report.json'))['rows']}
+  base = rows()
+  runner.evaluate_workdir(tiny.config('toy2d', 'tiny_mm', {
+      **over, 'distill.time_powers': ((2, 3.0),)}), str(w))
+  mm = rows()
+  assert mm['mm_alternating'] != base['mm_alternating']
+  assert mm['mm_parameter'] != base['mm_parameter']
+  assert mm['progressive'] == base['progressive']
+  assert mm['teacher'] == base['teacher']
+  runner.evaluate_workdir(tiny.config('toy2d', 'tiny_mm', {
+      **over, 'progressive.time_powers': ((2, 3.0),)}), str(w))
+  pd = rows()
+  assert pd['progressive'] != base['progressive']
+  assert pd['mm_alternating'] == base['mm_alternating']
+  for key in ('distill.time_powers', 'progressive.time_powers'):
+    with pytest.raises(ConfigError, match=f'^config.{key}: '):
+      runner.evaluate_workdir(tiny.config('toy2d', 'tiny_mm', {
+          **over, key: ((4, 2.0),)}), str(w))

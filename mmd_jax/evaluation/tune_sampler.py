@@ -9,9 +9,10 @@ it on fresh ones, over training seeds.
 The time points are t_i = (1 - i/k)^power (mmd_jax.numerics.sampling's
 `time_grid`): power 1 is the uniform grid every sampler uses by default;
 above 1 the first step lands lower and the steps crowd at low noise. Works
-for the stages whose sampler takes a spacing: consistency models and
-many-step teachers (their ancestral and DDIM samplers). Students trained
-for the uniform grid (moment matching, progressive) are not tuned here.
+for every stage whose sampler takes a spacing: consistency models,
+many-step teachers (their ancestral and DDIM samplers), and moment-matching
+and progressive students at their own k (they were trained for the
+uniform grid, so this tests that choice: pass one k's copies per call).
 
 Every stage (one per training seed) is scored at every (k, power) on the
 tuning seed (`eval.seed - 1` of the stage's config, never an evaluation

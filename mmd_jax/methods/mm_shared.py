@@ -156,10 +156,13 @@ def _pick_vjp(pred, vjp_true, vjp_false):
 
 
 def student_sample(spec, params, key, shape, k: int, labels=None,
-                   hp: MMHParams | None = None, sampler: str = 'ancestral'):
-  """A k-step student's samples: Algorithm 1 (or DDIM), or for the
-  one-step generator form one network call at hp.k1_logsnr on z_1, drawn
-  as the samplers draw it (same key, same noise)."""
+                   hp: MMHParams | None = None, sampler: str = 'ancestral',
+                   time_power: float = 1.0):
+  """A k-step student's samples: Algorithm 1 (or DDIM) over the time grid
+  of `time_power` (numerics/sampling.py), or for the one-step generator
+  form one network call at hp.k1_logsnr on z_1, drawn as the samplers draw
+  it (same key, same noise)."""
   if hp is not None and k == 1 and hp.generator:
     return spec.sample_at_logsnr(params, key, shape, hp.k1_logsnr, labels)
-  return spec.sample(params, key, shape, k, labels=labels, sampler=sampler)
+  return spec.sample(params, key, shape, k, labels=labels, sampler=sampler,
+                     time_power=time_power)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 
 from mmd_jax.blocks import optim
-from mmd_jax.run.checks import guidance_needs_labels, need, positive_int
+from mmd_jax.run.checks import (guidance_needs_labels, need, positive_int,
+                                powers_of, time_powers)
 from mmd_jax.methods import consistency as cd
 from mmd_jax.plugins import base, register
 
@@ -53,10 +54,7 @@ class Consistency(base.Method):
     need(0 < c.sigma_min < c.sigma_max, 'consistency.sigma_min',
          f'must be in (0, consistency.sigma_max), got {c.sigma_min}')
     need(c.learning_rate > 0, 'consistency.learning_rate', 'must be > 0')
-    for pair in c.time_powers:
-      need(len(pair) == 2 and pair[0] in tuple(d.sampling_steps)
-           and pair[1] > 0, 'consistency.time_powers',
-           f'{tuple(pair)!r} is not (k of distill.sampling_steps, power > 0)')
+    time_powers(cfg, 'consistency.time_powers', 'distill.sampling_steps')
     if not used:
       return
     n = cfg.grad_accum_steps
@@ -100,8 +98,8 @@ class Consistency(base.Method):
         base.with_frozen_teacher_in(init, artifacts['teacher_frozen_dtype']),
         cd.step, {'teacher_params': artifacts['teacher_params']},
         sampling=base.Sampling(
-            ConsistencySampler(spec, hp, tuple(
-                (int(k), float(p)) for k, p in c.time_powers)),
+            ConsistencySampler(spec, hp,
+                               powers_of(cfg, 'consistency.time_powers')),
             steps=job.steps,
             report_steps=tuple(sorted(set(cfg.distill.sampling_steps)))))
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from mmd_jax.run.checks import (guidance_needs_labels, need,
-                                one_of, positive_int)
+from mmd_jax.run.checks import (guidance_needs_labels, need, one_of,
+                                positive_int, powers_of, time_powers)
 from mmd_jax.methods import moment_matching as mm
 from mmd_jax.plugins import base, register
 
@@ -40,6 +40,7 @@ class _MomentMatching(base.Method):
     positive_int(cfg, 'distill.aux_updates')
     need(0.0 <= d.student_ema < 1.0, 'distill.student_ema',
          f'must be in [0, 1), got {d.student_ema}')
+    time_powers(cfg, 'distill.time_powers', 'distill.sampling_steps')
     if not used:
       return
     n = cfg.grad_accum_steps
@@ -98,23 +99,29 @@ class _MomentMatching(base.Method):
     return base.Bound(
         base.with_frozen_teacher_in(init, artifacts['teacher_frozen_dtype']),
         step, frozen, sampling=base.Sampling(
-            StudentSampler(ctx.spec, self.hparams(cfg, job.steps)),
+            StudentSampler(ctx.spec, self.hparams(cfg, job.steps),
+                           powers_of(cfg, 'distill.time_powers')),
             steps=job.steps))
 
 
 @dataclasses.dataclass(frozen=True)
-class StudentSampler:
+class StudentSampler(base.TimeSpaced):
   """Algorithm 1 (or DDIM) with the student, or at k = 1 in the generator
-  form one network call at distill.k1_logsnr."""
+  form one network call at distill.k1_logsnr. The student trains on jumps
+  t - s of up to 1/k drawn anywhere in [0, 1], so another spacing of its k
+  steps (distill.time_powers, both MM students) is a sampler choice that
+  tune_sampler can test; power 1 is the grid of the paper."""
   spec: object
   hp: mm.MMHParams
+  time_powers: tuple = ()   # TimeSpaced
+  TIME_POWERS_KEY = 'distill.time_powers'
 
   def __call__(self, params, key, shape, labels, steps, sampler='ancestral',
                guidance=0.0):
     del guidance   # students are sampled unguided
     hp = self.hp if steps == self.hp.k else None
     return mm.student_sample(self.spec, params, key, shape, steps, labels, hp,
-                             sampler)
+                             sampler, self.power_at(steps))
 
 
 class Alternating(_MomentMatching):

@@ -8,7 +8,8 @@ from __future__ import annotations
 import dataclasses
 
 from mmd_jax.blocks import optim
-from mmd_jax.run.checks import guidance_needs_labels, need, positive_int
+from mmd_jax.run.checks import (guidance_needs_labels, need, positive_int,
+                                powers_of, time_powers)
 from mmd_jax.methods import progressive as pd
 from mmd_jax.plugins import base, register
 
@@ -24,16 +25,19 @@ def rounds(start: int, smallest: int) -> list:
 
 
 @dataclasses.dataclass(frozen=True)
-class DDIMSampler:
+class DDIMSampler(base.TimeSpaced):
   """A progressive student samples with deterministic DDIM, as it was
-  trained to."""
+  trained to, on the uniform grid of its training unless
+  progressive.time_powers spaces it otherwise (tune_sampler)."""
   spec: object
+  time_powers: tuple = ()   # TimeSpaced
+  TIME_POWERS_KEY = 'progressive.time_powers'
 
   def __call__(self, params, key, shape, labels, steps, sampler='ancestral',
                guidance=0.0):
     del sampler, guidance
     return self.spec.sample(params, key, shape, steps, labels=labels,
-                            sampler='ddim')
+                            sampler='ddim', time_power=self.power_at(steps))
 
 
 class Progressive(base.Method):
@@ -53,6 +57,7 @@ class Progressive(base.Method):
     need(p.steps_per_round >= 0, 'progressive.steps_per_round',
          'must be >= 0 (0: distill.num_train_steps split over the rounds)')
     need(p.learning_rate > 0, 'progressive.learning_rate', 'must be > 0')
+    time_powers(cfg, 'progressive.time_powers', 'distill.sampling_steps')
     if not used:
       return
     reached = rounds(p.start_steps, min(ks))
@@ -118,7 +123,9 @@ class Progressive(base.Method):
     return base.Bound(
         base.with_frozen_teacher_in(init, artifacts['teacher_frozen_dtype']),
         pd.step, {'teacher_params': teacher},
-        sampling=base.Sampling(DDIMSampler(spec), steps=job.steps),
+        sampling=base.Sampling(
+            DDIMSampler(spec, powers_of(cfg, 'progressive.time_powers')),
+            steps=job.steps),
         publish=lambda state: {f'{job.name}/student': state.sampling_params})
 
 

@@ -53,6 +53,22 @@ def one_of(config, key: str, known):
   need(v in known, key, f'unknown {v!r}; known: {tuple(known)}')
 
 
+def time_powers(config, key: str, steps_key: str):
+  """`key` holds a sampler's ((k, power), ...) (plugins.base.TimeSpaced):
+  every k one of `steps_key`'s, every power > 0. An absent key is ()."""
+  section, name = key.split('.')
+  ks = tuple(lookup(config, steps_key))
+  for pair in config[section].get(name, ()):
+    need(len(pair) == 2 and pair[0] in ks and pair[1] > 0, key,
+         f'{tuple(pair)!r} is not (k of {steps_key}, power > 0)')
+
+
+def powers_of(config, key: str) -> tuple:
+  """`key`'s ((k, power), ...) as ints and floats (() when absent)."""
+  section, name = key.split('.')
+  return tuple((int(k), float(p)) for k, p in config[section].get(name, ()))
+
+
 def guidance_needs_labels(config, key: str, data):
   """Classifier-free guidance (`key`) guides towards a class: refused on
   data without labels, where it would be silently ignored."""

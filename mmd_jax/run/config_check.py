@@ -13,6 +13,7 @@ from mmd_jax.run import plan as plan_lib
 from mmd_jax.run.checks import (ConfigError, guidance_needs_labels,
                                 is_describing, need as _need)
 from mmd_jax.run.checks import one_of, positive_int as _positive_int
+from mmd_jax.run import checks
 from mmd_jax.data import DATASETS, data_shape
 from mmd_jax.data.images import IMAGE_DATASETS
 from mmd_jax.data.toy2d import TOY2D_NAMES
@@ -138,10 +139,7 @@ def _check_eval(config, images: bool, stages: tuple):
   for k in e.teacher_steps:
     _need(isinstance(k, int) and k >= 1, 'eval.teacher_steps',
           f'every k must be an integer >= 1, got {k!r}')
-  for pair in e.get('time_powers', ()):
-    _need(len(pair) == 2 and pair[0] in tuple(e.teacher_steps)
-          and pair[1] > 0, 'eval.time_powers',
-          f'{tuple(pair)!r} is not (k of eval.teacher_steps, power > 0)')
+  checks.time_powers(config, 'eval.time_powers', 'eval.teacher_steps')
   for key in ('inception_weights', 'fid_reference'):
     if e[key]:
       _need(fs.isfile(e[key]), f'eval.{key}', f'file {e[key]!r} does not exist')
