@@ -38,8 +38,9 @@ for _flag in FAST_COMPILE:
                                + _flag).strip()
 
 # As mmd_jax.main does for its runs: XLA:CPU's 40 s collective timeout
-# aborted multi-device runs in CI on a busy 2-core host (main.py says more).
-from mmd_jax.main import patient_cpu_collectives  # noqa: E402
+# aborted multi-device runs in CI on a busy 2-core host (run/cli.py says
+# more). (mmd_jax.main itself defines absl flags: not imported here.)
+from mmd_jax.run.cli import patient_cpu_collectives  # noqa: E402
 patient_cpu_collectives()
 
 import jax  # noqa: E402

@@ -202,9 +202,9 @@ def test_checkpoint_from_8_devices_resumes_on_4(tmp_path):
 _LAGGING_DEVICE = '''
 import sys, time
 import numpy as np
-from mmd_jax import main
-main.CPU_COLLECTIVE_TIMEOUT_FLAG = sys.argv[1] or main.CPU_COLLECTIVE_TIMEOUT_FLAG
-main.patient_cpu_collectives()
+from mmd_jax.run import cli
+cli.CPU_COLLECTIVE_TIMEOUT_FLAG = sys.argv[1] or cli.CPU_COLLECTIVE_TIMEOUT_FLAG
+cli.patient_cpu_collectives()
 import jax, jax.numpy as jnp
 from jax.experimental import io_callback
 from jax.sharding import Mesh, PartitionSpec as P
@@ -227,9 +227,9 @@ print('SUM', float(g(jnp.ones(4))[0]))
 
 def test_a_lagging_cpu_device_waits_instead_of_aborting():
   """XLA:CPU aborts a process whose device reaches a collective later than
-  its termination timeout (this failed CI: main.py says how). The timeout
-  main sets is the one XLA uses: set to 2 s here, a 4 s lag aborts; at
-  the shipped value it completes."""
+  its termination timeout (this failed CI: run/cli.py says how). The
+  timeout main sets is the one XLA uses: set to 2 s here, a 4 s lag
+  aborts; at the shipped value it completes."""
   def run(flag, lag):
     # Without the session's own timeout (conftest sets main's), so that
     # the one under test is the one the script's main adds. XLA checks the

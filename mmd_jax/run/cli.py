@@ -33,6 +33,25 @@ class _QuietLibraries(logging.logging.Filter):
             'xla_bridge.py') and 'work unit notes' not in str(record.msg)
 
 
+# XLA:CPU ends the process (SIGABRT: "Termination timeout ... of 40 seconds
+# exceeded") when one of its in-process devices reaches a collective 40 s
+# after the others. With several CPU devices on a busy host (tests, a laptop
+# mesh) a device can lag that long: an 8-device toy run beside three other
+# jobs on 2 cores lagged over 20 s in 2 of 12 runs and aborted in 1 of 6.
+# A real deadlock still ends, after 10 minutes. A value the user set wins.
+CPU_COLLECTIVE_TIMEOUT_FLAG = (
+    '--xla_cpu_collective_call_terminate_timeout_seconds=600')
+
+
+def patient_cpu_collectives(environ=os.environ):
+  """Adds CPU_COLLECTIVE_TIMEOUT_FLAG to XLA_FLAGS unless the timeout is
+  set there; XLA reads XLA_FLAGS when the first backend starts."""
+  flags_now = environ.get('XLA_FLAGS', '')
+  name = CPU_COLLECTIVE_TIMEOUT_FLAG.split('=')[0]
+  if name not in flags_now:
+    environ['XLA_FLAGS'] = f'{flags_now} {CPU_COLLECTIVE_TIMEOUT_FLAG}'.strip()
+
+
 def quiet_libraries():
   logging.get_absl_handler().addFilter(_QuietLibraries())
 
