@@ -12,6 +12,7 @@ from mmd_jax.evaluation import cycle
 from mmd_jax.evaluation import evaluate as evaluation
 from mmd_jax.run import costs
 from mmd_jax.run import plan as plan_lib
+from mmd_jax.run.checks import powers_of
 from mmd_jax.run.jobs import restore
 
 
@@ -23,7 +24,7 @@ def _entries(r, opened, params) -> list:
                 conditions=cycle.of(ctx.spec, ctx.dataset),
                 decode=ctx.space.decode)
   if sampling.steps is None:   # a many-step model: every asked-for sampler
-    powers = dict((int(k), float(p)) for k, p in e.get('time_powers', ()))
+    powers = dict(powers_of(r.env.config, 'eval.time_powers'))
     spaced = lambda k: dict(common, draw=common['draw'].with_time_power(
         k, powers[k])) if k in powers else common
     return [evaluation.Entry(sampler=s, steps=k, draw_sampler=s,
