@@ -116,10 +116,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # k = 2 it beat grid on toy2d (ED 0.083 against 0.15) and digits (fd 11.8
   # against 17.4), and tied at k = 4, 8 (README). k = 1 is always full.
   c.distill.s_range = 'full'
-  # Sampling only, both MM students: ((k, power), ...), the time grid
-  # t_i = (1 - i/k)^power at those k (1: uniform, the paper's). Students
-  # train on jumps anywhere in [0, 1]; tune_sampler tests other spacings.
-  c.distill.time_powers = ()
+  # Sampling only, one key per MM algorithm: ((k, power), ...), the time
+  # grid t_i = (1 - i/k)^power at those k (1: uniform, the paper's).
+  # Students train on jumps anywhere in [0, 1]; tune_sampler chooses.
+  c.distill.alternating_time_powers = ()
+  c.distill.parameter_time_powers = ()
   # k = 1: the student as a one-step generator, the network read at log-SNR
   # k1_logsnr on pure noise (EMD's form, lambda* = 0), t = 1 and s over
   # [0, 1]. False: the network at t = 1 (log-SNR logsnr_min), where it has

@@ -83,9 +83,10 @@ def test_teacher_time_powers_change_only_their_k(tmp_path):
 
 
 def test_student_time_powers_change_their_own_method_only(tmp_path):
-  """distill.time_powers spaces both moment-matching students' grids,
-  progressive.time_powers the progressive student's; each leaves the
-  other methods' rows alone, and a k no student has is one line."""
+  """Each student's sampler has its own key (distill.alternating_ and
+  distill.parameter_time_powers, progressive.time_powers): it changes that
+  method's row and leaves the others alone, and a k no student has is one
+  line."""
   from mmd_jax.run import runner
   w = tmp_path / 's'
   over = {'stages': ('teacher', 'mm_alternating', 'mm_parameter',
@@ -97,19 +98,18 @@ def test_student_time_powers_change_their_own_method_only(tmp_path):
     return {r['model']: r['metrics']['energy_distance'] for r in
             json.load(open(w / 'report.json'))['rows']}
   base = rows()
-  runner.evaluate_workdir(tiny.config('toy2d', 'tiny_mm', {
-      **over, 'distill.time_powers': ((2, 3.0),)}), str(w))
-  mm = rows()
-  assert mm['mm_alternating'] != base['mm_alternating']
-  assert mm['mm_parameter'] != base['mm_parameter']
-  assert mm['progressive'] == base['progressive']
-  assert mm['teacher'] == base['teacher']
-  runner.evaluate_workdir(tiny.config('toy2d', 'tiny_mm', {
-      **over, 'progressive.time_powers': ((2, 3.0),)}), str(w))
-  pd = rows()
-  assert pd['progressive'] != base['progressive']
-  assert pd['mm_alternating'] == base['mm_alternating']
-  for key in ('distill.time_powers', 'progressive.time_powers'):
+  keys = {'mm_alternating': 'distill.alternating_time_powers',
+          'mm_parameter': 'distill.parameter_time_powers',
+          'progressive': 'progressive.time_powers'}
+  for model, key in keys.items():
+    runner.evaluate_workdir(tiny.config('toy2d', 'tiny_mm', {
+        **over, key: ((2, 3.0),)}), str(w))
+    now = rows()
+    assert now[model] != base[model], key
+    for other in ('teacher', *keys):
+      if other != model:
+        assert now[other] == base[other], (key, other)
+  for key in keys.values():
     with pytest.raises(ConfigError, match=f'^config.{key}: '):
       runner.evaluate_workdir(tiny.config('toy2d', 'tiny_mm', {
           **over, key: ((4, 2.0),)}), str(w))

@@ -40,7 +40,8 @@ class _MomentMatching(base.Method):
     positive_int(cfg, 'distill.aux_updates')
     need(0.0 <= d.student_ema < 1.0, 'distill.student_ema',
          f'must be in [0, 1), got {d.student_ema}')
-    time_powers(cfg, 'distill.time_powers', 'distill.sampling_steps')
+    time_powers(cfg, self.student_sampler.TIME_POWERS_KEY,
+                'distill.sampling_steps')
     if not used:
       return
     n = cfg.grad_accum_steps
@@ -99,8 +100,9 @@ class _MomentMatching(base.Method):
     return base.Bound(
         base.with_frozen_teacher_in(init, artifacts['teacher_frozen_dtype']),
         step, frozen, sampling=base.Sampling(
-            StudentSampler(ctx.spec, self.hparams(cfg, job.steps),
-                           powers_of(cfg, 'distill.time_powers')),
+            self.student_sampler(
+                ctx.spec, self.hparams(cfg, job.steps),
+                powers_of(cfg, self.student_sampler.TIME_POWERS_KEY)),
             steps=job.steps))
 
 
@@ -109,12 +111,11 @@ class StudentSampler(base.TimeSpaced):
   """Algorithm 1 (or DDIM) with the student, or at k = 1 in the generator
   form one network call at distill.k1_logsnr. The student trains on jumps
   t - s of up to 1/k drawn anywhere in [0, 1], so another spacing of its k
-  steps (distill.time_powers, both MM students) is a sampler choice that
-  tune_sampler can test; power 1 is the grid of the paper."""
+  steps is a sampler choice that tune_sampler can test, per algorithm
+  (the subclasses below name its key); power 1 is the grid of the paper."""
   spec: object
   hp: mm.MMHParams
   time_powers: tuple = ()   # TimeSpaced
-  TIME_POWERS_KEY = 'distill.time_powers'
 
   def __call__(self, params, key, shape, labels, steps, sampler='ancestral',
                guidance=0.0):
@@ -124,8 +125,19 @@ class StudentSampler(base.TimeSpaced):
                              sampler, self.power_at(steps))
 
 
+@dataclasses.dataclass(frozen=True)
+class AlternatingSampler(StudentSampler):
+  TIME_POWERS_KEY = 'distill.alternating_time_powers'
+
+
+@dataclasses.dataclass(frozen=True)
+class ParameterSampler(StudentSampler):
+  TIME_POWERS_KEY = 'distill.parameter_time_powers'
+
+
 class Alternating(_MomentMatching):
   name = 'mm_alternating'
+  student_sampler = AlternatingSampler
   networks = ('student', 'auxiliary')
 
   def teacher_evals(self, hp):
@@ -146,6 +158,7 @@ class Alternating(_MomentMatching):
 
 class Parameter(_MomentMatching):
   name = 'mm_parameter'
+  student_sampler = ParameterSampler
   needs = ('teacher_params', 'teacher_frozen_dtype', 'teacher_second_moment')
   networks = ('student',)
 
