@@ -226,3 +226,15 @@ def test_compare_runs_table_pairs_each_run_with_the_first():
   assert lines[3].startswith('| other | 0.012 | 0.018 | 0.015 |')
   assert lines[3].endswith('worse |')   # other minus base: +0.01 exactly
   assert lines[-1] == 'reference teacher:ancestral:8: 0.0125'
+
+
+def test_compare_runs_defaults_to_the_reports_own_metric():
+  from mmd_jax.evaluation import compare_runs
+  digits = {'rows': [{'model': 'teacher', 'sampler': 'ancestral', 'steps': 8,
+                      'metrics': {'class_accuracy': 0.99, 'fd': 14.6}}]}
+  points = {'rows': [{'model': 'teacher', 'sampler': 'ancestral', 'steps': 8,
+                      'metrics': {'mmd': 0.03, 'energy_distance': 0.014}}]}
+  assert compare_runs.primary_metric(digits) == 'fd'
+  assert compare_runs.primary_metric(points) == 'energy_distance'
+  with pytest.raises(SystemExit, match='class_accuracy'):
+    compare_runs.primary_metric({'rows': [{'metrics': {'class_accuracy': 1}}]})

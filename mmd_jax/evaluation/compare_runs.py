@@ -4,7 +4,7 @@ seeds, the worst seed, and the paired difference from the first workdir.
 
   python -m mmd_jax.evaluation.compare_runs \
       --runs=base=W0,flat=W1,grid=W2 --model=mm_alternating --steps=8 \
-      [--metric=energy_distance] [--reference=teacher:ancestral:8] \
+      [--metric=fd] [--reference=teacher:ancestral:8] \
       [--output=F.md]
 
 Copy i of a cell trains from the key of its directory name, and the
@@ -20,6 +20,7 @@ import json
 import numpy as np
 from absl import app, flags
 
+from mmd_jax.evaluation import report as report_lib
 from mmd_jax.evaluation import train_seeds
 from mmd_jax.workdir import fs
 
@@ -29,6 +30,16 @@ def _row(report: dict, model: str, sampler: str, steps: int):
     if (r['model'], r['sampler'], int(r['steps'])) == (model, sampler, steps):
       return r
   return None
+
+
+def primary_metric(report: dict) -> str:
+  """The report's leaderboard metric: the primary metric its rows carry."""
+  present = {m for r in report['rows'] for m in r.get('metrics', {})}
+  for metric in report_lib.PRIMARY_METRIC.values():
+    if metric in present:
+      return metric
+  raise SystemExit('--metric: the report has no primary metric; name one of '
+                   + ', '.join(sorted(present)))
 
 
 # This run against the first one.
@@ -100,7 +111,13 @@ def main(argv):
   if f.reference:
     m, s, k = f.reference.split(':')
     reference = (m, s, int(k))
-  text = table(runs, f.model, f.steps, f.metric, reference)
+  metric = f.metric or primary_metric(runs[0][1])
+  for name, rep in runs:
+    row = _row(rep, f.model, 'student', f.steps)
+    if row is not None and metric not in row['metrics']:
+      raise SystemExit(f'--metric={metric}: {name} has no such metric; it has '
+                       + ', '.join(sorted(row['metrics'])))
+  text = table(runs, f.model, f.steps, metric, reference)
   if f.output:
     fs.write_text(f.output, text + '\n')
   print(text)
@@ -111,7 +128,8 @@ if __name__ == '__main__':
                       'the first is the baseline of the paired differences.')
   flags.DEFINE_string('model', 'mm_alternating', 'The student model.')
   flags.DEFINE_integer('steps', 8, 'Its k.')
-  flags.DEFINE_string('metric', 'energy_distance', 'The metric.')
+  flags.DEFINE_string('metric', '', 'The metric; default: the report\'s '
+                      'leaderboard metric (energy_distance, fd, fid, ...).')
   flags.DEFINE_string('reference', '', 'model:sampler:steps of a reference '
                       'row, e.g. teacher:ancestral:8.')
   flags.DEFINE_string('output', '', 'Also write the table here.')
