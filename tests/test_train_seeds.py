@@ -238,3 +238,8 @@ def test_compare_runs_defaults_to_the_reports_own_metric():
   assert compare_runs.primary_metric(points) == 'energy_distance'
   with pytest.raises(SystemExit, match='class_accuracy'):
     compare_runs.primary_metric({'rows': [{'metrics': {'class_accuracy': 1}}]})
+  student = {'model': 'mm_alternating', 'sampler': 'student', 'steps': 8,
+             'metrics': {'fd': 10.0}}
+  with pytest.raises(SystemExit, match='energy_distance.*it has fd'):
+    compare_runs.table([('board', {'rows': [student]})], 'mm_alternating', 8,
+                       'energy_distance')

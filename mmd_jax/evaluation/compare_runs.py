@@ -65,6 +65,9 @@ def table(runs: list, model: str, steps: int, metric: str,
     if row is None:
       lines.append(f'| {name} | no {model} k={steps} row |')
       continue
+    if metric not in row['metrics']:
+      raise SystemExit(f'--metric={metric}: {name} has no such metric; it has '
+                       + ', '.join(sorted(row['metrics'])))
     if reference and ref_value is None:
       ref = _row(rep, *reference)
       ref_value = ref['metrics'].get(metric) if ref else None
@@ -112,11 +115,6 @@ def main(argv):
     m, s, k = f.reference.split(':')
     reference = (m, s, int(k))
   metric = f.metric or primary_metric(runs[0][1])
-  for name, rep in runs:
-    row = _row(rep, f.model, 'student', f.steps)
-    if row is not None and metric not in row['metrics']:
-      raise SystemExit(f'--metric={metric}: {name} has no such metric; it has '
-                       + ', '.join(sorted(row['metrics'])))
   text = table(runs, f.model, f.steps, metric, reference)
   if f.output:
     fs.write_text(f.output, text + '\n')
